@@ -1,0 +1,235 @@
+//! The broker: one per node. It ties the registry, the metrics and the relay together and
+//! implements the data path's middle step: a message is encoded once per wire format that
+//! some local subscriber uses, the same `Bytes` is queued to every local subscriber, and the
+//! payload is handed to the relay for the other nodes. Messages arriving from the relay go
+//! through the same local fan-out.
+//!
+//! Nothing here awaits, so a publish never waits for a subscriber. What the relay says about
+//! a publication comes back as a [`PublishTicket`] the caller may await.
+
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_protocol::server_msg::{json_delivery, raw_delivery};
+use herald_protocol::{Envelope, Payload};
+
+use crate::metrics::{BrokerMetrics, Source};
+use crate::outbox::PushOutcome;
+use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
+use crate::relay::{PublishTicket, Relay, RelaySink, RelayState};
+
+/// What one local fan-out did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Queued to a subscriber's outbox.
+    pub delivered: usize,
+    /// Not queued: the subscriber's outbox was full (dropped, or the subscriber was
+    /// disconnected by the slow-consumer policy).
+    pub dropped_slow: usize,
+    /// Not queued: the subscriber was already closing.
+    pub dropped_closed: usize,
+}
+
+/// What [`Broker::publish`] did locally, and the relay's answer to come.
+pub struct PublishReport {
+    pub local: FanOut,
+    pub relay: PublishTicket,
+}
+
+/// See the module docs.
+pub struct Broker {
+    node_id: Arc<str>,
+    registry: Registry,
+    relay: Arc<dyn Relay>,
+    metrics: Arc<BrokerMetrics>,
+}
+
+/// Microseconds since the Unix epoch, the envelope's clock.
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Broker {
+    /// Creates the broker and attaches it to `relay`.
+    pub fn new(node_id: &str, relay: Arc<dyn Relay>, metrics: Arc<BrokerMetrics>) -> Arc<Self> {
+        let broker = Arc::new(Self { node_id: node_id.into(), registry: Registry::new(), relay, metrics });
+        let sink: Arc<dyn RelaySink> = broker.clone();
+        let weak: Weak<dyn RelaySink> = Arc::downgrade(&sink);
+        broker.relay.attach(weak);
+        broker
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn metrics(&self) -> &Arc<BrokerMetrics> {
+        &self.metrics
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn relay_state(&self) -> RelayState {
+        self.relay.state()
+    }
+
+    /// Subscribes; tells the relay when the topic is new on this node.
+    pub fn subscribe(&self, topic: &str, sub: Subscriber) -> SubscribeOutcome {
+        let outcome = self.registry.subscribe(topic, sub);
+        match outcome {
+            SubscribeOutcome::FirstOnNode => {
+                self.metrics.subscriptions.inc();
+                self.metrics.topics.inc();
+                self.relay.interest_changed(topic);
+            }
+            SubscribeOutcome::Added => self.metrics.subscriptions.inc(),
+            SubscribeOutcome::AlreadySubscribed => {}
+        }
+        outcome
+    }
+
+    /// Unsubscribes; tells the relay when nobody on this node listens any more.
+    pub fn unsubscribe(&self, topic: &str, conn: ConnId) -> UnsubscribeOutcome {
+        let outcome = self.registry.unsubscribe(topic, conn);
+        match outcome {
+            UnsubscribeOutcome::LastOnNode => {
+                self.metrics.subscriptions.dec();
+                self.metrics.topics.dec();
+                self.relay.interest_changed(topic);
+            }
+            UnsubscribeOutcome::Removed => self.metrics.subscriptions.dec(),
+            UnsubscribeOutcome::NotSubscribed => {}
+        }
+        outcome
+    }
+
+    /// Publishes a message that entered this node (client or HTTP): local fan-out, then
+    /// the relay. `origin` is the publishing connection, for echo suppression.
+    pub fn publish(&self, topic: &str, payload: Payload, origin: Option<ConnId>, source: Source) -> PublishReport {
+        self.metrics.published.with_label_values(&[source.as_str()]).inc();
+        let local = self.fan_out(topic, &payload, origin);
+        let relay = self.relay.publish(topic, &payload, now_micros());
+        PublishReport { local, relay }
+    }
+
+    /// Queues `payload` to every local subscriber of `topic`, encoding at most once per
+    /// wire format.
+    pub fn fan_out(&self, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
+        let started = Instant::now();
+        let mut json: Option<Bytes> = None;
+        let mut raw: Option<Bytes> = None;
+        let mut out = FanOut::default();
+        let mut disconnected = 0usize;
+        let visited = self.registry.for_each_subscriber(topic, |s| {
+            if !s.echo && origin == Some(s.conn) {
+                return;
+            }
+            let frame = match s.mode {
+                SubscriberMode::Json => json.get_or_insert_with(|| json_delivery(topic, payload)).clone(),
+                SubscriberMode::Raw => raw.get_or_insert_with(|| raw_delivery(payload)).clone(),
+            };
+            match s.outbox.push(frame, started) {
+                PushOutcome::Queued => out.delivered += 1,
+                PushOutcome::Dropped => out.dropped_slow += 1,
+                PushOutcome::Disconnected => {
+                    out.dropped_slow += 1;
+                    disconnected += 1;
+                }
+                PushOutcome::Closed => out.dropped_closed += 1,
+            }
+        });
+        if visited > 0 {
+            let m = &self.metrics;
+            m.delivered.inc_by(out.delivered as u64);
+            if out.dropped_slow > 0 {
+                m.dropped.with_label_values(&["slow_consumer"]).inc_by(out.dropped_slow as u64);
+            }
+            if out.dropped_closed > 0 {
+                m.dropped.with_label_values(&["closed"]).inc_by(out.dropped_closed as u64);
+            }
+            m.fanout_duration.observe(started.elapsed().as_secs_f64());
+        }
+        let _ = disconnected;
+        out
+    }
+}
+
+impl RelaySink for Broker {
+    fn deliver(&self, env: Envelope) {
+        if *env.origin == *self.node_id {
+            // Our own publication came back (e.g. Redis echoes to every subscriber of a
+            // channel, us included): it was delivered locally already.
+            return;
+        }
+        self.metrics.published.with_label_values(&[Source::Relay.as_str()]).inc();
+        self.metrics.relay_messages.with_label_values(&["in"]).inc();
+        let lag = now_micros().saturating_sub(env.published_at_micros);
+        self.metrics.relay_latency.observe(lag as f64 / 1e6);
+        self.fan_out(&env.topic, &env.payload, None);
+    }
+
+    fn has_interest(&self, topic: &str) -> bool {
+        self.registry.has_topic(topic)
+    }
+
+    fn interested_topics(&self) -> Vec<Arc<str>> {
+        self.registry.topic_names()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Outbox, OutboxLimits, TakenBatch};
+    use crate::relay::{MemoryHub, MemoryRelay};
+    use tokio_util::sync::CancellationToken;
+
+    fn conn(broker: &Broker, id: ConnId, topic: &str, mode: SubscriberMode, echo: bool) -> Arc<Outbox> {
+        let ob = Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new()));
+        broker.subscribe(topic, Subscriber { conn: id, outbox: ob.clone(), mode, echo });
+        ob
+    }
+
+    fn take(ob: &Outbox) -> Vec<Bytes> {
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        b.frames.into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn encodes_once_and_shares_the_bytes() {
+        let b = Broker::new("n1", Arc::new(MemoryRelay::standalone("n1")), Arc::new(BrokerMetrics::new()));
+        let a = conn(&b, 1, "t", SubscriberMode::Json, true);
+        let c = conn(&b, 2, "t", SubscriberMode::Json, true);
+        let r = conn(&b, 3, "t", SubscriberMode::Raw, false);
+        let rep = b.publish("t", Payload::text(&b"hi"[..]), Some(3), Source::Raw);
+        assert_eq!(rep.local.delivered, 2, "the raw publisher opted out of echo");
+        let fa = take(&a);
+        let fc = take(&c);
+        assert_eq!(fa[0].as_ptr(), fc[0].as_ptr(), "one encoding shared by both subscribers");
+        assert!(take(&r).is_empty());
+        assert_eq!(b.metrics().delivered.get(), 2);
+    }
+
+    #[test]
+    fn hub_relays_to_other_nodes_only() {
+        let hub = MemoryHub::new();
+        let m = Arc::new(BrokerMetrics::new());
+        let b1 = Broker::new("n1", Arc::new(MemoryRelay::with_hub("n1", hub.clone())), m.clone());
+        let b2 = Broker::new("n2", Arc::new(MemoryRelay::with_hub("n2", hub.clone())), m.clone());
+        let s1 = conn(&b1, 1, "t", SubscriberMode::Json, true);
+        let s2 = conn(&b2, 1, "t", SubscriberMode::Json, true);
+        let rep = b1.publish("t", Payload::json(&b"1"[..]), None, Source::Http);
+        assert!(matches!(rep.relay, PublishTicket::Done(Ok(()))));
+        assert_eq!(take(&s1).len(), 1);
+        assert_eq!(take(&s2).len(), 1);
+        hub.set_up(false);
+        let rep = b1.publish("t", Payload::json(&b"2"[..]), None, Source::Http);
+        assert!(matches!(rep.relay, PublishTicket::Done(Err(_))));
+        assert_eq!(take(&s1).len(), 1, "local delivery continues while the relay is down");
+        assert!(take(&s2).is_empty());
+    }
+}

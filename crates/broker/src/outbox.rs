@@ -1,0 +1,265 @@
+//! A connection's outbox: the bounded queue between publishers (any task, any thread) and
+//! the connection's single writer task.
+//!
+//! Entries are complete, pre-framed WebSocket frames (`Bytes` shared with every other
+//! subscriber of the same message), so pushing is a refcount increment plus a short,
+//! never-awaited mutex. The queue is bounded by frame count and by bytes; when a push would
+//! pass either bound the [`SlowConsumerPolicy`] decides: drop the new frame (and count it),
+//! or close the connection with 1013. Either way the publisher returns at once.
+//!
+//! Control frames (pongs, the close frame) bypass the data bounds and go first. After a
+//! close is requested no more frames are accepted; the writer sends the close frame and
+//! stops. The writer takes the whole queue at once (`take_batch`), which is what makes its
+//! writes batched.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What to do when a subscriber's outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Drop the message for this subscriber only and count it.
+    #[default]
+    Drop,
+    /// Close the connection with 1013 ("try again later") and a reason.
+    Disconnect,
+}
+
+/// Bounds of one outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+    pub policy: SlowConsumerPolicy,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self { max_frames: 1024, max_bytes: 4 << 20, policy: SlowConsumerPolicy::Drop }
+    }
+}
+
+/// The close the writer must send before it stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// Result of offering a data frame to an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    /// Full, policy `Drop`: this frame was discarded.
+    Dropped,
+    /// Full, policy `Disconnect`: the connection is being closed with 1013.
+    Disconnected,
+    /// The connection is closing or gone; nothing was queued.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<(Bytes, Instant)>,
+    bytes: usize,
+    control: Vec<Bytes>,
+    close: Option<CloseRequest>,
+    /// The close request has been handed to the writer.
+    close_taken: bool,
+}
+
+/// What the writer takes in one go.
+#[derive(Default)]
+pub struct TakenBatch {
+    /// Control frames (pongs, pings) to send before the data.
+    pub control: Vec<Bytes>,
+    /// Data frames with the instant they were queued.
+    pub frames: VecDeque<(Bytes, Instant)>,
+    /// Set once: send this close frame after the data and stop.
+    pub close: Option<CloseRequest>,
+}
+
+impl TakenBatch {
+    pub fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.frames.is_empty() && self.close.is_none()
+    }
+    /// Empties the batch but keeps its buffers for the next `take_batch`.
+    pub fn clear(&mut self) {
+        self.control.clear();
+        self.frames.clear();
+        self.close = None;
+    }
+}
+
+/// See the module docs.
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: OutboxLimits,
+    /// Cancelled when the slow-consumer policy disconnects the connection, so a writer
+    /// blocked on a stalled socket gives up at once.
+    cancel: CancellationToken,
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits, cancel: CancellationToken) -> Self {
+        Self { state: Mutex::new(State::default()), notify: Notify::new(), limits, cancel }
+    }
+
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // mutation is a single push/pop), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers a data frame queued at `at`. Never blocks on the consumer.
+    pub fn push(&self, frame: Bytes, at: Instant) -> PushOutcome {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return PushOutcome::Closed;
+        }
+        let len = frame.len();
+        // One frame larger than the byte bound is still accepted into an empty queue;
+        // otherwise a single big message could never reach anyone.
+        let full = st.frames.len() >= self.limits.max_frames
+            || (!st.frames.is_empty() && st.bytes + len > self.limits.max_bytes);
+        if full {
+            return match self.limits.policy {
+                SlowConsumerPolicy::Drop => PushOutcome::Dropped,
+                SlowConsumerPolicy::Disconnect => {
+                    st.frames.clear();
+                    st.bytes = 0;
+                    st.close = Some(CloseRequest { code: 1013, reason: "slow consumer: outbox full".into() });
+                    drop(st);
+                    self.notify.notify_one();
+                    self.cancel.cancel();
+                    PushOutcome::Disconnected
+                }
+            };
+        }
+        let was_empty = st.frames.is_empty() && st.control.is_empty();
+        st.bytes += len;
+        st.frames.push_back((frame, at));
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued
+    }
+
+    /// Queues a control frame (pong, ping). Ignored once a close was requested.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return;
+        }
+        st.control.push(frame);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to send what is queued, then a close frame, then stop. The first
+    /// request wins; later ones are ignored. With `discard_queued` the queued data is
+    /// dropped first (for errors where delivering it no longer matters).
+    pub fn close(&self, code: u16, reason: impl Into<String>, discard_queued: bool) {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return;
+        }
+        if discard_queued {
+            st.frames.clear();
+            st.bytes = 0;
+        }
+        st.close = Some(CloseRequest { code, reason: reason.into() });
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// True once a close has been requested.
+    pub fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Moves everything queued into `batch` (which must be empty), swapping buffers so
+    /// neither side allocates in the steady state.
+    pub fn take_batch(&self, batch: &mut TakenBatch) {
+        let mut st = self.lock();
+        std::mem::swap(&mut st.frames, &mut batch.frames);
+        std::mem::swap(&mut st.control, &mut batch.control);
+        st.bytes = 0;
+        if st.close.is_some() && !st.close_taken {
+            st.close_taken = true;
+            batch.close = st.close.clone();
+        }
+    }
+
+    /// Waits until something may be queued. Spurious wake-ups are possible.
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Frames and bytes queued now (for inspection and tests).
+    pub fn queued(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.frames.len(), st.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn bounded_by_count_with_drop_policy() {
+        let ob = Outbox::new(OutboxLimits { max_frames: 2, max_bytes: 1 << 20, policy: SlowConsumerPolicy::Drop }, CancellationToken::new());
+        let now = Instant::now();
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Dropped);
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert_eq!(b.frames.len(), 2);
+        b.clear();
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn bounded_by_bytes_but_one_big_frame_passes() {
+        let ob = Outbox::new(OutboxLimits { max_frames: 100, max_bytes: 10, policy: SlowConsumerPolicy::Drop }, CancellationToken::new());
+        let now = Instant::now();
+        assert_eq!(ob.push(frame(50), now), PushOutcome::Queued);
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Dropped);
+        assert_eq!(ob.queued(), (1, 50));
+    }
+
+    #[test]
+    fn disconnect_policy_closes_with_1013_and_cancels() {
+        let cancel = CancellationToken::new();
+        let ob = Outbox::new(OutboxLimits { max_frames: 1, max_bytes: 100, policy: SlowConsumerPolicy::Disconnect }, cancel.clone());
+        let now = Instant::now();
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Disconnected);
+        assert!(cancel.is_cancelled());
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Closed);
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert!(b.frames.is_empty());
+        assert_eq!(b.close.as_ref().map(|c| c.code), Some(1013));
+        b.clear();
+        ob.take_batch(&mut b);
+        assert!(b.close.is_none(), "the close is handed out once");
+    }
+}

@@ -1,0 +1,172 @@
+//! How a message reaches the other nodes: the [`Relay`] trait, the [`RelaySink`] a relay
+//! delivers into, and the in-process relay.
+//!
+//! A relay is told three things by its broker: publish this (and say whether it reached
+//! the other nodes), the local interest in a topic may have changed (the relay compares
+//! with [`RelaySink::has_interest`] when it gets round to it, so hints can be batched and
+//! reordered freely), and, through [`RelaySink::deliver`], it hands in what other nodes
+//! published. Inbound messages from the node itself must never be delivered.
+//!
+//! [`MemoryRelay`] without a hub is the single-node default: nothing to relay, always up.
+//! With a [`MemoryHub`] many brokers in one process form a cluster, for fast tests; the
+//! hub can be switched off to simulate a relay outage.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use herald_protocol::{Envelope, Payload};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+/// Where a relay stands, for `/readyz` and the `relay_up` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    /// Single node: there is no other node to reach; publishing locally is complete.
+    Standalone,
+    Up,
+    Down,
+}
+
+impl RelayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// Why a publication did not reach the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RelayError {
+    #[error("relay unavailable: {0}")]
+    Unavailable(String),
+    #[error("relay queue is full")]
+    Overloaded,
+    #[error("relay is shutting down")]
+    ShuttingDown,
+}
+
+/// The answer to [`Relay::publish`]: known at once, or when the backend confirms.
+pub enum PublishTicket {
+    Done(Result<(), RelayError>),
+    Pending(oneshot::Receiver<Result<(), RelayError>>),
+}
+
+impl PublishTicket {
+    pub fn ok() -> Self {
+        Self::Done(Ok(()))
+    }
+
+    /// Waits for the outcome. A relay that dropped the request without answering counts as
+    /// unavailable, never as success.
+    pub async fn outcome(self) -> Result<(), RelayError> {
+        match self {
+            Self::Done(r) => r,
+            Self::Pending(rx) => rx.await.unwrap_or_else(|_| Err(RelayError::ShuttingDown)),
+        }
+    }
+}
+
+/// What a relay delivers into: implemented by the broker.
+pub trait RelaySink: Send + Sync {
+    /// A message another node published. Must not block.
+    fn deliver(&self, envelope: Envelope);
+    /// Whether anyone on this node listens to `topic` now.
+    fn has_interest(&self, topic: &str) -> bool;
+    /// Every topic with local listeners (after a reconnect, to resubscribe).
+    fn interested_topics(&self) -> Vec<Arc<str>>;
+}
+
+/// See the module docs.
+pub trait Relay: Send + Sync {
+    /// Connects the relay to its broker; called once, before any other method.
+    fn attach(&self, sink: Weak<dyn RelaySink>);
+    /// Sends a local publication to the other nodes. Must not block.
+    fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket;
+    /// The local interest in `topic` may have changed.
+    fn interest_changed(&self, topic: &str);
+    fn state(&self) -> RelayState;
+}
+
+/// Joins the brokers of one process into a cluster (tests, embedded use).
+#[derive(Default)]
+pub struct MemoryHub {
+    members: Mutex<Vec<(Arc<str>, Weak<dyn RelaySink>)>>,
+    up: AtomicBool,
+}
+
+impl MemoryHub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { members: Mutex::new(Vec::new()), up: AtomicBool::new(true) })
+    }
+
+    /// Simulates the relay backend going down (`false`) or coming back (`true`).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+}
+
+/// The in-process relay. See the module docs.
+pub struct MemoryRelay {
+    node_id: Arc<str>,
+    hub: Option<Arc<MemoryHub>>,
+    sink: OnceLock<Weak<dyn RelaySink>>,
+}
+
+impl MemoryRelay {
+    /// The single-node relay: nothing leaves the process.
+    pub fn standalone(node_id: &str) -> Self {
+        Self { node_id: node_id.into(), hub: None, sink: OnceLock::new() }
+    }
+
+    /// A member of `hub`.
+    pub fn with_hub(node_id: &str, hub: Arc<MemoryHub>) -> Self {
+        Self { node_id: node_id.into(), hub: Some(hub), sink: OnceLock::new() }
+    }
+}
+
+impl Relay for MemoryRelay {
+    fn attach(&self, sink: Weak<dyn RelaySink>) {
+        if let Some(hub) = &self.hub {
+            hub.members.lock().unwrap_or_else(|p| p.into_inner()).push((self.node_id.clone(), sink.clone()));
+        }
+        let _ = self.sink.set(sink);
+    }
+
+    fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket {
+        let Some(hub) = &self.hub else { return PublishTicket::ok() };
+        if !hub.is_up() {
+            return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
+        }
+        let peers: Vec<Arc<dyn RelaySink>> = {
+            let mut members = hub.members.lock().unwrap_or_else(|p| p.into_inner());
+            members.retain(|(_, w)| w.strong_count() > 0);
+            members.iter().filter(|(id, _)| *id != self.node_id).filter_map(|(_, w)| w.upgrade()).collect()
+        };
+        for peer in peers {
+            peer.deliver(Envelope {
+                origin: self.node_id.to_string(),
+                published_at_micros,
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+            });
+        }
+        PublishTicket::ok()
+    }
+
+    fn interest_changed(&self, _topic: &str) {}
+
+    fn state(&self) -> RelayState {
+        match &self.hub {
+            None => RelayState::Standalone,
+            Some(h) if h.is_up() => RelayState::Up,
+            Some(_) => RelayState::Down,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Decoding JSON protocol v1 requests (client to node).
+//!
+//! A request is one JSON object per text frame with an `op` and, depending on it, `topics`,
+//! `topic`, `data` and an optional `id` (a number or a string, echoed verbatim). Decoding
+//! borrows from the frame: `data` stays the publisher's JSON text (validated, never
+//! re-serialised) and topic names are borrowed unless they contain JSON escapes. Unknown
+//! fields are ignored so clients can send newer fields to older nodes.
+//!
+//! Errors keep the `id` when it could be read, so the answer can echo it. Limits that
+//! depend on the connection (how many subscriptions) are checked by the gateway.
+
+use std::borrow::Cow;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::server_msg::ErrorCode;
+use crate::topic::{validate_topic, TopicRules};
+
+/// The raw JSON text of a request's `id` (a number like `7` or a string like `"a"`), echoed
+/// byte for byte in the answer.
+pub type RequestId<'a> = &'a str;
+
+/// A decoded, validated request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientRequest<'a> {
+    Subscribe { topics: Vec<Cow<'a, str>>, id: Option<RequestId<'a>> },
+    Unsubscribe { topics: Vec<Cow<'a, str>>, id: Option<RequestId<'a>> },
+    /// `data` is the JSON text of the value to publish.
+    Publish { topic: Cow<'a, str>, data: &'a str, id: Option<RequestId<'a>> },
+    Ping { id: Option<RequestId<'a>> },
+}
+
+impl<'a> ClientRequest<'a> {
+    pub fn id(&self) -> Option<RequestId<'a>> {
+        match self {
+            Self::Subscribe { id, .. }
+            | Self::Unsubscribe { id, .. }
+            | Self::Publish { id, .. }
+            | Self::Ping { id } => *id,
+        }
+    }
+}
+
+/// A request that could not be accepted, with what to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError<'a> {
+    pub id: Option<RequestId<'a>>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl<'a> RequestError<'a> {
+    fn new(id: Option<RequestId<'a>>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { id, code, message: message.into() }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    topics: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// Distinguishes a field that is present (even as `null`) from an absent one.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// A topic name borrowed from the frame when it has no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Decodes and validates one request frame. `text` is the frame's (UTF-8) payload.
+pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_>, RequestError<'_>> {
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        // serde would happily read a struct from an array; the protocol says object.
+        return match serde_json::from_slice::<&RawValue>(text) {
+            Ok(_) => Err(RequestError::new(None, ErrorCode::InvalidMessage, "a request must be a JSON object")),
+            Err(e) => Err(RequestError::new(None, ErrorCode::InvalidJson, format!("invalid JSON: {e}"))),
+        };
+    }
+    let wire: Wire<'_> = match serde_json::from_slice(text) {
+        Ok(w) => w,
+        Err(e) if e.is_data() => {
+            return Err(RequestError::new(None, ErrorCode::InvalidMessage, format!("malformed request: {e}")))
+        }
+        Err(e) => return Err(RequestError::new(None, ErrorCode::InvalidJson, format!("invalid JSON: {e}"))),
+    };
+
+    let id = match wire.id {
+        None => None,
+        Some(raw) => {
+            let s = raw.get();
+            let ok = s.starts_with('"') || s.starts_with('-') || s.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                return Err(RequestError::new(None, ErrorCode::InvalidField, "`id` must be a number or a string"));
+            }
+            Some(s)
+        }
+    };
+    let err = |code, msg: String| Err(RequestError::new(id, code, msg));
+
+    let op: &str = match wire.op {
+        None => return err(ErrorCode::MissingField, "missing field `op`".into()),
+        Some(raw) => match serde_json::from_str::<Name<'_>>(raw.get()) {
+            Ok(Name(Cow::Borrowed(s))) => s,
+            _ => return err(ErrorCode::InvalidField, "`op` must be a string".into()),
+        },
+    };
+
+    match op {
+        "subscribe" | "unsubscribe" => {
+            let Some(raw) = wire.topics else {
+                return err(ErrorCode::MissingField, format!("missing field `topics` for `{op}`"));
+            };
+            let topics: Vec<Name<'_>> = match serde_json::from_str(raw.get()) {
+                Ok(t) => t,
+                Err(_) => return err(ErrorCode::InvalidField, "`topics` must be an array of strings".into()),
+            };
+            if topics.is_empty() {
+                return err(ErrorCode::InvalidField, "`topics` must not be empty".into());
+            }
+            let mut out = Vec::with_capacity(topics.len());
+            for Name(t) in topics {
+                if let Err(e) = validate_topic(&t, rules) {
+                    return err(ErrorCode::InvalidTopic, format!("invalid topic {t:?}: {e}"));
+                }
+                out.push(t);
+            }
+            Ok(if op == "subscribe" {
+                ClientRequest::Subscribe { topics: out, id }
+            } else {
+                ClientRequest::Unsubscribe { topics: out, id }
+            })
+        }
+        "publish" => {
+            let Some(raw_topic) = wire.topic else {
+                return err(ErrorCode::MissingField, "missing field `topic` for `publish`".into());
+            };
+            let Ok(Name(topic)) = serde_json::from_str::<Name<'_>>(raw_topic.get()) else {
+                return err(ErrorCode::InvalidField, "`topic` must be a string".into());
+            };
+            if let Err(e) = validate_topic(&topic, rules) {
+                return err(ErrorCode::InvalidTopic, format!("invalid topic {topic:?}: {e}"));
+            }
+            let Some(data) = wire.data else {
+                return err(ErrorCode::MissingField, "missing field `data` for `publish`".into());
+            };
+            Ok(ClientRequest::Publish { topic, data: data.get(), id })
+        }
+        "ping" => Ok(ClientRequest::Ping { id }),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            err(
+                ErrorCode::UnknownOp,
+                format!("unknown op {shown:?}; expected subscribe, unsubscribe, publish or ping"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Result<ClientRequest<'_>, RequestError<'_>> {
+        decode_request(s.as_bytes(), TopicRules::default())
+    }
+
+    #[test]
+    fn decodes_every_op() {
+        assert_eq!(
+            dec(r#"{"op":"subscribe","topics":["a","b"],"id":1}"#).unwrap(),
+            ClientRequest::Subscribe { topics: vec!["a".into(), "b".into()], id: Some("1") }
+        );
+        assert_eq!(
+            dec(r#"{"op":"unsubscribe","topics":["a"],"id":"x"}"#).unwrap(),
+            ClientRequest::Unsubscribe { topics: vec!["a".into()], id: Some("\"x\"") }
+        );
+        assert_eq!(
+            dec(r#"{"op":"publish","topic":"a","data":{"k":[1,2]},"id":3}"#).unwrap(),
+            ClientRequest::Publish { topic: "a".into(), data: r#"{"k":[1,2]}"#, id: Some("3") }
+        );
+        assert_eq!(dec(r#" {"op":"ping"} "#).unwrap(), ClientRequest::Ping { id: None });
+        assert_eq!(
+            dec(r#"{"op":"publish","topic":"a","data":null}"#).unwrap(),
+            ClientRequest::Publish { topic: "a".into(), data: "null", id: None }
+        );
+        // Escapes in a topic are decoded, then validated.
+        assert_eq!(
+            dec(r#"{"op":"subscribe","topics":["\u0061"]}"#).unwrap(),
+            ClientRequest::Subscribe { topics: vec!["a".into()], id: None }
+        );
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_the_id() {
+        let code = |s: &str| dec(s).unwrap_err().code;
+        assert_eq!(code("{"), ErrorCode::InvalidJson);
+        assert_eq!(code("not json"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidMessage);
+        assert_eq!(code("42"), ErrorCode::InvalidMessage);
+        assert_eq!(code(r#"{"id":1}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"op":5}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"subscribe","topics":"a"}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"subscribe","topics":[]}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"subscribe","topics":[1]}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"subscribe","topics":["a b"]}"#), ErrorCode::InvalidTopic);
+        assert_eq!(code(r#"{"op":"publish","topic":"a"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"op":"publish","data":1}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"op":"publish","topic":2,"data":1}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"fly","id":1}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"ping","id":{}}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"ping","op":"ping"}"#), ErrorCode::InvalidMessage);
+        let e = dec(r#"{"op":"fly","id":"q"}"#).unwrap_err();
+        assert_eq!(e.id, Some("\"q\""));
+        let long = format!(r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#, "x".repeat(200));
+        let e = dec(&long).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::InvalidTopic, Some("9")));
+    }
+}

@@ -1,0 +1,253 @@
+//! Encoding JSON protocol v1 answers and deliveries (node to client), and decoding them on
+//! the client side.
+//!
+//! Every encoder returns a complete WebSocket text frame (see `ws_frame`), built in one
+//! allocation. A delivery is encoded once per message and per wire format and then shared:
+//! [`json_delivery`] for `/ws` subscribers, [`raw_delivery`] for `/raw` subscribers.
+//!
+//! How payload kinds cross formats (documented in docs/protocol.md):
+//! - JSON data reaches `/ws` subscribers as `data` verbatim, and `/raw` subscribers as a text
+//!   frame holding the JSON text, except that a JSON string is delivered unquoted.
+//! - Raw text reaches `/ws` subscribers as a JSON string `data`.
+//! - Raw binary reaches `/ws` subscribers as base64 in `data` with `"encoding":"base64"`.
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::payload::{Payload, PayloadKind};
+use crate::ws_frame::{binary_frame, encode_frame, text_frame, OP_TEXT};
+
+/// Error codes carried in `{"type":"error","code":...}` frames. The snake_case names are
+/// part of the public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    InvalidJson,
+    /// Valid JSON, but not a request object.
+    InvalidMessage,
+    /// A required field is absent.
+    MissingField,
+    /// A field has the wrong type or an unusable value.
+    InvalidField,
+    /// `op` names no known operation.
+    UnknownOp,
+    /// A topic name breaks the grammar or the length limit.
+    InvalidTopic,
+    /// Subscribing would pass the per-connection subscription limit.
+    TooManySubscriptions,
+    /// A binary frame arrived on the JSON protocol.
+    BinaryNotSupported,
+    /// The message could not be relayed to the other nodes; it was not published.
+    RelayUnavailable,
+    /// The node is shutting down and no longer accepts publishes.
+    ShuttingDown,
+    /// The node failed for a reason that is not the client's fault.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMessage => "invalid_message",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+            Self::UnknownOp => "unknown_op",
+            Self::InvalidTopic => "invalid_topic",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::BinaryNotSupported => "binary_not_supported",
+            Self::RelayUnavailable => "relay_unavailable",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Every code, for docs and metric label pre-registration.
+    pub const ALL: [ErrorCode; 11] = [
+        Self::InvalidJson,
+        Self::InvalidMessage,
+        Self::MissingField,
+        Self::InvalidField,
+        Self::UnknownOp,
+        Self::InvalidTopic,
+        Self::TooManySubscriptions,
+        Self::BinaryNotSupported,
+        Self::RelayUnavailable,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a str always serialises")
+}
+
+/// `{"type":"welcome","node":"..","connection":".."}`
+pub fn welcome(node: &str, connection: &str) -> Bytes {
+    let body = format!(r#"{{"type":"welcome","node":{},"connection":{}}}"#, json_string(node), json_string(connection));
+    text_frame(body.as_bytes())
+}
+
+/// `{"type":"ack","id":..}` echoing the raw id.
+pub fn ack(id: &str) -> Bytes {
+    encode_frame(OP_TEXT, &[br#"{"type":"ack","id":"#, id.as_bytes(), b"}"])
+}
+
+/// `{"type":"pong"}` or `{"type":"pong","id":..}`.
+pub fn pong(id: Option<&str>) -> Bytes {
+    match id {
+        Some(id) => encode_frame(OP_TEXT, &[br#"{"type":"pong","id":"#, id.as_bytes(), b"}"]),
+        None => text_frame(br#"{"type":"pong"}"#),
+    }
+}
+
+/// `{"type":"error","id":..,"code":"..","message":".."}` (`id` omitted when unknown).
+pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Bytes {
+    let body = match id {
+        Some(id) => format!(
+            r#"{{"type":"error","id":{id},"code":"{}","message":{}}}"#,
+            code.as_str(),
+            json_string(message)
+        ),
+        None => format!(r#"{{"type":"error","code":"{}","message":{}}}"#, code.as_str(), json_string(message)),
+    };
+    text_frame(body.as_bytes())
+}
+
+/// The frame a `/ws` subscriber receives for a message on `topic`.
+/// `topic` must be valid (so it needs no JSON escaping).
+pub fn json_delivery(topic: &str, payload: &Payload) -> Bytes {
+    const HEAD: &[u8] = br#"{"type":"message","topic":""#;
+    match payload.kind {
+        PayloadKind::Json => encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), br#"","data":"#, &payload.bytes, b"}"]),
+        PayloadKind::Text => {
+            // The bytes were checked to be UTF-8 on the way in; a lossy view never allocates then.
+            let text = String::from_utf8_lossy(&payload.bytes);
+            let quoted = json_string(&text);
+            encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), br#"","data":"#, quoted.as_bytes(), b"}"])
+        }
+        PayloadKind::Binary => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&payload.bytes);
+            encode_frame(
+                OP_TEXT,
+                &[HEAD, topic.as_bytes(), br#"","data":""#, b64.as_bytes(), br#"","encoding":"base64"}"#],
+            )
+        }
+    }
+}
+
+/// The frame a `/raw` subscriber receives for a message.
+pub fn raw_delivery(payload: &Payload) -> Bytes {
+    match payload.kind {
+        PayloadKind::Text => text_frame(&payload.bytes),
+        PayloadKind::Binary => binary_frame(&payload.bytes),
+        PayloadKind::Json => {
+            if payload.bytes.first() == Some(&b'"') {
+                if let Ok(s) = serde_json::from_slice::<String>(&payload.bytes) {
+                    return text_frame(s.as_bytes());
+                }
+            }
+            text_frame(&payload.bytes)
+        }
+    }
+}
+
+/// `{"op":"publish","topic":..,"data":..}` with an optional numeric id: what a client sends.
+/// `data` must be JSON text; `topic` must be valid.
+pub fn publish_request(topic: &str, data: &[u8], id: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + topic.len() + data.len());
+    out.extend_from_slice(br#"{"op":"publish","topic":""#);
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(br#"","data":"#);
+    out.extend_from_slice(data);
+    if let Some(id) = id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.to_string().as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// A node-to-client message as a client sees it; borrowed from the frame.
+#[derive(Debug, Deserialize)]
+pub struct ServerMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    #[serde(borrow, default)]
+    pub topic: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub encoding: Option<&'a str>,
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub code: Option<&'a str>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub connection: Option<String>,
+}
+
+/// Decodes a node-to-client frame (client side).
+pub fn decode_server(text: &[u8]) -> Result<ServerMessage<'_>, serde_json::Error> {
+    serde_json::from_slice(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(f: &Bytes) -> &str {
+        let h = crate::ws_frame::header_len(f.len() - 2);
+        std::str::from_utf8(&f[h..]).unwrap()
+    }
+
+    #[test]
+    fn encodes_answers() {
+        assert_eq!(body(&ack("7")), r#"{"type":"ack","id":7}"#);
+        assert_eq!(body(&pong(None)), r#"{"type":"pong"}"#);
+        assert_eq!(body(&pong(Some("\"p\""))), r#"{"type":"pong","id":"p"}"#);
+        assert_eq!(
+            body(&error(Some("3"), ErrorCode::UnknownOp, "no \"fly\"")),
+            r#"{"type":"error","id":3,"code":"unknown_op","message":"no \"fly\""}"#
+        );
+        assert_eq!(
+            body(&error(None, ErrorCode::InvalidJson, "bad")),
+            r#"{"type":"error","code":"invalid_json","message":"bad"}"#
+        );
+        let w: serde_json::Value = serde_json::from_str(body(&welcome("n1", "c9"))).unwrap();
+        assert_eq!(w["type"], "welcome");
+        assert_eq!(w["connection"], "c9");
+    }
+
+    #[test]
+    fn deliveries_cross_formats() {
+        let j = Payload::json(&br#"{"x":1}"#[..]);
+        assert_eq!(body(&json_delivery("t", &j)), r#"{"type":"message","topic":"t","data":{"x":1}}"#);
+        assert_eq!(body(&raw_delivery(&j)), r#"{"x":1}"#);
+        let s = Payload::json(&br#""he said \"hi\"""#[..]);
+        assert_eq!(body(&raw_delivery(&s)), r#"he said "hi""#);
+        let t = Payload::text(&b"line\n\"q\""[..]);
+        assert_eq!(body(&json_delivery("t", &t)), r#"{"type":"message","topic":"t","data":"line\n\"q\""}"#);
+        assert_eq!(raw_delivery(&t)[0], 0x81);
+        let b = Payload::binary(&[0u8, 255, 1][..]);
+        assert_eq!(
+            body(&json_delivery("t", &b)),
+            r#"{"type":"message","topic":"t","data":"AP8B","encoding":"base64"}"#
+        );
+        assert_eq!(&raw_delivery(&b)[..], &[0x82, 3, 0, 255, 1]);
+    }
+
+    #[test]
+    fn client_side_decode() {
+        let m = decode_server(br#"{"type":"message","topic":"a","data":[1,2]}"#).unwrap();
+        assert_eq!((m.kind, m.topic, m.data.unwrap().get()), ("message", Some("a"), "[1,2]"));
+        let req = publish_request("a", b"{\"n\":1}", Some(5));
+        assert_eq!(req, br#"{"op":"publish","topic":"a","data":{"n":1},"id":5}"#);
+    }
+}
