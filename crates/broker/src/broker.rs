@@ -47,13 +47,21 @@ pub struct Broker {
 
 /// Microseconds since the Unix epoch, the envelope's clock.
 pub fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 impl Broker {
     /// Creates the broker and attaches it to `relay`.
     pub fn new(node_id: &str, relay: Arc<dyn Relay>, metrics: Arc<BrokerMetrics>) -> Arc<Self> {
-        let broker = Arc::new(Self { node_id: node_id.into(), registry: Registry::new(), relay, metrics });
+        let broker = Arc::new(Self {
+            node_id: node_id.into(),
+            registry: Registry::new(),
+            relay,
+            metrics,
+        });
         let sink: Arc<dyn RelaySink> = broker.clone();
         let weak: Weak<dyn RelaySink> = Arc::downgrade(&sink);
         broker.relay.attach(weak);
@@ -145,10 +153,14 @@ impl Broker {
             let m = &self.metrics;
             m.delivered.inc_by(out.delivered as u64);
             if out.dropped_slow > 0 {
-                m.dropped.with_label_values(&["slow_consumer"]).inc_by(out.dropped_slow as u64);
+                m.dropped
+                    .with_label_values(&["slow_consumer"])
+                    .inc_by(out.dropped_slow as u64);
             }
             if out.dropped_closed > 0 {
-                m.dropped.with_label_values(&["closed"]).inc_by(out.dropped_closed as u64);
+                m.dropped
+                    .with_label_values(&["closed"])
+                    .inc_by(out.dropped_closed as u64);
             }
             m.fanout_duration.observe(started.elapsed().as_secs_f64());
         }
@@ -164,7 +176,10 @@ impl RelaySink for Broker {
             // channel, us included): it was delivered locally already.
             return;
         }
-        self.metrics.published.with_label_values(&[Source::Relay.as_str()]).inc();
+        self.metrics
+            .published
+            .with_label_values(&[Source::Relay.as_str()])
+            .inc();
         self.metrics.relay_messages.with_label_values(&["in"]).inc();
         let lag = now_micros().saturating_sub(env.published_at_micros);
         self.metrics.relay_latency.observe(lag as f64 / 1e6);
@@ -189,7 +204,15 @@ mod tests {
 
     fn conn(broker: &Broker, id: ConnId, topic: &str, mode: SubscriberMode, echo: bool) -> Arc<Outbox> {
         let ob = Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new()));
-        broker.subscribe(topic, Subscriber { conn: id, outbox: ob.clone(), mode, echo });
+        broker.subscribe(
+            topic,
+            Subscriber {
+                conn: id,
+                outbox: ob.clone(),
+                mode,
+                echo,
+            },
+        );
         ob
     }
 
@@ -201,7 +224,11 @@ mod tests {
 
     #[test]
     fn encodes_once_and_shares_the_bytes() {
-        let b = Broker::new("n1", Arc::new(MemoryRelay::standalone("n1")), Arc::new(BrokerMetrics::new()));
+        let b = Broker::new(
+            "n1",
+            Arc::new(MemoryRelay::standalone("n1")),
+            Arc::new(BrokerMetrics::new()),
+        );
         let a = conn(&b, 1, "t", SubscriberMode::Json, true);
         let c = conn(&b, 2, "t", SubscriberMode::Json, true);
         let r = conn(&b, 3, "t", SubscriberMode::Raw, false);
@@ -209,7 +236,11 @@ mod tests {
         assert_eq!(rep.local.delivered, 2, "the raw publisher opted out of echo");
         let fa = take(&a);
         let fc = take(&c);
-        assert_eq!(fa[0].as_ptr(), fc[0].as_ptr(), "one encoding shared by both subscribers");
+        assert_eq!(
+            fa[0].as_ptr(),
+            fc[0].as_ptr(),
+            "one encoding shared by both subscribers"
+        );
         assert!(take(&r).is_empty());
         assert_eq!(b.metrics().delivered.get(), 2);
     }

@@ -7,9 +7,7 @@
 //! paths (per frame) accumulate in task-local counters and flush periodically (see the
 //! gateway's session code); per-message counters are incremented once per message.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Where a publication came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +62,8 @@ pub const FRAME_KINDS: &[&str] = &["text", "binary", "ping", "pong", "close"];
 /// Latency buckets from 10 µs to ~5 s.
 fn latency_buckets() -> Vec<f64> {
     vec![
-        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5, 5.0,
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5, 5.0,
     ]
 }
 
@@ -132,31 +130,138 @@ impl BrokerMetrics {
             let pc = prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "herald");
             let _ = r.register(Box::new(pc));
         }
-        let error_codes: Vec<&str> = herald_protocol::server_msg::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let error_codes: Vec<&str> = herald_protocol::server_msg::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
         let sources: Vec<&str> = Source::ALL.iter().map(|s| s.as_str()).collect();
         Self {
             connections: gauge(&r, "herald_connections", "Open WebSocket connections."),
-            connections_opened: counter_vec(&r, "herald_connections_opened_total", "WebSocket connections accepted, by mode.", "mode", &["json", "raw"]),
-            connections_closed: counter_vec(&r, "herald_connections_closed_total", "WebSocket connections ended, by reason.", "reason", CLOSE_REASONS),
-            connections_rejected: counter_vec(&r, "herald_connections_rejected_total", "Connection attempts refused before the upgrade, by reason.", "reason", REJECT_REASONS),
-            subscriptions: gauge(&r, "herald_subscriptions", "Topic subscriptions held by local connections."),
+            connections_opened: counter_vec(
+                &r,
+                "herald_connections_opened_total",
+                "WebSocket connections accepted, by mode.",
+                "mode",
+                &["json", "raw"],
+            ),
+            connections_closed: counter_vec(
+                &r,
+                "herald_connections_closed_total",
+                "WebSocket connections ended, by reason.",
+                "reason",
+                CLOSE_REASONS,
+            ),
+            connections_rejected: counter_vec(
+                &r,
+                "herald_connections_rejected_total",
+                "Connection attempts refused before the upgrade, by reason.",
+                "reason",
+                REJECT_REASONS,
+            ),
+            subscriptions: gauge(
+                &r,
+                "herald_subscriptions",
+                "Topic subscriptions held by local connections.",
+            ),
             topics: gauge(&r, "herald_topics", "Topics with at least one local subscriber."),
-            frames_in: counter_vec(&r, "herald_frames_received_total", "WebSocket frames received from clients, by kind.", "kind", FRAME_KINDS),
-            frames_out: counter_vec(&r, "herald_frames_sent_total", "WebSocket frames written to clients, by kind.", "kind", FRAME_KINDS),
-            bytes_in: counter_vec(&r, "herald_bytes_received_total", "WebSocket payload bytes received from clients, by frame kind.", "kind", FRAME_KINDS),
-            bytes_out: counter_vec(&r, "herald_bytes_sent_total", "Bytes written to clients (frames including headers), by frame kind.", "kind", FRAME_KINDS),
-            published: counter_vec(&r, "herald_messages_published_total", "Messages published on this node or received from the relay, by source.", "source", &sources),
-            delivered: counter(&r, "herald_messages_delivered_total", "Messages queued to a local subscriber (one per subscriber)."),
-            dropped: counter_vec(&r, "herald_messages_dropped_total", "Messages that did not reach a subscriber or the cluster, by reason.", "reason", DROP_REASONS),
-            client_errors: counter_vec(&r, "herald_client_errors_total", "Error frames sent to clients, by error code.", "code", &error_codes),
-            frame_write_latency: histogram(&r, "herald_frame_write_latency_seconds", "Time from a frame entering an outbox to its write to the socket."),
-            fanout_duration: histogram(&r, "herald_fanout_duration_seconds", "Time to queue one message to every local subscriber."),
-            relay_up: gauge(&r, "herald_relay_up", "1 when the relay to other nodes is connected (or not needed), else 0."),
-            relay_reconnects: counter(&r, "herald_relay_reconnects_total", "Times the relay reconnected to its backend."),
-            relay_messages: counter_vec(&r, "herald_relay_messages_total", "Messages sent to (out) and received from (in) the relay.", "direction", &["in", "out"]),
-            relay_invalid: counter(&r, "herald_relay_invalid_messages_total", "Relay messages refused as malformed and skipped."),
-            relay_latency: histogram(&r, "herald_relay_latency_seconds", "From the publish timestamp on the origin node to local fan-out here."),
-            http_requests: counter_vec(&r, "herald_http_requests_total", "Admin API requests, by status class.", "status", &["2xx", "4xx", "5xx"]),
+            frames_in: counter_vec(
+                &r,
+                "herald_frames_received_total",
+                "WebSocket frames received from clients, by kind.",
+                "kind",
+                FRAME_KINDS,
+            ),
+            frames_out: counter_vec(
+                &r,
+                "herald_frames_sent_total",
+                "WebSocket frames written to clients, by kind.",
+                "kind",
+                FRAME_KINDS,
+            ),
+            bytes_in: counter_vec(
+                &r,
+                "herald_bytes_received_total",
+                "WebSocket payload bytes received from clients, by frame kind.",
+                "kind",
+                FRAME_KINDS,
+            ),
+            bytes_out: counter_vec(
+                &r,
+                "herald_bytes_sent_total",
+                "Bytes written to clients (frames including headers), by frame kind.",
+                "kind",
+                FRAME_KINDS,
+            ),
+            published: counter_vec(
+                &r,
+                "herald_messages_published_total",
+                "Messages published on this node or received from the relay, by source.",
+                "source",
+                &sources,
+            ),
+            delivered: counter(
+                &r,
+                "herald_messages_delivered_total",
+                "Messages queued to a local subscriber (one per subscriber).",
+            ),
+            dropped: counter_vec(
+                &r,
+                "herald_messages_dropped_total",
+                "Messages that did not reach a subscriber or the cluster, by reason.",
+                "reason",
+                DROP_REASONS,
+            ),
+            client_errors: counter_vec(
+                &r,
+                "herald_client_errors_total",
+                "Error frames sent to clients, by error code.",
+                "code",
+                &error_codes,
+            ),
+            frame_write_latency: histogram(
+                &r,
+                "herald_frame_write_latency_seconds",
+                "Time from a frame entering an outbox to its write to the socket.",
+            ),
+            fanout_duration: histogram(
+                &r,
+                "herald_fanout_duration_seconds",
+                "Time to queue one message to every local subscriber.",
+            ),
+            relay_up: gauge(
+                &r,
+                "herald_relay_up",
+                "1 when the relay to other nodes is connected (or not needed), else 0.",
+            ),
+            relay_reconnects: counter(
+                &r,
+                "herald_relay_reconnects_total",
+                "Times the relay reconnected to its backend.",
+            ),
+            relay_messages: counter_vec(
+                &r,
+                "herald_relay_messages_total",
+                "Messages sent to (out) and received from (in) the relay.",
+                "direction",
+                &["in", "out"],
+            ),
+            relay_invalid: counter(
+                &r,
+                "herald_relay_invalid_messages_total",
+                "Relay messages refused as malformed and skipped.",
+            ),
+            relay_latency: histogram(
+                &r,
+                "herald_relay_latency_seconds",
+                "From the publish timestamp on the origin node to local fan-out here.",
+            ),
+            http_requests: counter_vec(
+                &r,
+                "herald_http_requests_total",
+                "Admin API requests, by status class.",
+                "status",
+                &["2xx", "4xx", "5xx"],
+            ),
             draining: gauge(&r, "herald_draining", "1 while the node drains before stopping."),
             registry: r,
         }

@@ -40,7 +40,11 @@ pub struct OutboxLimits {
 
 impl Default for OutboxLimits {
     fn default() -> Self {
-        Self { max_frames: 1024, max_bytes: 4 << 20, policy: SlowConsumerPolicy::Drop }
+        Self {
+            max_frames: 1024,
+            max_bytes: 4 << 20,
+            policy: SlowConsumerPolicy::Drop,
+        }
     }
 }
 
@@ -108,7 +112,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(limits: OutboxLimits, cancel: CancellationToken) -> Self {
-        Self { state: Mutex::new(State::default()), notify: Notify::new(), limits, cancel }
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+            cancel,
+        }
     }
 
     pub fn limits(&self) -> OutboxLimits {
@@ -138,7 +147,10 @@ impl Outbox {
                 SlowConsumerPolicy::Disconnect => {
                     st.frames.clear();
                     st.bytes = 0;
-                    st.close = Some(CloseRequest { code: 1013, reason: "slow consumer: outbox full".into() });
+                    st.close = Some(CloseRequest {
+                        code: 1013,
+                        reason: "slow consumer: outbox full".into(),
+                    });
                     drop(st);
                     self.notify.notify_one();
                     self.cancel.cancel();
@@ -179,7 +191,10 @@ impl Outbox {
             st.frames.clear();
             st.bytes = 0;
         }
-        st.close = Some(CloseRequest { code, reason: reason.into() });
+        st.close = Some(CloseRequest {
+            code,
+            reason: reason.into(),
+        });
         drop(st);
         self.notify.notify_one();
     }
@@ -224,7 +239,14 @@ mod tests {
 
     #[test]
     fn bounded_by_count_with_drop_policy() {
-        let ob = Outbox::new(OutboxLimits { max_frames: 2, max_bytes: 1 << 20, policy: SlowConsumerPolicy::Drop }, CancellationToken::new());
+        let ob = Outbox::new(
+            OutboxLimits {
+                max_frames: 2,
+                max_bytes: 1 << 20,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            CancellationToken::new(),
+        );
         let now = Instant::now();
         assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
         assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
@@ -238,7 +260,14 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes_but_one_big_frame_passes() {
-        let ob = Outbox::new(OutboxLimits { max_frames: 100, max_bytes: 10, policy: SlowConsumerPolicy::Drop }, CancellationToken::new());
+        let ob = Outbox::new(
+            OutboxLimits {
+                max_frames: 100,
+                max_bytes: 10,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            CancellationToken::new(),
+        );
         let now = Instant::now();
         assert_eq!(ob.push(frame(50), now), PushOutcome::Queued);
         assert_eq!(ob.push(frame(1), now), PushOutcome::Dropped);
@@ -248,7 +277,14 @@ mod tests {
     #[test]
     fn disconnect_policy_closes_with_1013_and_cancels() {
         let cancel = CancellationToken::new();
-        let ob = Outbox::new(OutboxLimits { max_frames: 1, max_bytes: 100, policy: SlowConsumerPolicy::Disconnect }, cancel.clone());
+        let ob = Outbox::new(
+            OutboxLimits {
+                max_frames: 1,
+                max_bytes: 100,
+                policy: SlowConsumerPolicy::Disconnect,
+            },
+            cancel.clone(),
+        );
         let now = Instant::now();
         assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
         assert_eq!(ob.push(frame(1), now), PushOutcome::Disconnected);

@@ -117,7 +117,11 @@ impl Registry {
         // The closure runs under the shard's write lock, so "was it the last one" is exact.
         self.topics.remove_if_mut(topic, |_, subs| {
             if subs.remove(&conn).is_some() {
-                outcome = if subs.is_empty() { UnsubscribeOutcome::LastOnNode } else { UnsubscribeOutcome::Removed };
+                outcome = if subs.is_empty() {
+                    UnsubscribeOutcome::LastOnNode
+                } else {
+                    UnsubscribeOutcome::Removed
+                };
             }
             subs.is_empty()
         });

@@ -99,7 +99,10 @@ pub struct MemoryHub {
 
 impl MemoryHub {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { members: Mutex::new(Vec::new()), up: AtomicBool::new(true) })
+        Arc::new(Self {
+            members: Mutex::new(Vec::new()),
+            up: AtomicBool::new(true),
+        })
     }
 
     /// Simulates the relay backend going down (`false`) or coming back (`true`).
@@ -122,32 +125,49 @@ pub struct MemoryRelay {
 impl MemoryRelay {
     /// The single-node relay: nothing leaves the process.
     pub fn standalone(node_id: &str) -> Self {
-        Self { node_id: node_id.into(), hub: None, sink: OnceLock::new() }
+        Self {
+            node_id: node_id.into(),
+            hub: None,
+            sink: OnceLock::new(),
+        }
     }
 
     /// A member of `hub`.
     pub fn with_hub(node_id: &str, hub: Arc<MemoryHub>) -> Self {
-        Self { node_id: node_id.into(), hub: Some(hub), sink: OnceLock::new() }
+        Self {
+            node_id: node_id.into(),
+            hub: Some(hub),
+            sink: OnceLock::new(),
+        }
     }
 }
 
 impl Relay for MemoryRelay {
     fn attach(&self, sink: Weak<dyn RelaySink>) {
         if let Some(hub) = &self.hub {
-            hub.members.lock().unwrap_or_else(|p| p.into_inner()).push((self.node_id.clone(), sink.clone()));
+            hub.members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((self.node_id.clone(), sink.clone()));
         }
         let _ = self.sink.set(sink);
     }
 
     fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket {
-        let Some(hub) = &self.hub else { return PublishTicket::ok() };
+        let Some(hub) = &self.hub else {
+            return PublishTicket::ok();
+        };
         if !hub.is_up() {
             return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
         }
         let peers: Vec<Arc<dyn RelaySink>> = {
             let mut members = hub.members.lock().unwrap_or_else(|p| p.into_inner());
             members.retain(|(_, w)| w.strong_count() > 0);
-            members.iter().filter(|(id, _)| *id != self.node_id).filter_map(|(_, w)| w.upgrade()).collect()
+            members
+                .iter()
+                .filter(|(id, _)| *id != self.node_id)
+                .filter_map(|(_, w)| w.upgrade())
+                .collect()
         };
         for peer in peers {
             peer.deliver(Envelope {

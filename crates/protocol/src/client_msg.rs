@@ -25,11 +25,23 @@ pub type RequestId<'a> = &'a str;
 /// A decoded, validated request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientRequest<'a> {
-    Subscribe { topics: Vec<Cow<'a, str>>, id: Option<RequestId<'a>> },
-    Unsubscribe { topics: Vec<Cow<'a, str>>, id: Option<RequestId<'a>> },
+    Subscribe {
+        topics: Vec<Cow<'a, str>>,
+        id: Option<RequestId<'a>>,
+    },
+    Unsubscribe {
+        topics: Vec<Cow<'a, str>>,
+        id: Option<RequestId<'a>>,
+    },
     /// `data` is the JSON text of the value to publish.
-    Publish { topic: Cow<'a, str>, data: &'a str, id: Option<RequestId<'a>> },
-    Ping { id: Option<RequestId<'a>> },
+    Publish {
+        topic: Cow<'a, str>,
+        data: &'a str,
+        id: Option<RequestId<'a>>,
+    },
+    Ping {
+        id: Option<RequestId<'a>>,
+    },
 }
 
 impl<'a> ClientRequest<'a> {
@@ -53,7 +65,11 @@ pub struct RequestError<'a> {
 
 impl<'a> RequestError<'a> {
     fn new(id: Option<RequestId<'a>>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { id, code, message: message.into() }
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -104,16 +120,34 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
     if first.is_some() && first != Some(&b'{') {
         // serde would happily read a struct from an array; the protocol says object.
         return match serde_json::from_slice::<&RawValue>(text) {
-            Ok(_) => Err(RequestError::new(None, ErrorCode::InvalidMessage, "a request must be a JSON object")),
-            Err(e) => Err(RequestError::new(None, ErrorCode::InvalidJson, format!("invalid JSON: {e}"))),
+            Ok(_) => Err(RequestError::new(
+                None,
+                ErrorCode::InvalidMessage,
+                "a request must be a JSON object",
+            )),
+            Err(e) => Err(RequestError::new(
+                None,
+                ErrorCode::InvalidJson,
+                format!("invalid JSON: {e}"),
+            )),
         };
     }
     let wire: Wire<'_> = match serde_json::from_slice(text) {
         Ok(w) => w,
         Err(e) if e.is_data() => {
-            return Err(RequestError::new(None, ErrorCode::InvalidMessage, format!("malformed request: {e}")))
+            return Err(RequestError::new(
+                None,
+                ErrorCode::InvalidMessage,
+                format!("malformed request: {e}"),
+            ))
         }
-        Err(e) => return Err(RequestError::new(None, ErrorCode::InvalidJson, format!("invalid JSON: {e}"))),
+        Err(e) => {
+            return Err(RequestError::new(
+                None,
+                ErrorCode::InvalidJson,
+                format!("invalid JSON: {e}"),
+            ))
+        }
     };
 
     let id = match wire.id {
@@ -122,7 +156,11 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
             let s = raw.get();
             let ok = s.starts_with('"') || s.starts_with('-') || s.as_bytes()[0].is_ascii_digit();
             if !ok {
-                return Err(RequestError::new(None, ErrorCode::InvalidField, "`id` must be a number or a string"));
+                return Err(RequestError::new(
+                    None,
+                    ErrorCode::InvalidField,
+                    "`id` must be a number or a string",
+                ));
             }
             Some(s)
         }
@@ -175,7 +213,11 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
             let Some(data) = wire.data else {
                 return err(ErrorCode::MissingField, "missing field `data` for `publish`".into());
             };
-            Ok(ClientRequest::Publish { topic, data: data.get(), id })
+            Ok(ClientRequest::Publish {
+                topic,
+                data: data.get(),
+                id,
+            })
         }
         "ping" => Ok(ClientRequest::Ping { id }),
         other => {
@@ -200,25 +242,42 @@ mod tests {
     fn decodes_every_op() {
         assert_eq!(
             dec(r#"{"op":"subscribe","topics":["a","b"],"id":1}"#).unwrap(),
-            ClientRequest::Subscribe { topics: vec!["a".into(), "b".into()], id: Some("1") }
+            ClientRequest::Subscribe {
+                topics: vec!["a".into(), "b".into()],
+                id: Some("1")
+            }
         );
         assert_eq!(
             dec(r#"{"op":"unsubscribe","topics":["a"],"id":"x"}"#).unwrap(),
-            ClientRequest::Unsubscribe { topics: vec!["a".into()], id: Some("\"x\"") }
+            ClientRequest::Unsubscribe {
+                topics: vec!["a".into()],
+                id: Some("\"x\"")
+            }
         );
         assert_eq!(
             dec(r#"{"op":"publish","topic":"a","data":{"k":[1,2]},"id":3}"#).unwrap(),
-            ClientRequest::Publish { topic: "a".into(), data: r#"{"k":[1,2]}"#, id: Some("3") }
+            ClientRequest::Publish {
+                topic: "a".into(),
+                data: r#"{"k":[1,2]}"#,
+                id: Some("3")
+            }
         );
         assert_eq!(dec(r#" {"op":"ping"} "#).unwrap(), ClientRequest::Ping { id: None });
         assert_eq!(
             dec(r#"{"op":"publish","topic":"a","data":null}"#).unwrap(),
-            ClientRequest::Publish { topic: "a".into(), data: "null", id: None }
+            ClientRequest::Publish {
+                topic: "a".into(),
+                data: "null",
+                id: None
+            }
         );
         // Escapes in a topic are decoded, then validated.
         assert_eq!(
             dec(r#"{"op":"subscribe","topics":["\u0061"]}"#).unwrap(),
-            ClientRequest::Subscribe { topics: vec!["a".into()], id: None }
+            ClientRequest::Subscribe {
+                topics: vec!["a".into()],
+                id: None
+            }
         );
     }
 

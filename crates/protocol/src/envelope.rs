@@ -92,7 +92,9 @@ pub fn decode(buf: Bytes, rules: TopicRules) -> Result<Envelope, EnvelopeError> 
     if buf.len() < topic_len_at + 2 {
         return Err(EnvelopeError::Truncated);
     }
-    let origin = std::str::from_utf8(&buf[11..topic_len_at]).map_err(|_| EnvelopeError::Origin)?.to_owned();
+    let origin = std::str::from_utf8(&buf[11..topic_len_at])
+        .map_err(|_| EnvelopeError::Origin)?
+        .to_owned();
     let t = u16::from_be_bytes([buf[topic_len_at], buf[topic_len_at + 1]]) as usize;
     let topic_at = topic_len_at + 2;
     if buf.len() < topic_at + t {
@@ -112,7 +114,12 @@ pub fn decode(buf: Bytes, rules: TopicRules) -> Result<Envelope, EnvelopeError> 
         }
         PayloadKind::Binary => {}
     }
-    Ok(Envelope { origin, published_at_micros, topic, payload: Payload { kind, bytes } })
+    Ok(Envelope {
+        origin,
+        published_at_micros,
+        topic,
+        payload: Payload { kind, bytes },
+    })
 }
 
 #[cfg(test)]

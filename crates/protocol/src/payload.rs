@@ -49,15 +49,24 @@ pub struct Payload {
 impl Payload {
     /// JSON text that the caller has already validated.
     pub fn json(bytes: impl Into<Bytes>) -> Self {
-        Self { kind: PayloadKind::Json, bytes: bytes.into() }
+        Self {
+            kind: PayloadKind::Json,
+            bytes: bytes.into(),
+        }
     }
     /// UTF-8 text that the caller has already validated.
     pub fn text(bytes: impl Into<Bytes>) -> Self {
-        Self { kind: PayloadKind::Text, bytes: bytes.into() }
+        Self {
+            kind: PayloadKind::Text,
+            bytes: bytes.into(),
+        }
     }
     /// Arbitrary bytes.
     pub fn binary(bytes: impl Into<Bytes>) -> Self {
-        Self { kind: PayloadKind::Binary, bytes: bytes.into() }
+        Self {
+            kind: PayloadKind::Binary,
+            bytes: bytes.into(),
+        }
     }
     pub fn len(&self) -> usize {
         self.bytes.len()

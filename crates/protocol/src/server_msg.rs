@@ -86,7 +86,11 @@ fn json_string(s: &str) -> String {
 
 /// `{"type":"welcome","node":"..","connection":".."}`
 pub fn welcome(node: &str, connection: &str) -> Bytes {
-    let body = format!(r#"{{"type":"welcome","node":{},"connection":{}}}"#, json_string(node), json_string(connection));
+    let body = format!(
+        r#"{{"type":"welcome","node":{},"connection":{}}}"#,
+        json_string(node),
+        json_string(connection)
+    );
     text_frame(body.as_bytes())
 }
 
@@ -111,7 +115,11 @@ pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Bytes {
             code.as_str(),
             json_string(message)
         ),
-        None => format!(r#"{{"type":"error","code":"{}","message":{}}}"#, code.as_str(), json_string(message)),
+        None => format!(
+            r#"{{"type":"error","code":"{}","message":{}}}"#,
+            code.as_str(),
+            json_string(message)
+        ),
     };
     text_frame(body.as_bytes())
 }
@@ -121,18 +129,30 @@ pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Bytes {
 pub fn json_delivery(topic: &str, payload: &Payload) -> Bytes {
     const HEAD: &[u8] = br#"{"type":"message","topic":""#;
     match payload.kind {
-        PayloadKind::Json => encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), br#"","data":"#, &payload.bytes, b"}"]),
+        PayloadKind::Json => encode_frame(
+            OP_TEXT,
+            &[HEAD, topic.as_bytes(), br#"","data":"#, &payload.bytes, b"}"],
+        ),
         PayloadKind::Text => {
             // The bytes were checked to be UTF-8 on the way in; a lossy view never allocates then.
             let text = String::from_utf8_lossy(&payload.bytes);
             let quoted = json_string(&text);
-            encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), br#"","data":"#, quoted.as_bytes(), b"}"])
+            encode_frame(
+                OP_TEXT,
+                &[HEAD, topic.as_bytes(), br#"","data":"#, quoted.as_bytes(), b"}"],
+            )
         }
         PayloadKind::Binary => {
             let b64 = base64::engine::general_purpose::STANDARD.encode(&payload.bytes);
             encode_frame(
                 OP_TEXT,
-                &[HEAD, topic.as_bytes(), br#"","data":""#, b64.as_bytes(), br#"","encoding":"base64"}"#],
+                &[
+                    HEAD,
+                    topic.as_bytes(),
+                    br#"","data":""#,
+                    b64.as_bytes(),
+                    br#"","encoding":"base64"}"#,
+                ],
             )
         }
     }
@@ -228,12 +248,18 @@ mod tests {
     #[test]
     fn deliveries_cross_formats() {
         let j = Payload::json(&br#"{"x":1}"#[..]);
-        assert_eq!(body(&json_delivery("t", &j)), r#"{"type":"message","topic":"t","data":{"x":1}}"#);
+        assert_eq!(
+            body(&json_delivery("t", &j)),
+            r#"{"type":"message","topic":"t","data":{"x":1}}"#
+        );
         assert_eq!(body(&raw_delivery(&j)), r#"{"x":1}"#);
         let s = Payload::json(&br#""he said \"hi\"""#[..]);
         assert_eq!(body(&raw_delivery(&s)), r#"he said "hi""#);
         let t = Payload::text(&b"line\n\"q\""[..]);
-        assert_eq!(body(&json_delivery("t", &t)), r#"{"type":"message","topic":"t","data":"line\n\"q\""}"#);
+        assert_eq!(
+            body(&json_delivery("t", &t)),
+            r#"{"type":"message","topic":"t","data":"line\n\"q\""}"#
+        );
         assert_eq!(raw_delivery(&t)[0], 0x81);
         let b = Payload::binary(&[0u8, 255, 1][..]);
         assert_eq!(
@@ -246,7 +272,10 @@ mod tests {
     #[test]
     fn client_side_decode() {
         let m = decode_server(br#"{"type":"message","topic":"a","data":[1,2]}"#).unwrap();
-        assert_eq!((m.kind, m.topic, m.data.unwrap().get()), ("message", Some("a"), "[1,2]"));
+        assert_eq!(
+            (m.kind, m.topic, m.data.unwrap().get()),
+            ("message", Some("a"), "[1,2]")
+        );
         let req = publish_request("a", b"{\"n\":1}", Some(5));
         assert_eq!(req, br#"{"op":"publish","topic":"a","data":{"n":1},"id":5}"#);
     }

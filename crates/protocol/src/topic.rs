@@ -44,11 +44,17 @@ pub fn validate_topic(name: &str, rules: TopicRules) -> Result<(), TopicError> {
         return Err(TopicError::Empty);
     }
     if name.len() > rules.max_len {
-        return Err(TopicError::TooLong { len: name.len(), max: rules.max_len });
+        return Err(TopicError::TooLong {
+            len: name.len(),
+            max: rules.max_len,
+        });
     }
     match name.bytes().find(|b| !is_topic_byte(*b)) {
         Some(_) => {
-            let ch = name.chars().find(|c| !c.is_ascii() || !is_topic_byte(*c as u8)).unwrap_or('?');
+            let ch = name
+                .chars()
+                .find(|c| !c.is_ascii() || !is_topic_byte(*c as u8))
+                .unwrap_or('?');
             Err(TopicError::BadChar { ch })
         }
         None => Ok(()),

@@ -1,0 +1,55 @@
+# Developer and CI entry points. `make test` is what .ci/run runs.
+# Cargo honours CARGO_TARGET_DIR; the interop tests run the herald binary from there.
+
+CARGO ?= cargo
+ARGS ?=
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+HERALD_BIN ?= $(TARGET_DIR)/debug/herald
+INTEROP := tests/interop
+
+.PHONY: run build test deps fmt fmt-check clippy unit interop bench
+
+## run: a single-node broker with defaults (no Redis, no config); pass flags with ARGS="..."
+run:
+	$(CARGO) run --release -p herald-gateway --bin herald -- $(ARGS)
+
+## build: release build of the whole workspace
+build:
+	$(CARGO) build --workspace --release
+
+## test: deps, formatting, clippy, unit and integration tests, then the Node interop tests
+test:
+	scripts/ensure-deps.sh
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory interop
+
+## deps: install missing system tools (redis-server, node's ws)
+deps:
+	scripts/ensure-deps.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## unit: cargo's tests only
+unit:
+	$(CARGO) test --workspace
+
+## interop: the herald binary against an independent WebSocket client (node + ws)
+interop: $(INTEROP)/node_modules/.package-lock.json
+	$(CARGO) build -p herald-gateway --bin herald
+	cd $(INTEROP) && HERALD_BIN='$(HERALD_BIN)' node --test
+
+$(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json $(INTEROP)/package.json
+	cd $(INTEROP) && npm ci --no-audit --no-fund
+	touch $@
+
+bench:
+	$(CARGO) bench -p herald-benches

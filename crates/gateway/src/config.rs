@@ -1,0 +1,589 @@
+//! The node's typed configuration and how it is loaded: built-in defaults < TOML file
+//! (`--config`) < environment (`HERALD_<SECTION>__<KEY>`) < CLI flags.
+//!
+//! Every value has a documented default (docs/configuration.md lists them all), so an
+//! empty configuration is a complete single-node broker. [`Config::validate`] reports every
+//! problem at once; the binary exits with status 64 when there are any. Unknown keys in
+//! the file are errors (typos must not be silently ignored); unknown `HERALD_*` variables
+//! are logged as warnings, since the environment is shared with other programs.
+//!
+//! Durations are whole milliseconds (`*_ms`) so that they read the same in TOML and in the
+//! environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use herald_broker::{OutboxLimits, SlowConsumerPolicy};
+use herald_protocol::TopicRules;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Public listener: WebSocket endpoints and `/healthz`.
+    pub listen: String,
+    /// This node's id, shown in the welcome frame and carried in relay envelopes.
+    /// Empty means generated at start (`<hostname>-<random>`).
+    pub node_id: String,
+    pub admin: AdminConfig,
+    pub relay: RelayConfig,
+    pub redis: RedisConfig,
+    pub limits: LimitsConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub outbox: OutboxConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/`.
+    pub listen: String,
+    /// Bearer keys accepted by `/api/`. Empty: no auth, and the listener must be loopback.
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `memory` (single node, the default) or `redis` (cluster through Redis pub/sub).
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis server for `relay.kind = "redis"`.
+    pub url: String,
+    /// Prefix of every Redis channel: a topic `t` travels on `<prefix>t`.
+    pub channel_prefix: String,
+    /// Heartbeat PING period on the relay's connections.
+    pub heartbeat_interval_ms: u64,
+    /// A PING unanswered this long marks Redis down.
+    pub heartbeat_timeout_ms: u64,
+    /// Reconnect backoff bounds (exponential with full jitter).
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// How long a topic's channel stays subscribed after its last local subscriber left.
+    pub unsubscribe_delay_ms: u64,
+    /// Publications waiting for Redis; beyond it a publish fails at once.
+    pub publish_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest client message in bytes, whole message across fragments (over it: close 1009).
+    pub max_message_bytes: usize,
+    /// Topics one connection may hold at once.
+    pub max_subscriptions: usize,
+    /// WebSocket connections this node accepts; over it the upgrade gets HTTP 503.
+    pub max_connections: usize,
+    /// Longest topic name in bytes.
+    pub max_topic_length: usize,
+    /// Time allowed to send the HTTP upgrade request headers after connecting.
+    pub handshake_timeout_ms: u64,
+    /// A `/ws` connection with no subscription must send its first request within this
+    /// time (close 1008). 0 disables.
+    pub first_message_timeout_ms: u64,
+    /// A batch of frames not written within this time means the peer stalled: the
+    /// connection is dropped.
+    pub write_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// The node pings each client this often when it has not heard from it.
+    pub ping_interval_ms: u64,
+    /// A client silent this long (no frame, no pong) is closed with 1001.
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Frames a connection may have queued.
+    pub max_frames: usize,
+    /// Bytes a connection may have queued.
+    pub max_bytes: usize,
+    /// `drop` (drop the message for that subscriber, count it) or `disconnect` (close 1013).
+    pub slow_consumer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After a drain starts (`/readyz` is 503), keep accepting this long so load balancers
+    /// notice.
+    pub drain_delay_ms: u64,
+    /// Spread the 1001 closes of existing clients over this window.
+    pub close_window_ms: u64,
+    /// Hard deadline for everything after the close window.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `herald_gateway=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            node_id: String::new(),
+            admin: AdminConfig::default(),
+            relay: RelayConfig::default(),
+            redis: RedisConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            outbox: OutboxConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { kind: "memory".into() }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            channel_prefix: "herald:".into(),
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 1000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5000,
+            unsubscribe_delay_ms: 500,
+            publish_queue: 65536,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 256,
+            max_connections: 100_000,
+            max_topic_length: 128,
+            handshake_timeout_ms: 10_000,
+            first_message_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_frames: 1024,
+            max_bytes: 4 << 20,
+            slow_consumer: "drop".into(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay_ms: 0,
+            close_window_ms: 1000,
+            grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Everything wrong with a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Overrides from the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers. `env` is the process environment (passed in so tests control it).
+    /// Returns the config and warnings (unknown `HERALD_*` variables).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &CliOverrides,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(vec![format!(
+                    "config file {} does not exist",
+                    path.display()
+                )]));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+        }
+        let known = known_keys();
+        let mut warnings = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("HERALD_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            match known.get(&key) {
+                Some(true) => {
+                    let list: Vec<String> = value
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    builder = builder
+                        .set_override(key, list)
+                        .map_err(|e| ConfigError(vec![e.to_string()]))?;
+                }
+                Some(false) => {
+                    builder = builder
+                        .set_override(key, value)
+                        .map_err(|e| ConfigError(vec![e.to_string()]))?;
+                }
+                None => warnings.push(format!(
+                    "ignoring environment variable {name}: no configuration key `{key}`"
+                )),
+            }
+        }
+        if let Some(l) = &cli.listen {
+            builder = builder
+                .set_override("listen", l.as_str())
+                .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        }
+        if let Some(l) = &cli.admin_listen {
+            builder = builder
+                .set_override("admin.listen", l.as_str())
+                .map_err(|e| ConfigError(vec![e.to_string()]))?;
+        }
+        let built = builder.build().map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let cfg: Config = built.try_deserialize().map_err(|e| ConfigError(vec![e.to_string()]))?;
+        cfg.validate()?;
+        Ok((cfg, warnings))
+    }
+
+    /// Checks every value; lists every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let listen = self.listen.parse::<SocketAddr>();
+        if listen.is_err() {
+            p.push(format!("listen: {:?} is not an address like 0.0.0.0:8080", self.listen));
+        }
+        match self.admin.listen.parse::<SocketAddr>() {
+            Err(_) => p.push(format!(
+                "admin.listen: {:?} is not an address like 127.0.0.1:9090",
+                self.admin.listen
+            )),
+            Ok(a) if !a.ip().is_loopback() && self.admin.api_keys.is_empty() => p.push(format!(
+                "admin.listen: {a} is not a loopback address; set admin.api_keys before exposing the admin API"
+            )),
+            Ok(_) => {}
+        }
+        if self.admin.api_keys.iter().any(|k| k.len() < 16) {
+            p.push("admin.api_keys: every key must be at least 16 characters".into());
+        }
+        if self.node_id.len() > 64
+            || self
+                .node_id
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            p.push("node_id: at most 64 characters of ASCII letters, digits and - _ . :".into());
+        }
+        match self.relay.kind.as_str() {
+            "memory" => {}
+            "redis" => {
+                if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+                    p.push(format!(
+                        "redis.url: {:?} must start with redis:// or rediss://",
+                        self.redis.url
+                    ));
+                }
+            }
+            other => p.push(format!("relay.kind: {other:?} is not one of \"memory\", \"redis\"")),
+        }
+        if self.redis.channel_prefix.len() > 64 {
+            p.push("redis.channel_prefix: at most 64 bytes".into());
+        }
+        for (name, v) in [
+            ("redis.heartbeat_interval_ms", self.redis.heartbeat_interval_ms),
+            ("redis.heartbeat_timeout_ms", self.redis.heartbeat_timeout_ms),
+            ("redis.reconnect_min_ms", self.redis.reconnect_min_ms),
+            ("redis.publish_queue", self.redis.publish_queue as u64),
+            ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
+            ("limits.max_subscriptions", self.limits.max_subscriptions as u64),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            ("limits.max_topic_length", self.limits.max_topic_length as u64),
+            ("limits.handshake_timeout_ms", self.limits.handshake_timeout_ms),
+            ("limits.write_timeout_ms", self.limits.write_timeout_ms),
+            ("heartbeat.ping_interval_ms", self.heartbeat.ping_interval_ms),
+            ("outbox.max_frames", self.outbox.max_frames as u64),
+            ("outbox.max_bytes", self.outbox.max_bytes as u64),
+            ("shutdown.grace_ms", self.shutdown.grace_ms),
+        ] {
+            if v == 0 {
+                p.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        if self.redis.reconnect_max_ms < self.redis.reconnect_min_ms {
+            p.push("redis.reconnect_max_ms: must be at least redis.reconnect_min_ms".into());
+        }
+        if self.redis.unsubscribe_delay_ms > 1500 {
+            p.push("redis.unsubscribe_delay_ms: at most 1500 (a channel must be gone within 2 s)".into());
+        }
+        if self.limits.max_message_bytes > 64 << 20 {
+            p.push("limits.max_message_bytes: at most 67108864 (64 MiB)".into());
+        }
+        if self.limits.max_topic_length > 1024 {
+            p.push("limits.max_topic_length: at most 1024".into());
+        }
+        if self.heartbeat.idle_timeout_ms <= self.heartbeat.ping_interval_ms {
+            p.push("heartbeat.idle_timeout_ms: must be greater than heartbeat.ping_interval_ms".into());
+        }
+        if !matches!(self.outbox.slow_consumer.as_str(), "drop" | "disconnect") {
+            p.push(format!(
+                "outbox.slow_consumer: {:?} is not one of \"drop\", \"disconnect\"",
+                self.outbox.slow_consumer
+            ));
+        }
+        if self.log.level.trim().is_empty() {
+            p.push("log.level: must not be empty".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(p))
+        }
+    }
+
+    /// The effective configuration as TOML (`herald --print-config`). API keys are masked.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.admin.api_keys = shown.admin.api_keys.iter().map(|_| "********".to_owned()).collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated")
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.listen.parse().expect("validated")
+    }
+    pub fn topic_rules(&self) -> TopicRules {
+        TopicRules {
+            max_len: self.limits.max_topic_length,
+        }
+    }
+    pub fn outbox_limits(&self) -> OutboxLimits {
+        OutboxLimits {
+            max_frames: self.outbox.max_frames,
+            max_bytes: self.outbox.max_bytes,
+            policy: if self.outbox.slow_consumer == "disconnect" {
+                SlowConsumerPolicy::Disconnect
+            } else {
+                SlowConsumerPolicy::Drop
+            },
+        }
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        ms(self.limits.handshake_timeout_ms)
+    }
+    pub fn first_message_timeout(&self) -> Option<Duration> {
+        (self.limits.first_message_timeout_ms > 0).then(|| ms(self.limits.first_message_timeout_ms))
+    }
+    pub fn write_timeout(&self) -> Duration {
+        ms(self.limits.write_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        ms(self.heartbeat.ping_interval_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        ms(self.heartbeat.idle_timeout_ms)
+    }
+    pub fn close_window(&self) -> Duration {
+        ms(self.shutdown.close_window_ms)
+    }
+    pub fn drain_delay(&self) -> Duration {
+        ms(self.shutdown.drain_delay_ms)
+    }
+    pub fn grace(&self) -> Duration {
+        ms(self.shutdown.grace_ms)
+    }
+}
+
+/// Every leaf key of the tree (`admin.listen`, ...), mapped to whether it is a list.
+fn known_keys() -> BTreeMap<String, bool> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, bool>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            serde_json::Value::Array(_) => {
+                out.insert(prefix.to_owned(), true);
+            }
+            _ => {
+                out.insert(prefix.to_owned(), false);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(
+        "",
+        &serde_json::to_value(Config::default()).expect("serialisable"),
+        &mut out,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_complete() {
+        let (c, w) = Config::load(None, env(&[]), &CliOverrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+        assert_eq!(c.listen, "0.0.0.0:8080");
+        assert_eq!(c.admin.listen, "127.0.0.1:9090");
+        assert_eq!(c.relay.kind, "memory");
+    }
+
+    #[test]
+    fn layers_in_order() {
+        let mut f = tempfile();
+        writeln!(f.1, "listen = \"127.0.0.1:1000\"\nnode_id = \"007\"\n[limits]\nmax_subscriptions = 5\nmax_connections = 9\n[relay]\nkind = \"redis\"").unwrap();
+        let (c, w) = Config::load(
+            Some(&f.0),
+            env(&[
+                ("HERALD_LIMITS__MAX_SUBSCRIPTIONS", "7"),
+                ("HERALD_ADMIN__API_KEYS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                ("HERALD_REDIS__URL", "redis://127.0.0.1:7000/"),
+                ("HERALD_NOPE", "1"),
+                ("PATH", "/bin"),
+            ]),
+            &CliOverrides {
+                listen: Some("127.0.0.1:2000".into()),
+                admin_listen: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2000", "CLI beats file");
+        assert_eq!(c.node_id, "007", "strings stay strings");
+        assert_eq!(c.limits.max_subscriptions, 7, "env beats file");
+        assert_eq!(c.limits.max_connections, 9, "file beats default");
+        assert_eq!(c.admin.api_keys, vec!["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]);
+        assert_eq!(c.relay.kind, "redis");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:7000/");
+        assert_eq!(w.len(), 1, "unknown HERALD_ variable warned about: {w:?}");
+        f.1.flush().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let cli = CliOverrides {
+            listen: Some("nowhere".into()),
+            admin_listen: Some("0.0.0.0:9090".into()),
+        };
+        let e = Config::load(
+            None,
+            env(&[
+                ("HERALD_RELAY__KIND", "carrier-pigeon"),
+                ("HERALD_OUTBOX__SLOW_CONSUMER", "wait"),
+            ]),
+            &cli,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in ["listen:", "admin.listen:", "relay.kind:", "outbox.slow_consumer:"] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        assert_eq!(e.0.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let mut f = tempfile();
+        writeln!(f.1, "[limits]\nmax_subscriptons = 5").unwrap();
+        let e = Config::load(Some(&f.0), env(&[]), &CliOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_subscriptons"), "{e}");
+    }
+
+    #[test]
+    fn print_config_round_trips_and_masks_keys() {
+        let mut c = Config::default();
+        c.admin.api_keys = vec!["secretsecretsecret".into()];
+        let text = c.to_toml();
+        assert!(!text.contains("secretsecretsecret"));
+        let back: Config = toml::from_str(&Config::default().to_toml()).unwrap();
+        assert_eq!(back, Config::default());
+    }
+
+    fn tempfile() -> (std::path::PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!(
+            "herald-cfg-{}-{}.toml",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let f = std::fs::File::create(&path).unwrap();
+        (path, f)
+    }
+}

@@ -1,0 +1,20 @@
+//! The Herald gateway: a node's network edge. It owns the listeners (public WebSocket
+//! endpoints and the admin HTTP API), the WebSocket sessions (reader, writer), the
+//! configuration and the drain; the broker core (`herald-broker`) does the routing.
+//!
+//! [`Node::start`] runs a node inside an existing runtime (tests embed nodes this way);
+//! the `herald` binary (`main.rs`) adds the command line, logging and signals.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod http_server;
+pub mod node;
+pub mod public;
+pub mod query;
+pub mod relay_setup;
+pub mod session;
+pub mod stream;
+
+pub use config::{CliOverrides, Config, ConfigError};
+pub use node::{Node, StartError};

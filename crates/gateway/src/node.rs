@@ -1,0 +1,290 @@
+//! A running gateway node: its shared state, its start-up (bind listeners, build the relay
+//! and the broker, spawn the accept loops) and its one shutdown path, the phased drain.
+//!
+//! Drain, triggered by a signal, the admin API or [`Node::begin_drain`]:
+//! 1. `/readyz` answers 503 (`draining`), so load balancers stop sending new clients;
+//! 2. after `shutdown.drain_delay_ms` the public listener stops accepting;
+//! 3. every client is closed with 1001, each at a random moment within
+//!    `shutdown.close_window_ms`, so reconnects do not hit the other nodes at once;
+//! 4. the relay and the admin listener stop;
+//! 5. whatever still runs after `shutdown.grace_ms` is abandoned and the process exits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use herald_broker::{Broker, BrokerMetrics, ConnId, MemoryRelay, Outbox, Relay, RelayState};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::{admin, clock, http_server, public, relay_setup};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("relay: {0}")]
+    Relay(String),
+}
+
+/// The cancellation tree of one node, one token per drain phase.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// A drain was requested; `/readyz` reports 503 from now on.
+    pub draining: CancellationToken,
+    /// The public listener stops accepting.
+    pub stop_accepting: CancellationToken,
+    /// Sessions close their clients with 1001 (spread over the close window).
+    pub close_clients: CancellationToken,
+    /// Everything else stops: relay, admin listener, background tasks.
+    pub stop_all: CancellationToken,
+    /// The drain has finished; the node is gone.
+    pub finished: CancellationToken,
+}
+
+/// What the admin API and metrics know about one open connection.
+pub struct ConnInfo {
+    pub outbox: Arc<Outbox>,
+    pub peer: SocketAddr,
+    pub mode: &'static str,
+    pub opened: Instant,
+}
+
+/// State shared by every task of a node.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub node_id: Arc<str>,
+    pub broker: Arc<Broker>,
+    pub metrics: Arc<BrokerMetrics>,
+    pub shutdown: Shutdown,
+    /// WebSocket sessions (closed in drain phase 3).
+    pub sessions: TaskTracker,
+    /// Listeners, HTTP connections and background tasks.
+    pub tasks: TaskTracker,
+    pub connections: DashMap<ConnId, ConnInfo>,
+    pub started: Instant,
+    /// False until the listeners are bound (and while the relay is down: see `ready`).
+    pub started_up: AtomicBool,
+    pub ws_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    next_conn: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// A reserved connection slot; dropping it frees the slot.
+pub struct ConnSlot {
+    state: Arc<AppState>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.state.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl AppState {
+    /// Reserves a connection slot, or `None` at `limits.max_connections`.
+    pub fn try_reserve(self: &Arc<Self>) -> Option<ConnSlot> {
+        let max = self.config.limits.max_connections;
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnSlot { state: self.clone() })
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ready to take new clients: started, not draining, relay not down.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        if !self.started_up.load(Ordering::Acquire) {
+            (false, "starting")
+        } else if self.shutdown.draining.is_cancelled() {
+            (false, "draining")
+        } else if self.broker.relay_state() == RelayState::Down {
+            (false, "relay_down")
+        } else {
+            (true, "ready")
+        }
+    }
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    state: Arc<AppState>,
+}
+
+fn generate_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+impl Node {
+    /// Binds the listeners and starts serving. Must run inside a multi-threaded runtime.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let config = Arc::new(config);
+        let ws_listener = bind(config.listen_addr()).await?;
+        let admin_listener = bind(config.admin_addr()).await?;
+        let ws_addr = ws_listener.local_addr().map_err(|e| StartError::Bind {
+            addr: config.listen_addr(),
+            source: e,
+        })?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| StartError::Bind {
+            addr: config.admin_addr(),
+            source: e,
+        })?;
+
+        let node_id: Arc<str> = if config.node_id.is_empty() {
+            generate_node_id().into()
+        } else {
+            config.node_id.as_str().into()
+        };
+        let metrics = Arc::new(BrokerMetrics::new());
+        let shutdown = Shutdown::default();
+        let tasks = TaskTracker::new();
+        let relay: Arc<dyn Relay> = match config.relay.kind.as_str() {
+            "redis" => relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone()).await?,
+            _ => Arc::new(MemoryRelay::standalone(&node_id)),
+        };
+        let broker = Broker::new(&node_id, relay, metrics.clone());
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            node_id: node_id.clone(),
+            broker,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            sessions: TaskTracker::new(),
+            tasks: tasks.clone(),
+            connections: DashMap::new(),
+            started: Instant::now(),
+            started_up: AtomicBool::new(false),
+            ws_addr,
+            admin_addr,
+            next_conn: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+        });
+
+        tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
+        tasks.spawn(relay_gauge(state.clone()));
+        let st = state.clone();
+        tasks.spawn(http_server::accept_loop(
+            ws_listener,
+            shutdown.stop_accepting.clone(),
+            tasks.clone(),
+            config.handshake_timeout(),
+            move |req, peer| public::route(st.clone(), req, peer),
+        ));
+        let st = state.clone();
+        tasks.spawn(http_server::accept_loop(
+            admin_listener,
+            shutdown.stop_all.clone(),
+            tasks.clone(),
+            config.handshake_timeout(),
+            move |req, peer| admin::route(st.clone(), req, peer),
+        ));
+        tokio::spawn(drain(state.clone()));
+        state.started_up.store(true, Ordering::Release);
+        tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, "node started");
+        Ok(Node { state })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.state.ws_addr
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.state.admin_addr
+    }
+    pub fn node_id(&self) -> &str {
+        &self.state.node_id
+    }
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Starts the phased drain (idempotent); returns at once.
+    pub fn begin_drain(&self) {
+        self.state.shutdown.draining.cancel();
+    }
+
+    /// Waits until the drain has finished.
+    pub async fn stopped(&self) {
+        self.state.shutdown.finished.cancelled().await
+    }
+
+    /// Drains and waits for the end.
+    pub async fn shutdown(self) {
+        self.begin_drain();
+        self.stopped().await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Keeps `herald_relay_up` in step with the relay's state.
+async fn relay_gauge(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        let up = state.broker.relay_state() != RelayState::Down;
+        state.metrics.relay_up.set(up as i64);
+        tokio::select! {
+            _ = state.shutdown.stop_all.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// The drain phases (module docs).
+async fn drain(state: Arc<AppState>) {
+    let sd = &state.shutdown;
+    sd.draining.cancelled().await;
+    let cfg = &state.config;
+    let open = state.connections.len();
+    state.metrics.draining.set(1);
+    tracing::info!(connections = open, delay = ?cfg.drain_delay(), window = ?cfg.close_window(), "drain started: readiness now 503");
+    tokio::time::sleep(cfg.drain_delay()).await;
+    sd.stop_accepting.cancel();
+    tracing::info!("drain: stopped accepting; closing clients with 1001 over the close window");
+    sd.close_clients.cancel();
+    state.sessions.close();
+    let deadline = cfg.close_window() + cfg.grace();
+    if tokio::time::timeout(deadline, state.sessions.wait()).await.is_err() {
+        tracing::warn!(
+            left = state.sessions.len(),
+            "drain: sessions still open at the deadline; abandoning them"
+        );
+    } else {
+        tracing::info!("drain: every client closed");
+    }
+    sd.stop_all.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(cfg.grace(), state.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            left = state.tasks.len(),
+            "drain: background tasks still running at the deadline"
+        );
+    }
+    tracing::info!("drain finished");
+    sd.finished.cancel();
+}

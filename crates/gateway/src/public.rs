@@ -1,0 +1,201 @@
+//! Routes of the public listener: `GET /ws` (JSON protocol v1), `GET /raw/{topic}` (raw
+//! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
+//! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
+//! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
+//! handshake, 503 connection limit or draining.
+//!
+//! After a successful upgrade the connection leaves hyper: its TCP stream is taken back and
+//! split, and the session runs in the node's session tracker (`session/`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_broker::SubscriberMode;
+use herald_protocol::validate_topic;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::http_server::{json_error, json_response, Body};
+use crate::node::AppState;
+use crate::query::{param, percent_decode};
+use crate::session::{self, SessionParams};
+use crate::stream::PrefixedRead;
+
+/// Entry point for every public request.
+pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/healthz" => {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
+            }
+            json_response(
+                StatusCode::OK,
+                serde_json::json!({"status": "ok", "node": &*state.node_id}).to_string(),
+            )
+        }
+        "/ws" => upgrade(state, req, peer, SubscriberMode::Json, None),
+        p if p.starts_with("/raw/") => {
+            let raw = &p["/raw/".len()..];
+            match percent_decode(raw, false) {
+                Some(topic) => upgrade(state, req, peer, SubscriberMode::Raw, Some(topic)),
+                None => reject(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_topic",
+                    "topic is not valid percent-encoded UTF-8",
+                ),
+            }
+        }
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; WebSocket endpoints are /ws and /raw/{topic}",
+        ),
+    }
+}
+
+fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let reason = match status {
+        StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
+        StatusCode::SERVICE_UNAVAILABLE => "not_ready",
+        _ => "bad_request",
+    };
+    state.metrics.connections_rejected.with_label_values(&[reason]).inc();
+    json_error(status, code, message)
+}
+
+fn upgrade(
+    state: Arc<AppState>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    mode: SubscriberMode,
+    raw_topic: Option<String>,
+) -> Response<Body> {
+    if req.method() != Method::GET {
+        return reject(
+            &state,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "a WebSocket upgrade uses GET",
+        );
+    }
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return reject(
+            &state,
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "connect with a WebSocket client",
+        );
+    }
+    if state.shutdown.draining.is_cancelled() {
+        return reject(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; connect to another",
+        );
+    }
+    let rules = state.config.topic_rules();
+    let query = req.uri().query().map(str::to_owned);
+    let mut topics = Vec::new();
+    if let Some(t) = raw_topic {
+        if let Err(e) = validate_topic(&t, rules) {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "invalid_topic",
+                &format!("invalid topic {t:?}: {e}"),
+            );
+        }
+        topics.push(t);
+    } else if let Some(list) = param(query.as_deref(), "topics") {
+        let Ok(list) = list else {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "invalid_topic",
+                "`topics` is not valid percent-encoded UTF-8",
+            );
+        };
+        for t in list.split(',').filter(|t| !t.is_empty()) {
+            if let Err(e) = validate_topic(t, rules) {
+                return reject(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_topic",
+                    &format!("invalid topic {t:?}: {e}"),
+                );
+            }
+            if !topics.iter().any(|x| x == t) {
+                topics.push(t.to_owned());
+            }
+        }
+        if topics.len() > state.config.limits.max_subscriptions {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "too_many_subscriptions",
+                &format!(
+                    "at most {} topics per connection",
+                    state.config.limits.max_subscriptions
+                ),
+            );
+        }
+    }
+    let echo = match param(query.as_deref(), "echo") {
+        None => true,
+        Some(Ok(v)) if v == "true" || v == "1" => true,
+        Some(Ok(v)) if v == "false" || v == "0" => false,
+        Some(_) => {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "`echo` must be true or false",
+            )
+        }
+    };
+    let Some(slot) = state.try_reserve() else {
+        return reject(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection_limit",
+            "this node is at its connection limit; try another node or later",
+        );
+    };
+    let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(x) => x,
+        Err(e) => return reject(&state, StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
+    };
+    let params = SessionParams {
+        mode,
+        topics,
+        echo,
+        peer,
+    };
+    let st = state.clone();
+    state.sessions.spawn(async move {
+        let ws = match fut.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let upgraded = ws.into_inner().into_inner();
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        let (read, write) = parts.io.into_inner().into_split();
+        session::run(st, slot, params, PrefixedRead::new(parts.read_buf, read), write).await;
+    });
+    let (head, _) = response.into_parts();
+    Response::from_parts(head, Body::default())
+}
