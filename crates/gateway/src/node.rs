@@ -140,6 +140,12 @@ fn generate_node_id() -> String {
 impl Node {
     /// Binds the listeners and starts serving. Must run inside a multi-threaded runtime.
     pub async fn start(config: Config) -> Result<Node, StartError> {
+        Self::start_with_relay(config, None).await
+    }
+
+    /// Like [`Node::start`], with a relay built by the caller (tests join nodes through an
+    /// in-process hub this way) instead of the one `relay.kind` names.
+    pub async fn start_with_relay(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Node, StartError> {
         let config = Arc::new(config);
         let ws_listener = bind(config.listen_addr()).await?;
         let admin_listener = bind(config.admin_addr()).await?;
@@ -160,9 +166,12 @@ impl Node {
         let metrics = Arc::new(BrokerMetrics::new());
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
-        let relay: Arc<dyn Relay> = match config.relay.kind.as_str() {
-            "redis" => relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone()).await?,
-            _ => Arc::new(MemoryRelay::standalone(&node_id)),
+        let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
+            (Some(r), _) => r,
+            (None, "redis") => {
+                relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone()).await?
+            }
+            (None, _) => Arc::new(MemoryRelay::standalone(&node_id)),
         };
         let broker = Broker::new(&node_id, relay, metrics.clone());
         let state = Arc::new(AppState {

@@ -79,7 +79,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    encode_frame(OP_CLOSE, &[&code.to_be_bytes(), reason[..end].as_bytes()])
+    encode_frame(OP_CLOSE, &[&code.to_be_bytes(), &reason.as_bytes()[..end]])
 }
 
 /// A pong answering a ping with `payload` (at most 125 bytes, checked by the reader).

@@ -1,5 +1,13 @@
 //! Test harness for Herald: real processes and nodes on ephemeral loopback ports, with
 //! fault injection, so integration tests exercise the system the way operators run it.
 //! It owns process and socket plumbing for tests; it holds no production logic.
+//!
+//! - [`node`]: gateway nodes embedded in the test's runtime on 127.0.0.1:0, alone or as an
+//!   in-process cluster; metrics scraping.
+//! - [`wire`]: a hand-rolled WebSocket peer that can send what real clients must not
+//!   (unmasked frames, reserved bits, fragmented pings, bad UTF-8) and read frames exactly.
+//! - [`redis`]: `redis-server` processes on free ports that tests kill, pause and restart.
 
+pub mod node;
 pub mod redis;
+pub mod wire;

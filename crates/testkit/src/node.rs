@@ -1,0 +1,169 @@
+//! Gateway nodes for tests: started in the test's own runtime on 127.0.0.1:0 with a
+//! configuration a test can adjust, alone or joined through an in-process hub; plus a
+//! tiny HTTP/1.1 client for the admin endpoints (`/metrics`, `/readyz`, `/api/...`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use herald_broker::{MemoryHub, MemoryRelay, Relay};
+use herald_gateway::{Config, Node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A configuration for tests: loopback, ephemeral ports, a known node id.
+pub fn test_config(node_id: &str) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".into();
+    c.admin.listen = "127.0.0.1:0".into();
+    c.node_id = node_id.into();
+    c.shutdown.close_window_ms = 0;
+    c.shutdown.grace_ms = 5_000;
+    c.log.level = "warn".into();
+    c
+}
+
+/// A running node.
+pub struct TestNode {
+    pub node: Node,
+}
+
+impl TestNode {
+    /// A single node with test defaults.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A single node; `adjust` edits the configuration first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Result<Self> {
+        let mut c = test_config(&format!("test-{:06x}", rand::random::<u32>() & 0xff_ffff));
+        adjust(&mut c);
+        c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::start_config(c, None).await
+    }
+
+    /// A node with a full configuration and an optional relay.
+    pub async fn start_config(c: Config, relay: Option<Arc<dyn Relay>>) -> Result<Self> {
+        let node = Node::start_with_relay(c, relay).await.context("starting node")?;
+        Ok(Self { node })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.node.ws_addr()
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.node.admin_addr()
+    }
+
+    /// `ws://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws_addr(), path)
+    }
+
+    /// The node's `/metrics` text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let (status, body) = http_request(self.admin_addr(), "GET", "/metrics", &[], b"").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The value of one sample, e.g. `herald_messages_delivered_total` or
+    /// `herald_connections_closed_total{reason="too_big"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        Ok(parse_metric(&self.metrics_text().await?, sample))
+    }
+
+    /// Drains the node and waits until it has stopped.
+    pub async fn shutdown(self) {
+        self.node.shutdown().await
+    }
+}
+
+/// Reads one sample's value from Prometheus text; 0 when absent.
+pub fn parse_metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Nodes joined by an in-process hub (fast cluster tests without Redis).
+pub struct MemoryCluster {
+    pub hub: Arc<MemoryHub>,
+    pub nodes: Vec<TestNode>,
+}
+
+impl MemoryCluster {
+    pub async fn start(n: usize) -> Result<Self> {
+        let hub = MemoryHub::new();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = format!("mem-{i}");
+            let relay: Arc<dyn Relay> = Arc::new(MemoryRelay::with_hub(&id, hub.clone()));
+            nodes.push(TestNode::start_config(test_config(&id), Some(relay)).await?);
+        }
+        Ok(Self { hub, nodes })
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let head_end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no end of headers")?;
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status: u16 = head.split(' ').nth(1).context("no status")?.parse()?;
+        let mut body = buf[head_end + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = dechunk(&body)?;
+        }
+        Ok::<_, anyhow::Error>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .context("http request timed out")?
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.trim(), 16)?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
