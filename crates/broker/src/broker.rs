@@ -120,6 +120,11 @@ impl Broker {
         self.metrics.published.with_label_values(&[source.as_str()]).inc();
         let local = self.fan_out(topic, &payload, origin);
         let relay = self.relay.publish(topic, &payload, now_micros());
+        if let PublishTicket::Done(Err(_)) = &relay {
+            // Refused at once (relay down or full). Failures found later are counted by the
+            // relay that finds them.
+            self.metrics.dropped.with_label_values(&["relay_unavailable"]).inc();
+        }
         PublishReport { local, relay }
     }
 
@@ -130,7 +135,6 @@ impl Broker {
         let mut json: Option<Bytes> = None;
         let mut raw: Option<Bytes> = None;
         let mut out = FanOut::default();
-        let mut disconnected = 0usize;
         let visited = self.registry.for_each_subscriber(topic, |s| {
             if !s.echo && origin == Some(s.conn) {
                 return;
@@ -142,10 +146,7 @@ impl Broker {
             match s.outbox.push(frame, started) {
                 PushOutcome::Queued => out.delivered += 1,
                 PushOutcome::Dropped => out.dropped_slow += 1,
-                PushOutcome::Disconnected => {
-                    out.dropped_slow += 1;
-                    disconnected += 1;
-                }
+                PushOutcome::Disconnected => out.dropped_slow += 1,
                 PushOutcome::Closed => out.dropped_closed += 1,
             }
         });
@@ -164,7 +165,6 @@ impl Broker {
             }
             m.fanout_duration.observe(started.elapsed().as_secs_f64());
         }
-        let _ = disconnected;
         out
     }
 }

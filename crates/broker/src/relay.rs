@@ -64,7 +64,7 @@ impl PublishTicket {
     pub async fn outcome(self) -> Result<(), RelayError> {
         match self {
             Self::Done(r) => r,
-            Self::Pending(rx) => rx.await.unwrap_or_else(|_| Err(RelayError::ShuttingDown)),
+            Self::Pending(rx) => rx.await.unwrap_or(Err(RelayError::ShuttingDown)),
         }
     }
 }
@@ -90,10 +90,13 @@ pub trait Relay: Send + Sync {
     fn state(&self) -> RelayState;
 }
 
+/// A hub member: its node id and where to deliver.
+type Member = (Arc<str>, Weak<dyn RelaySink>);
+
 /// Joins the brokers of one process into a cluster (tests, embedded use).
 #[derive(Default)]
 pub struct MemoryHub {
-    members: Mutex<Vec<(Arc<str>, Weak<dyn RelaySink>)>>,
+    members: Mutex<Vec<Member>>,
     up: AtomicBool,
 }
 

@@ -14,8 +14,10 @@ use tokio::net::TcpStream;
 
 /// A configuration for tests: loopback, ephemeral ports, a known node id.
 pub fn test_config(node_id: &str) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
     c.admin.listen = "127.0.0.1:0".into();
     c.node_id = node_id.into();
     c.shutdown.close_window_ms = 0;
