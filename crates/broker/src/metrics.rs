@@ -7,7 +7,9 @@
 //! paths (per frame) accumulate in task-local counters and flush periodically (see the
 //! gateway's session code); per-message counters are incremented once per message.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Where a publication came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,11 @@ pub struct BrokerMetrics {
     pub relay_invalid: IntCounter,
     pub relay_latency: Histogram,
     pub http_requests: IntCounterVec,
+    /// Time to answer one admin-listener request (HTTP publishes include the relay's answer).
+    pub http_request_duration: Histogram,
     pub draining: IntGauge,
+    /// Always 1; the `version` label says which build runs (one series per process).
+    pub build_info: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
@@ -120,6 +126,17 @@ fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets())).expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
+}
+
+fn build_info(r: &Registry) -> IntGaugeVec {
+    let g = IntGaugeVec::new(
+        Opts::new("herald_build_info", "Always 1; labelled with the running version."),
+        &["version"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    g
 }
 
 impl BrokerMetrics {
@@ -258,11 +275,17 @@ impl BrokerMetrics {
             http_requests: counter_vec(
                 &r,
                 "herald_http_requests_total",
-                "Admin API requests, by status class.",
+                "Admin listener requests (API, probes, scrapes), by status class.",
                 "status",
                 &["2xx", "4xx", "5xx"],
             ),
+            http_request_duration: histogram(
+                &r,
+                "herald_http_request_duration_seconds",
+                "Time to answer one admin listener request, from routing to the response.",
+            ),
             draining: gauge(&r, "herald_draining", "1 while the node drains before stopping."),
+            build_info: build_info(&r),
             registry: r,
         }
     }

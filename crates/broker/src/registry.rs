@@ -162,6 +162,15 @@ impl Registry {
         self.topics.iter().map(|e| (e.key().clone(), e.value().len())).collect()
     }
 
+    /// Calls `f` with every topic and its subscriber count, one shard's read lock at a time,
+    /// without collecting them: the admin API pages through 100k topics keeping only a
+    /// page's worth. `f` must not block or touch the registry.
+    pub fn for_each_topic(&self, mut f: impl FnMut(&Arc<str>, usize)) {
+        for e in self.topics.iter() {
+            f(e.key(), e.value().len());
+        }
+    }
+
     /// Every topic name (for the relay's resubscription after a reconnect).
     pub fn topic_names(&self) -> Vec<Arc<str>> {
         self.topics.iter().map(|e| e.key().clone()).collect()

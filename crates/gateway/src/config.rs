@@ -45,6 +45,11 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer keys accepted by `/api/`. Empty: no auth, and the listener must be loopback.
     pub api_keys: Vec<String>,
+    /// Largest request body the admin API reads, in bytes (a whole batch). A larger
+    /// `Content-Length` is refused with 413 before any of the body is read; a chunked body
+    /// is cut off at this size. Each message's data is further capped by
+    /// `limits.max_message_bytes`.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +161,7 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9090".into(),
             api_keys: Vec::new(),
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -356,6 +362,7 @@ impl Config {
             ("redis.heartbeat_timeout_ms", self.redis.heartbeat_timeout_ms),
             ("redis.reconnect_min_ms", self.redis.reconnect_min_ms),
             ("redis.publish_queue", self.redis.publish_queue as u64),
+            ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
             ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
             ("limits.max_subscriptions", self.limits.max_subscriptions as u64),
             ("limits.max_connections", self.limits.max_connections as u64),
@@ -379,6 +386,9 @@ impl Config {
         }
         if self.limits.max_message_bytes > 64 << 20 {
             p.push("limits.max_message_bytes: at most 67108864 (64 MiB)".into());
+        }
+        if self.admin.max_body_bytes > 256 << 20 {
+            p.push("admin.max_body_bytes: at most 268435456 (256 MiB)".into());
         }
         if self.limits.max_topic_length > 1024 {
             p.push("limits.max_topic_length: at most 1024".into());

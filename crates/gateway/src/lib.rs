@@ -6,6 +6,7 @@
 //! the `herald` binary (`main.rs`) adds the command line, logging and signals.
 
 pub mod admin;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod http_server;

@@ -169,7 +169,7 @@ impl Node {
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
             (Some(r), _) => r,
             (None, "redis") => {
-                relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone()).await?
+                relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone(), &tasks)?
             }
             (None, _) => Arc::new(MemoryRelay::standalone(&node_id)),
         };

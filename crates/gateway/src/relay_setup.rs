@@ -1,19 +1,41 @@
-//! Builds the Redis relay from the node's configuration.
+//! Builds the Redis relay from the node's configuration and ties its lifetime to the
+//! node's: it stops when the drain reaches its last phase (`stop_all`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_broker::{BrokerMetrics, Relay};
+use herald_redis::{RedisRelay, RedisRelayConfig};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::node::StartError;
 
-/// Starts the Redis relay; it connects in the background (a node starts with Redis down).
-pub async fn start_redis(
-    _config: &Config,
-    _node_id: &str,
-    _metrics: Arc<BrokerMetrics>,
-    _stop: CancellationToken,
+/// Starts the Redis relay. It connects in the background: a node starts (not ready) while
+/// Redis is down and becomes ready when the relay is up.
+pub fn start_redis(
+    config: &Config,
+    node_id: &str,
+    metrics: Arc<BrokerMetrics>,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<Arc<dyn Relay>, StartError> {
-    Err(StartError::Relay("the Redis relay is being wired in".into()))
+    let r = &config.redis;
+    let mut rc = RedisRelayConfig::new(&r.url, node_id);
+    rc.channel_prefix = r.channel_prefix.clone();
+    rc.topic_rules = config.topic_rules();
+    rc.heartbeat_interval = Duration::from_millis(r.heartbeat_interval_ms);
+    rc.heartbeat_timeout = Duration::from_millis(r.heartbeat_timeout_ms);
+    rc.reconnect_backoff_min = Duration::from_millis(r.reconnect_min_ms);
+    rc.reconnect_backoff_max = Duration::from_millis(r.reconnect_max_ms);
+    rc.unsubscribe_delay = Duration::from_millis(r.unsubscribe_delay_ms);
+    rc.publish_queue_capacity = r.publish_queue;
+    let relay = RedisRelay::start(rc, metrics, stop.child_token()).map_err(|e| StartError::Relay(e.to_string()))?;
+    let handle = relay.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        handle.shutdown().await;
+    });
+    Ok(relay)
 }

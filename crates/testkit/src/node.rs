@@ -169,3 +169,77 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
         b = &b[size + 2..];
     }
 }
+
+/// Nodes joined through a real `redis-server` that the test owns (and may kill, pause or
+/// restart). Heartbeats and backoff are shortened so fault tests run in seconds.
+pub struct RedisCluster {
+    pub redis: crate::redis::RedisServer,
+    pub nodes: Vec<TestNode>,
+}
+
+/// A node configuration for a Redis cluster member.
+pub fn redis_member_config(node_id: &str, redis_url: &str) -> Config {
+    let mut c = test_config(node_id);
+    c.relay.kind = "redis".into();
+    c.redis.url = redis_url.into();
+    c.redis.heartbeat_interval_ms = 250;
+    c.redis.heartbeat_timeout_ms = 500;
+    c.redis.reconnect_min_ms = 50;
+    c.redis.reconnect_max_ms = 500;
+    c.redis.unsubscribe_delay_ms = 200;
+    c
+}
+
+impl RedisCluster {
+    /// Starts `redis-server` and `n` nodes, and waits until every relay is up.
+    pub async fn start(n: usize) -> Result<Self> {
+        let redis = crate::redis::RedisServer::start()?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = redis_member_config(&format!("node-{i}"), &redis.url());
+            nodes.push(TestNode::start_config(c, None).await?);
+        }
+        let cluster = Self { redis, nodes };
+        cluster.wait_ready(Duration::from_secs(10)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node's `/readyz` answers 200.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        for n in &self.nodes {
+            loop {
+                let (status, _) = http_request(n.admin_addr(), "GET", "/readyz", &[], b"").await?;
+                if status == 200 {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("node {} not ready within {within:?}", n.node.node_id());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until Redis reports `expected` subscribers on `channel`.
+    pub async fn wait_numsub(&self, channel: &str, expected: i64, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.redis.pubsub_numsub(channel)?;
+            if n == expected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{channel}: {n} subscribers, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

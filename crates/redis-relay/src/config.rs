@@ -1,0 +1,212 @@
+//! The Redis relay's settings ([`RedisRelayConfig`]) and the errors [`RedisRelay::start`]
+//! can report ([`RelayStartError`]).
+//!
+//! This file owns the defaults and the validation of the relay's knobs. It deliberately
+//! knows nothing about files, environment variables or flags: the gateway maps its own
+//! configuration tree onto this struct, so the relay stays usable from tests and embedders.
+//!
+//! [`RedisRelay::start`]: crate::RedisRelay::start
+
+use std::time::Duration;
+
+use herald_protocol::TopicRules;
+use thiserror::Error;
+
+/// Everything the Redis relay needs to know. Every field has a documented default
+/// (see [`Default`]); `node_id` must be set by the caller.
+#[derive(Debug, Clone)]
+pub struct RedisRelayConfig {
+    /// Redis server, `redis://[user:pass@]host:port[/db]` (default `redis://127.0.0.1:6379/`).
+    /// The relay opens two connections to it: one multiplexed for PUBLISH and one
+    /// dedicated to pub/sub.
+    pub url: String,
+    /// Prefix of every channel: topic `t` travels on `{channel_prefix}t` (default
+    /// `herald:`), so several Herald clusters, or other applications, can share one Redis.
+    pub channel_prefix: String,
+    /// This node's id, written into every envelope (1..=255 bytes). Envelopes carrying it
+    /// are dropped on receipt, which is how a node never receives its own publication.
+    pub node_id: String,
+    /// Applied to the topic of every inbound envelope, like every other entry point.
+    pub topic_rules: TopicRules,
+    /// How often both connections are PINGed (default 1 s). Detects a hung Redis
+    /// (SIGSTOP) or a half-open socket, which neither the library nor TCP notice quickly.
+    pub heartbeat_interval: Duration,
+    /// How long a PING may go unanswered before the relay is marked down (default 1 s).
+    /// A hang is noticed within `heartbeat_interval + heartbeat_timeout`.
+    pub heartbeat_timeout: Duration,
+    /// Deadline for opening a connection, TCP plus handshake (default 1 s). A paused
+    /// Redis still accepts TCP connections (the kernel does), so this is what bounds a
+    /// reconnect attempt to it.
+    pub connect_timeout: Duration,
+    /// Deadline for any command reply: PUBLISH pipelines, SUBSCRIBE, UNSUBSCRIBE
+    /// (default 1 s). A timeout is treated as a dead connection.
+    pub command_timeout: Duration,
+    /// First reconnect delay bound (default 100 ms). Delays grow exponentially up to
+    /// `reconnect_backoff_max`; each actual delay is uniform in `0..=bound` (full
+    /// jitter), so a fleet of nodes does not reconnect in lockstep after a Redis restart.
+    pub reconnect_backoff_min: Duration,
+    /// Upper bound of the reconnect delay (default 5 s): after Redis returns, every node
+    /// is back within this time.
+    pub reconnect_backoff_max: Duration,
+    /// How long a topic's channel stays subscribed after the last local subscriber left
+    /// (default 500 ms): absorbs churn. The channel is gone within
+    /// `subscribe_batch_window + unsubscribe_delay` (well under the 2 s we promise).
+    pub unsubscribe_delay: Duration,
+    /// How long interest changes are collected before SUBSCRIBE is sent (default 20 ms):
+    /// a burst of first subscribers to many topics costs one SUBSCRIBE with many channels.
+    pub subscribe_batch_window: Duration,
+    /// Most channels named in one SUBSCRIBE/UNSUBSCRIBE, also when resubscribing every
+    /// topic after a reconnect (default 1000), so one command never gets huge.
+    pub subscribe_batch_max: usize,
+    /// Publications waiting for Redis (default 65536). Beyond it `publish` fails at
+    /// once with `Overloaded` instead of growing memory.
+    pub publish_queue_capacity: usize,
+    /// Most PUBLISH commands sent in one pipeline (default 512).
+    pub publish_batch_max: usize,
+    /// Tasks that decode inbound envelopes and hand them to the broker (default 0: one
+    /// per core). A topic always goes to the same worker, which keeps per-topic order.
+    pub deliver_workers: usize,
+    /// Envelopes waiting per worker (default 1024). When full, the pub/sub reader waits
+    /// (see the crate docs on back-pressure).
+    pub deliver_queue_capacity: usize,
+}
+
+impl Default for RedisRelayConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            channel_prefix: "herald:".into(),
+            node_id: String::new(),
+            topic_rules: TopicRules::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            unsubscribe_delay: Duration::from_millis(500),
+            subscribe_batch_window: Duration::from_millis(20),
+            subscribe_batch_max: 1000,
+            publish_queue_capacity: 65536,
+            publish_batch_max: 512,
+            deliver_workers: 0,
+            deliver_queue_capacity: 1024,
+        }
+    }
+}
+
+impl RedisRelayConfig {
+    /// The defaults with `url` and `node_id` set.
+    pub fn new(url: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            node_id: node_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The Redis channel that carries `topic`.
+    pub fn channel(&self, topic: &str) -> String {
+        let mut c = String::with_capacity(self.channel_prefix.len() + topic.len());
+        c.push_str(&self.channel_prefix);
+        c.push_str(topic);
+        c
+    }
+
+    /// The number of delivery workers actually started.
+    pub fn worker_count(&self) -> usize {
+        match self.deliver_workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// Checks every field and reports every problem at once.
+    pub fn validate(&self) -> Result<(), RelayStartError> {
+        let mut p = Vec::new();
+        if self.node_id.is_empty() || self.node_id.len() > 255 {
+            p.push(format!("node_id must be 1..=255 bytes, is {}", self.node_id.len()));
+        }
+        if self
+            .channel_prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            p.push("channel_prefix must not contain spaces or control characters".into());
+        }
+        for (name, d) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+            ("reconnect_backoff_min", self.reconnect_backoff_min),
+        ] {
+            if d.is_zero() {
+                p.push(format!("{name} must be positive"));
+            }
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_min {
+            p.push("reconnect_backoff_max must be at least reconnect_backoff_min".into());
+        }
+        for (name, n) in [
+            ("subscribe_batch_max", self.subscribe_batch_max),
+            ("publish_queue_capacity", self.publish_queue_capacity),
+            ("publish_batch_max", self.publish_batch_max),
+            ("deliver_queue_capacity", self.deliver_queue_capacity),
+        ] {
+            if n == 0 {
+                p.push(format!("{name} must be positive"));
+            }
+        }
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            p.push(format!("url {:?} is not a Redis URL: {e}", self.url));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(RelayStartError::Config(p))
+        }
+    }
+}
+
+/// Why the relay could not start. Redis being unreachable is *not* one of these: the relay
+/// starts down and keeps reconnecting.
+#[derive(Debug, Error)]
+pub enum RelayStartError {
+    /// One entry per invalid setting.
+    #[error("invalid redis relay configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// The URL parsed as a whole but the client refused it.
+    #[error("redis client: {0}")]
+    Client(#[from] redis::RedisError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_once_a_node_id_is_set() {
+        assert!(RedisRelayConfig::default().validate().is_err());
+        let c = RedisRelayConfig::new("redis://127.0.0.1:1/", "n1");
+        c.validate().unwrap();
+        assert_eq!(c.channel("room"), "herald:room");
+        assert!(c.worker_count() >= 1);
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let c = RedisRelayConfig {
+            url: "http://nope".into(),
+            node_id: "x".repeat(300),
+            heartbeat_interval: Duration::ZERO,
+            reconnect_backoff_max: Duration::from_millis(1),
+            publish_queue_capacity: 0,
+            ..RedisRelayConfig::default()
+        };
+        let Err(RelayStartError::Config(p)) = c.validate() else {
+            panic!("expected errors")
+        };
+        assert_eq!(p.len(), 5, "{p:?}");
+    }
+}

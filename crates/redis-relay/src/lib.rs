@@ -1,0 +1,78 @@
+//! Herald's relay over Redis pub/sub: [`RedisRelay`] implements `herald_broker::Relay`, so
+//! several `herald` nodes sharing one Redis form one broker.
+//!
+//! This crate owns the Redis side only: connections, channels, PUBLISH pipelines,
+//! SUBSCRIBE bookkeeping, heartbeats and reconnects. It does not own the envelope format
+//! (`herald_protocol::envelope`), local fan-out (the broker, reached through
+//! `RelaySink`), metric names (`herald_broker::metrics`) or configuration files (the
+//! gateway maps its `[redis]` section onto [`RedisRelayConfig`]).
+//!
+//! # Shape
+//! - Topic `t` travels on channel `{channel_prefix}t` (default `herald:t`) as one envelope
+//!   (version, kind, publish time, origin node id, topic, payload; see
+//!   `herald_protocol::envelope` for the byte layout).
+//! - `Relay::publish` never blocks: it encodes the envelope and pushes it into a bounded
+//!   queue (full: `Overloaded`; relay down: `Unavailable` at once). The publisher task
+//!   sends the queue as PUBLISH pipelines on a multiplexed connection, in queue order,
+//!   and answers each publication when Redis has replied.
+//! - A dedicated pub/sub connection is read by its own task; envelopes go to one of K
+//!   delivery workers (K = cores) chosen by topic hash, which decode, validate and call
+//!   `RelaySink::deliver`. Per-topic order is kept end to end.
+//! - `Relay::interest_changed` marks a topic dirty; the supervisor reconciles dirty topics
+//!   with `RelaySink::has_interest` after a 20 ms window (one SUBSCRIBE with many
+//!   channels), and unsubscribes a topic `unsubscribe_delay` (500 ms) after its last local
+//!   subscriber left. 10k subscribers joining one topic cost one SUBSCRIBE.
+//! - Faults: a PING on both connections every `heartbeat_interval`, answered within
+//!   `heartbeat_timeout`, catches a hung Redis (SIGSTOP) or a half-open socket. Any failure
+//!   turns the relay Down (`herald_relay_up` 0), drops both connections and reconnects
+//!   with exponential backoff and full jitter (100 ms .. 5 s), then resubscribes every topic
+//!   from `RelaySink::interested_topics`, turns Up and counts `herald_relay_reconnects_total`
+//!   (the first connection of a process is not counted as a reconnect).
+//!
+//! # Why RESP2 `aio::PubSub` rather than RESP3 push messages
+//! redis 1.8.1 offers both. We use a dedicated RESP2 pub/sub connection because:
+//! - the library's RESP3 path couples pub/sub with its `ConnectionManager`, whose automatic
+//!   reconnect/resubscribe is exactly what fails silently (a long outage exhausts the
+//!   retries and the subscription is never restored; response timeouts do not reconnect).
+//!   With `aio::PubSub` nothing happens behind our back: the stream ends when the socket
+//!   dies, and the supervisor owns reconnecting, resubscribing and the Up/Down state;
+//! - inbound traffic (possibly heavy) does not share a socket, and so a queue, with our
+//!   PUBLISH pipelines and heartbeat, so neither delays the other;
+//! - it works with any Redis (and proxies) that speak RESP2, and needs no `HELLO 3`.
+//!
+//! The cost is a second connection per node, which is negligible.
+//!
+//! # Back-pressure on the inbound path
+//! `deliver` never blocks (it pushes into bounded per-connection outboxes, where the
+//! slow-consumer policy applies), so a worker queue is full only while the node's CPUs
+//! cannot keep up with what Redis sends. Then the reader *waits* for room instead of
+//! dropping: redis-rs has already read the message off the socket into its unbounded
+//! channel, so dropping would save no memory in Redis and would lose a message the node can
+//! deliver a few milliseconds later, and no existing `dropped{reason}` describes it
+//! honestly (`slow_consumer` means one subscriber's outbox, `closed` a closing
+//! connection, `relay_invalid` a malformed message). The wait is therefore a bounded queue
+//! per worker plus redis-rs's buffer in front of the reader; while the reader waits longer
+//! than 100 ms a (rate-limited) warning says the node is falling behind. Heartbeats are
+//! answered by the library's connection driver, not by our reader, so a busy reader never
+//! makes a healthy Redis look dead.
+//!
+//! # What is and is not guaranteed
+//! - Publications of one node reach Redis in the order `publish` accepted them, and each
+//!   topic is delivered in Redis order on every receiving node: one publisher's messages
+//!   to one topic arrive in publish order everywhere.
+//! - A publication answered `Ok` was accepted by Redis. One answered `Err` was not
+//!   acknowledged; when a connection breaks mid-pipeline Redis may still have executed part
+//!   of it, so an `Err` can, rarely, have reached some nodes (at most once, never twice).
+//! - Redis pub/sub is at-most-once: messages published while a node is disconnected are
+//!   lost for that node. Ordering between different publishers is Redis's arrival order.
+
+mod backoff;
+mod config;
+mod inbound;
+mod publisher;
+mod relay;
+mod subscriptions;
+mod supervisor;
+
+pub use config::{RedisRelayConfig, RelayStartError};
+pub use relay::RedisRelay;
