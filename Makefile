@@ -53,3 +53,13 @@ $(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json $(INTER
 
 bench:
 	$(CARGO) bench -p herald-benches
+
+.PHONY: cluster cluster-down
+
+## cluster: redis-server, three herald nodes and HAProxy on loopback (ports printed; state in .cluster/)
+cluster:
+	scripts/cluster.sh up
+
+## cluster-down: stop exactly what `make cluster` started
+cluster-down:
+	scripts/cluster.sh down

@@ -85,7 +85,9 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     };
     match num.parse::<f64>() {
         Ok(v) if v > 0.0 && v * mul <= 1e8 => Ok(Rate::PerSec(v * mul)),
-        _ => Err(format!("{s:?}: expected `max` or a rate like 1000, 2.5k, 1M (at most 100M)")),
+        _ => Err(format!(
+            "{s:?}: expected `max` or a rate like 1000, 2.5k, 1M (at most 100M)"
+        )),
     }
 }
 
@@ -111,13 +113,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// herald-loadtest: floods a Herald node or cluster and reports what it carried.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "herald-loadtest", version, about, after_help = "Documentation: docs/loadtest.md")]
+#[command(
+    name = "herald-loadtest",
+    version,
+    about,
+    after_help = "Documentation: docs/loadtest.md"
+)]
 pub struct Args {
     /// Scenario to run.
     #[arg(value_enum, default_value_t = Scenario::Fanout)]
     pub scenario: Scenario,
     /// Node WebSocket URLs (repeat or comma-separate); clients are spread over them round-robin.
-    #[arg(short = 'u', long = "url", value_delimiter = ',', default_value = "ws://127.0.0.1:8080/ws")]
+    #[arg(
+        short = 'u',
+        long = "url",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
     pub urls: Vec<String>,
     /// URLs for publishers only (default: --url; cross-node: the first --url).
     #[arg(long = "pub-url", value_delimiter = ',')]
@@ -128,6 +140,9 @@ pub struct Args {
     /// Admin base URLs (http://127.0.0.1:9090): /metrics scraped before and after; HTTP publishing target.
     #[arg(long = "admin", value_delimiter = ',')]
     pub admin: Vec<String>,
+    /// Pids of local node processes: precise CPU, memory and CPU-wait figures from /proc.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// Subscriber connections (idle: connections held; churn: concurrent workers).
     #[arg(short = 's', long)]
     pub subscribers: Option<usize>,
@@ -218,6 +233,7 @@ pub struct Config {
     pub pub_urls: Vec<String>,
     pub sub_urls: Vec<String>,
     pub admin: Vec<String>,
+    pub server_pids: Vec<u32>,
     pub subscribers: usize,
     pub publishers: usize,
     pub topics: u32,
@@ -309,7 +325,10 @@ impl Args {
             .topic_prefix
             .unwrap_or_else(|| format!("lt.{:04x}.", rand::random::<u16>()));
 
-        ensure!(subscribers + publishers > 0, "nothing to do: no subscribers and no publishers");
+        ensure!(
+            subscribers + publishers > 0,
+            "nothing to do: no subscribers and no publishers"
+        );
         ensure!(
             subscribers + publishers <= MAX_CONNECTIONS,
             "at most {MAX_CONNECTIONS} connections per run"
@@ -323,7 +342,10 @@ impl Args {
             (1..=256).contains(&self.topics_per_subscriber) && self.topics_per_subscriber <= topics as usize,
             "--topics-per-subscriber must be 1..=256 and at most --topics"
         );
-        ensure!((0.0..=1.0).contains(&self.hot_fraction), "--hot-fraction must be within 0..=1");
+        ensure!(
+            (0.0..=1.0).contains(&self.hot_fraction),
+            "--hot-fraction must be within 0..=1"
+        );
         ensure!(self.zipf_exponent > 0.0, "--zipf-exponent must be positive");
         ensure!(
             (MIN_PAYLOAD..=16 << 20).contains(&self.payload_size),
@@ -362,6 +384,7 @@ impl Args {
             pub_urls,
             sub_urls,
             admin: self.admin,
+            server_pids: self.server_pids,
             subscribers,
             publishers,
             topics,

@@ -14,7 +14,8 @@
 //! Modules: [`cli`] (flags, bounds), [`scenario`] (the phases of each scenario),
 //! [`client`] (the lean WebSocket/HTTP client), [`payload`] (the stamp layout), [`stats`]
 //! (counters, histograms, sequence tracking), [`report`] (summary and JSON),
-//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU),
+//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU), [`procstat`] (local processes' CPU, memory and
+//! run delay),
 //! [`topics`] (distributions), [`progress`] (the live line). See docs/loadtest.md.
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod limits;
 pub mod metrics_scrape;
 pub mod payload;
+pub mod procstat;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -42,7 +42,10 @@ pub fn raise_nofile(connections: u64) -> Result<u64> {
     lim.rlim_cur = needed as libc::rlim_t;
     // SAFETY: setrlimit reads the struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        bail!("setrlimit(RLIMIT_NOFILE, {needed}) failed: {}", std::io::Error::last_os_error());
+        bail!(
+            "setrlimit(RLIMIT_NOFILE, {needed}) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(needed)
 }

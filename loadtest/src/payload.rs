@@ -160,7 +160,7 @@ mod tests {
         };
         let v = t.stamp(&s).to_vec();
         assert_eq!(v.len(), 256);
-        assert_eq!(&v[..47], br#""t=000123456789;s=0000000042;p=00007;k=031337;"#);
+        assert_eq!(&v[..MIN_PAYLOAD], br#""t=000123456789;s=0000000042;p=00007;k=031337;."#);
         assert!(serde_json::from_slice::<String>(&v).is_ok());
         assert_eq!(parse(&v[1..]), Some(s));
         let frame = [DELIVERY_HEAD, b"lt.a/b", &DELIVERY_DATA[..9], &v, b"}"].concat();
@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(Template::new(1).bytes().len(), MIN_PAYLOAD);
         assert_eq!(parse(b"hello"), None);
         assert_eq!(parse(b"t=00000000000x;s=0000000042;p=00007;k=031337;"), None);
-        assert_eq!(parse_delivery(br#"{"type":"message","topic":"a","data":{"x":1}}"#), None);
+        assert_eq!(
+            parse_delivery(br#"{"type":"message","topic":"a","data":{"x":1}}"#),
+            None
+        );
         assert_eq!(parse_delivery(br#"{"type":"ack","id":1}"#), None);
     }
 }

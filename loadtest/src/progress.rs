@@ -52,15 +52,27 @@ pub fn spawn(shared: Arc<Shared>, phase: Arc<PhaseCell>, cores: usize, stop: Can
     tokio::spawn(async move {
         let tty = std::io::stderr().is_terminal();
         let start = Instant::now();
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-        let mut last = (shared.published.load(Ordering::Relaxed), shared.delivered(), Usage::now().cpu_s(), Instant::now());
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let mut last = (
+            shared.published.load(Ordering::Relaxed),
+            shared.delivered(),
+            Usage::now().cpu_s(),
+            Instant::now(),
+        );
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let now = Instant::now();
-            let (published, delivered, cpu) = (shared.published.load(Ordering::Relaxed), shared.delivered(), Usage::now().cpu_s());
+            let (published, delivered, cpu) = (
+                shared.published.load(Ordering::Relaxed),
+                shared.delivered(),
+                Usage::now().cpu_s(),
+            );
             let dt = (now - last.3).as_secs_f64().max(1e-3);
             let behind = shared.expected.load(Ordering::Relaxed).saturating_sub(delivered);
             let text = format!(

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{PublishVia, Rate, Scenario, SubscribeVia};
 use crate::metrics_scrape::ServerView;
+use crate::procstat::ProcView;
 use crate::stats::Percentiles;
 use crate::topics::Distribution;
 
@@ -39,6 +40,8 @@ pub struct Report {
     pub generator: Generator,
     /// One entry per `--admin` URL.
     pub servers: Vec<ServerView>,
+    /// One entry per `--server-pid`.
+    pub processes: Vec<ProcView>,
     pub warnings: Vec<String>,
 }
 
@@ -146,6 +149,9 @@ pub struct Generator {
     /// CPU µs per delivery received (pub/sub scenarios).
     pub cpu_us_per_delivery: Option<f64>,
     pub max_rss_bytes: u64,
+    /// Time its threads were runnable but waiting for a CPU (other processes on the
+    /// machine), seconds.
+    pub waited_for_cpu_s: f64,
     /// Above 90% utilisation: the figures may measure the generator, not the node.
     pub saturated: bool,
 }

@@ -15,7 +15,6 @@ pub mod public;
 pub mod query;
 pub mod relay_setup;
 pub mod session;
-pub mod stream;
 
 pub use config::{CliOverrides, Config, ConfigError};
 pub use node::{Node, StartError};

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use herald_broker::{Broker, BrokerMetrics, ConnId, MemoryRelay, Outbox, Relay, RelayState};
@@ -269,6 +269,7 @@ async fn drain(state: Arc<AppState>) {
     let sd = &state.shutdown;
     sd.draining.cancelled().await;
     let cfg = &state.config;
+    let started = Instant::now();
     let open = state.connections.len();
     state.metrics.draining.set(1);
     tracing::info!(connections = open, delay = ?cfg.drain_delay(), window = ?cfg.close_window(), "drain started: readiness now 503");
@@ -277,14 +278,26 @@ async fn drain(state: Arc<AppState>) {
     tracing::info!("drain: stopped accepting; closing clients with 1001 over the close window");
     sd.close_clients.cancel();
     state.sessions.close();
-    let deadline = cfg.close_window() + cfg.grace();
-    if tokio::time::timeout(deadline, state.sessions.wait()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + cfg.close_window() + cfg.grace();
+    // Progress once a second, so a long close window is visible in the logs.
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let all_closed = loop {
+        tokio::select! {
+            _ = state.sessions.wait() => break true,
+            _ = tokio::time::sleep_until(deadline) => break false,
+            _ = progress.tick() => tracing::info!(left = state.connections.len(), "drain: closing clients"),
+        }
+    };
+    if all_closed {
+        tracing::info!(elapsed = ?started.elapsed(), "drain: every client closed");
+    } else {
         tracing::warn!(
             left = state.sessions.len(),
             "drain: sessions still open at the deadline; abandoning them"
         );
-    } else {
-        tracing::info!("drain: every client closed");
     }
     sd.stop_all.cancel();
     state.tasks.close();
@@ -294,6 +307,6 @@ async fn drain(state: Arc<AppState>) {
             "drain: background tasks still running at the deadline"
         );
     }
-    tracing::info!("drain finished");
+    tracing::info!(elapsed = ?started.elapsed(), "drain finished");
     sd.finished.cancel();
 }

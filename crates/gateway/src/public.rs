@@ -21,7 +21,6 @@ use crate::http_server::{json_error, json_response, Body};
 use crate::node::AppState;
 use crate::query::{param, percent_decode};
 use crate::session::{self, SessionParams};
-use crate::stream::PrefixedRead;
 
 /// Entry point for every public request.
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -194,7 +193,7 @@ fn upgrade(
             }
         };
         let (read, write) = parts.io.into_inner().into_split();
-        session::run(st, slot, params, PrefixedRead::new(parts.read_buf, read), write).await;
+        session::run(st, slot, params, parts.read_buf, read, write).await;
     });
     let (head, _) = response.into_parts();
     Response::from_parts(head, Body::default())

@@ -21,7 +21,10 @@ async fn wait_subscribers(api: &Api, topic: &str, n: u64) {
         if v["subscribers"].as_u64() == Some(n) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{topic} never reached {n} subscribers: {v}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} never reached {n} subscribers: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -43,7 +46,10 @@ async fn publish_reaches_ws_and_raw_subscribers_on_one_node() {
     wait_subscribers(&api, "news", 3).await;
 
     let resp = api
-        .post_json("/api/publish", &json!({"topic": "news", "data": {"headline": "hi", "n": [1, 2]}}))
+        .post_json(
+            "/api/publish",
+            &json!({"topic": "news", "data": {"headline": "hi", "n": [1, 2]}}),
+        )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(
@@ -76,10 +82,15 @@ async fn publish_crosses_a_cluster_and_reports_a_relay_outage() {
         subs.push(Client::connect(&n.url("/ws?topics=orders")).await.unwrap());
     }
     let api = Api::new(&cluster.nodes[0]);
-    let resp = api.post_json("/api/publish", &json!({"topic": "orders", "data": 1})).await;
+    let resp = api
+        .post_json("/api/publish", &json!({"topic": "orders", "data": 1}))
+        .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let v = resp.json();
-    assert_eq!((v["delivered"].clone(), v["relayed"].clone(), v["relay"].clone()), (json!(1), json!(true), json!("ok")));
+    assert_eq!(
+        (v["delivered"].clone(), v["relayed"].clone(), v["relay"].clone()),
+        (json!(1), json!(true), json!("ok"))
+    );
     for s in subs.iter_mut() {
         assert_eq!(s.next_message_timeout(WAIT).await.unwrap().data_json(), "1");
     }
@@ -89,7 +100,9 @@ async fn publish_crosses_a_cluster_and_reports_a_relay_outage() {
         .metric("herald_messages_dropped_total{reason=\"relay_unavailable\"}")
         .await
         .unwrap();
-    let resp = api.post_json("/api/publish", &json!({"topic": "orders", "data": 2})).await;
+    let resp = api
+        .post_json("/api/publish", &json!({"topic": "orders", "data": 2}))
+        .await;
     assert_eq!(resp.status, 503, "{}", resp.text());
     assert_eq!(resp.header("retry-after"), Some("1"));
     let v = resp.json();
@@ -109,17 +122,29 @@ async fn publish_crosses_a_cluster_and_reports_a_relay_outage() {
 
     // A batch during the outage: each item is reported as not relayed.
     let resp = api
-        .post_json("/api/publish/batch", &json!({"messages": [{"topic": "orders", "data": 3}]}))
+        .post_json(
+            "/api/publish/batch",
+            &json!({"messages": [{"topic": "orders", "data": 3}]}),
+        )
         .await;
     assert_eq!(resp.status, 207);
     let item = &resp.json()["results"][0];
-    assert_eq!((item["status"].clone(), item["code"].clone()), (json!(503), json!("relay_unavailable")));
+    assert_eq!(
+        (item["status"].clone(), item["code"].clone()),
+        (json!(503), json!("relay_unavailable"))
+    );
 
     cluster.hub.set_up(true);
-    let resp = api.post_json("/api/publish", &json!({"topic": "orders", "data": 4})).await;
+    let resp = api
+        .post_json("/api/publish", &json!({"topic": "orders", "data": 4}))
+        .await;
     assert_eq!(resp.status, 200);
     for s in subs.iter_mut().skip(1) {
-        assert_eq!(s.next_message_timeout(WAIT).await.unwrap().data_json(), "4", "3 never crossed");
+        assert_eq!(
+            s.next_message_timeout(WAIT).await.unwrap().data_json(),
+            "4",
+            "3 never crossed"
+        );
     }
     cluster.shutdown().await;
 }
@@ -172,13 +197,24 @@ async fn batch_reports_each_item_and_publishes_the_good_ones_in_order() {
 
     // All good: 200.
     let ok = api
-        .post_json("/api/publish/batch", &json!({"messages": [{"topic": "b", "data": "x"}]}))
+        .post_json(
+            "/api/publish/batch",
+            &json!({"messages": [{"topic": "b", "data": "x"}]}),
+        )
         .await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.json()["results"][0]["delivered"], 1);
     // The batch as a whole is wrong: nothing published.
-    assert_error(&api.post_json("/api/publish/batch", &json!({})).await, 400, "missing_field");
-    assert_error(&api.post_json("/api/publish/batch", &json!({"messages": []})).await, 400, "invalid_field");
+    assert_error(
+        &api.post_json("/api/publish/batch", &json!({})).await,
+        400,
+        "missing_field",
+    );
+    assert_error(
+        &api.post_json("/api/publish/batch", &json!({"messages": []})).await,
+        400,
+        "invalid_field",
+    );
     let many: Vec<Value> = (0..1001).map(|i| json!({"topic": "b", "data": i})).collect();
     assert_error(
         &api.post_json("/api/publish/batch", &json!({"messages": many})).await,
@@ -199,27 +235,59 @@ async fn broadcast_sends_one_payload_to_many_topics() {
         subs.push(Client::connect(&node.url(&format!("/ws?topics={t}"))).await.unwrap());
     }
     let resp = api
-        .post_json("/api/broadcast", &json!({"topics": ["eu", "us", "asia", "nobody"], "data": {"alert": 1}}))
+        .post_json(
+            "/api/broadcast",
+            &json!({"topics": ["eu", "us", "asia", "nobody"], "data": {"alert": 1}}),
+        )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let v = resp.json();
     assert_eq!(v["accepted"], 4);
-    let delivered: Vec<u64> = v["results"].as_array().unwrap().iter().map(|r| r["delivered"].as_u64().unwrap()).collect();
+    let delivered: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["delivered"].as_u64().unwrap())
+        .collect();
     assert_eq!(delivered, vec![1, 1, 1, 0]);
     for (s, t) in subs.iter_mut().zip(["eu", "us", "asia"]) {
         let m = s.next_message_timeout(WAIT).await.unwrap();
         assert_eq!((m.topic.as_str(), m.data_json()), (t, r#"{"alert":1}"#));
     }
     let resp = api
-        .post_json("/api/broadcast", &json!({"topics": ["eu", "eu", "no way", 3], "data": 2}))
+        .post_json(
+            "/api/broadcast",
+            &json!({"topics": ["eu", "eu", "no way", 3], "data": 2}),
+        )
         .await;
     assert_eq!(resp.status, 207);
-    let codes: Vec<Value> = resp.json()["results"].as_array().unwrap().iter().map(|r| r["code"].clone()).collect();
-    assert_eq!(codes, vec![Value::Null, json!("invalid_field"), json!("invalid_topic"), json!("invalid_field")]);
+    let codes: Vec<Value> = resp.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].clone())
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            Value::Null,
+            json!("invalid_field"),
+            json!("invalid_topic"),
+            json!("invalid_field")
+        ]
+    );
     assert_eq!(subs[0].next_message_timeout(WAIT).await.unwrap().data_json(), "2");
     nothing_arrives(&mut subs[0]).await;
-    assert_error(&api.post_json("/api/broadcast", &json!({"topics": ["eu"]})).await, 400, "missing_field");
-    assert_error(&api.post_json("/api/broadcast", &json!({"data": 1})).await, 400, "missing_field");
+    assert_error(
+        &api.post_json("/api/broadcast", &json!({"topics": ["eu"]})).await,
+        400,
+        "missing_field",
+    );
+    assert_error(
+        &api.post_json("/api/broadcast", &json!({"data": 1})).await,
+        400,
+        "missing_field",
+    );
     node.shutdown().await;
 }
 
@@ -234,14 +302,25 @@ async fn raw_body_publish_lets_the_content_type_decide() {
 
     let resp = api.post(path, "text/plain; charset=utf-8", "héllo".as_bytes()).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!((resp.json()["kind"].clone(), resp.json()["delivered"].clone()), (json!("text"), json!(2)));
+    assert_eq!(
+        (resp.json()["kind"].clone(), resp.json()["delivered"].clone()),
+        (json!("text"), json!(2))
+    );
     assert_eq!(ws.next_message_timeout(WAIT).await.unwrap().data_json(), r#""héllo""#);
     assert_eq!(raw.next_timeout(WAIT).await.unwrap(), RawFrame::Text("héllo".into()));
 
     let bytes = [0u8, 159, 146, 150, 255];
-    for ct in ["application/octet-stream", "application/x-www-form-urlencoded", "image/png"] {
+    for ct in [
+        "application/octet-stream",
+        "application/x-www-form-urlencoded",
+        "image/png",
+    ] {
         let resp = api.post(path, ct, &bytes).await;
-        assert_eq!((resp.status, resp.json()["kind"].clone()), (200, json!("binary")), "{ct}");
+        assert_eq!(
+            (resp.status, resp.json()["kind"].clone()),
+            (200, json!("binary")),
+            "{ct}"
+        );
         let m = ws.next_message_timeout(WAIT).await.unwrap();
         assert_eq!(m.encoding.as_deref(), Some("base64"));
         assert_eq!(m.payload_bytes().unwrap(), bytes);
@@ -250,18 +329,35 @@ async fn raw_body_publish_lets_the_content_type_decide() {
     // No Content-Type at all: binary.
     let resp = api.call("POST", path, &[], b"abc").await;
     assert_eq!(resp.json()["kind"], "binary");
-    assert_eq!(raw.next_timeout(WAIT).await.unwrap(), RawFrame::Binary(b"abc".to_vec().into()));
+    assert_eq!(
+        raw.next_timeout(WAIT).await.unwrap(),
+        RawFrame::Binary(b"abc".to_vec().into())
+    );
     let _ = ws.next_message_timeout(WAIT).await.unwrap();
 
     let resp = api.post(path, "application/json", b" {\"k\": [1, 2]}\n").await;
     assert_eq!(resp.json()["kind"], "json");
-    assert_eq!(ws.next_message_timeout(WAIT).await.unwrap().data_json(), r#"{"k": [1, 2]}"#);
-    assert_eq!(raw.next_timeout(WAIT).await.unwrap(), RawFrame::Text(r#"{"k": [1, 2]}"#.into()));
+    assert_eq!(
+        ws.next_message_timeout(WAIT).await.unwrap().data_json(),
+        r#"{"k": [1, 2]}"#
+    );
+    assert_eq!(
+        raw.next_timeout(WAIT).await.unwrap(),
+        RawFrame::Text(r#"{"k": [1, 2]}"#.into())
+    );
 
     assert_error(&api.post(path, "application/json", b"{nope").await, 400, "invalid_json");
     assert_error(&api.post(path, "text/plain", &[0xff, 0xfe]).await, 400, "invalid_utf8");
-    assert_error(&api.post(path, "text/plain; charset=latin1", b"x").await, 415, "unsupported_media_type");
-    assert_error(&api.post("/api/topics/a%20b/publish", "text/plain", b"x").await, 400, "invalid_topic");
+    assert_error(
+        &api.post(path, "text/plain; charset=latin1", b"x").await,
+        415,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &api.post("/api/topics/a%20b/publish", "text/plain", b"x").await,
+        400,
+        "invalid_topic",
+    );
     nothing_arrives(&mut ws).await;
     node.shutdown().await;
 }

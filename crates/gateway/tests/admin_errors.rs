@@ -25,15 +25,31 @@ async fn api_keys_guard_every_api_route_but_not_the_probes() {
     let r = wrong.post_json("/api/publish", &json!({"topic": "t", "data": 1})).await;
     assert_error(&r, 401, "unauthorized");
     assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
-    let r = open.call("GET", "/api/node", &[("Authorization", "Basic dXNlcjpwYXNz")], b"").await;
+    let r = open
+        .call("GET", "/api/node", &[("Authorization", "Basic dXNlcjpwYXNz")], b"")
+        .await;
     assert_error(&r, 401, "unauthorized");
     // Unknown routes do not tell an unauthenticated caller what exists.
-    assert_error(&request(node.admin_addr(), "GET", "/api/secret", &[], b"").await.unwrap(), 401, "unauthorized");
+    assert_error(
+        &request(node.admin_addr(), "GET", "/api/secret", &[], b"")
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    );
 
-    let r = authed.post_json("/api/publish", &json!({"topic": "t", "data": 1})).await;
+    let r = authed
+        .post_json("/api/publish", &json!({"topic": "t", "data": 1}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(authed.get("/api/node").await.status, 200);
-    assert_eq!(Api::with_key(&node, "another-key-0123456789").get("/api/node").await.status, 200);
+    assert_eq!(
+        Api::with_key(&node, "another-key-0123456789")
+            .get("/api/node")
+            .await
+            .status,
+        200
+    );
     for probe in ["/metrics", "/healthz", "/readyz"] {
         assert_eq!(open.get(probe).await.status, 200, "{probe} needs no key");
     }
@@ -50,12 +66,48 @@ async fn bad_bodies_get_4xx_with_a_code() {
         ("/api/publish", "application/json", b"{not json", 400, "invalid_json"),
         ("/api/publish", "application/json", b"", 400, "invalid_json"),
         ("/api/publish", "application/json", b"[1,2]", 400, "invalid_field"),
-        ("/api/publish", "application/json", br#"{"data":1}"#, 400, "missing_field"),
-        ("/api/publish", "application/json", br#"{"topic":"t"}"#, 400, "missing_field"),
-        ("/api/publish", "application/json", br#"{"topic":["t"],"data":1}"#, 400, "invalid_field"),
-        ("/api/publish", "application/json", br#"{"topic":"a*b","data":1}"#, 400, "invalid_topic"),
-        ("/api/publish", "application/json", br#"{"topic":"","data":1}"#, 400, "invalid_topic"),
-        ("/api/publish", "text/plain", br#"{"topic":"t","data":1}"#, 415, "unsupported_media_type"),
+        (
+            "/api/publish",
+            "application/json",
+            br#"{"data":1}"#,
+            400,
+            "missing_field",
+        ),
+        (
+            "/api/publish",
+            "application/json",
+            br#"{"topic":"t"}"#,
+            400,
+            "missing_field",
+        ),
+        (
+            "/api/publish",
+            "application/json",
+            br#"{"topic":["t"],"data":1}"#,
+            400,
+            "invalid_field",
+        ),
+        (
+            "/api/publish",
+            "application/json",
+            br#"{"topic":"a*b","data":1}"#,
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/api/publish",
+            "application/json",
+            br#"{"topic":"","data":1}"#,
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/api/publish",
+            "text/plain",
+            br#"{"topic":"t","data":1}"#,
+            415,
+            "unsupported_media_type",
+        ),
         (
             "/api/publish",
             "application/x-www-form-urlencoded",
@@ -63,17 +115,43 @@ async fn bad_bodies_get_4xx_with_a_code() {
             415,
             "unsupported_media_type",
         ),
-        ("/api/publish/batch", "application/json", br#"{"messages":{}}"#, 400, "invalid_field"),
-        ("/api/broadcast", "application/json", br#"{"topics":"t","data":1}"#, 400, "invalid_field"),
-        ("/api/connections/1/close", "application/json", br#"{"code":"x"}"#, 400, "invalid_field"),
+        (
+            "/api/publish/batch",
+            "application/json",
+            br#"{"messages":{}}"#,
+            400,
+            "invalid_field",
+        ),
+        (
+            "/api/broadcast",
+            "application/json",
+            br#"{"topics":"t","data":1}"#,
+            400,
+            "invalid_field",
+        ),
+        (
+            "/api/connections/1/close",
+            "application/json",
+            br#"{"code":"x"}"#,
+            400,
+            "invalid_field",
+        ),
     ];
     for (path, ct, body, status, code) in cases {
         let r = api.post(path, ct, body).await;
-        assert_eq!(r.status, *status, "{path} {:?}: {}", String::from_utf8_lossy(body), r.text());
+        assert_eq!(
+            r.status,
+            *status,
+            "{path} {:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
         assert_error(&r, *status, code);
     }
     // No Content-Type on a JSON endpoint is read as JSON.
-    let r = api.call("POST", "/api/publish", &[], br#"{"topic":"t","data":1}"#).await;
+    let r = api
+        .call("POST", "/api/publish", &[], br#"{"topic":"t","data":1}"#)
+        .await;
     assert_eq!(r.status, 200);
     // A message's data over limits.max_message_bytes.
     let big = json!({"topic": "t", "data": "x".repeat(100)});
@@ -83,7 +161,12 @@ async fn bad_bodies_get_4xx_with_a_code() {
         413,
         "body_too_large",
     );
-    assert_eq!(api.post("/api/topics/t/publish", "text/plain", &[b'x'; 64]).await.status, 200);
+    assert_eq!(
+        api.post("/api/topics/t/publish", "text/plain", &[b'x'; 64])
+            .await
+            .status,
+        200
+    );
     // Paging parameters.
     assert_error(&api.get("/api/topics?limit=0").await, 400, "invalid_parameter");
     assert_error(&api.get("/api/topics?limit=5000").await, 400, "invalid_parameter");
@@ -101,7 +184,11 @@ async fn oversize_bodies_are_refused_before_they_are_read() {
         "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
     );
     let r = send_raw(addr, &head, b"", Duration::from_secs(2)).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered after {:?}",
+        started.elapsed()
+    );
     assert_error(&r, 413, "body_too_large");
     assert_eq!(r.header("connection"), Some("close"));
     common::openapi::check("POST", "/api/publish", &r);
@@ -118,14 +205,18 @@ async fn oversize_bodies_are_refused_before_they_are_read() {
         "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
     let chunk = format!("800\r\n{}\r\n", "x".repeat(0x800));
-    let r = send_raw(addr, &head, chunk.as_bytes(), Duration::from_secs(2)).await.unwrap();
+    let r = send_raw(addr, &head, chunk.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap();
     assert_error(&r, 413, "body_too_large");
 
     // Exactly at the limit is fine.
     let data = "y".repeat(1024 - r#"{"topic":"t","data":""}"#.len());
     let body = json!({"topic": "t", "data": data}).to_string();
     assert_eq!(body.len(), 1024);
-    let r = Api::new(&node).post("/api/publish", "application/json", body.as_bytes()).await;
+    let r = Api::new(&node)
+        .post("/api/publish", "application/json", body.as_bytes())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // The node still serves.
     assert_eq!(Api::new(&node).get("/api/node").await.status, 200);

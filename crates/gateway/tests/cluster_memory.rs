@@ -30,7 +30,10 @@ async fn fan_out_over_six_nodes_reaches_everyone_once() {
         }
         got.sort();
         assert_eq!(got, (0..6).map(|i| i.to_string()).collect::<Vec<_>>());
-        assert!(s.next_message_timeout(Duration::from_millis(100)).await.is_err(), "no duplicates");
+        assert!(
+            s.next_message_timeout(Duration::from_millis(100)).await.is_err(),
+            "no duplicates"
+        );
     }
     let delivered: f64 = {
         let mut sum = 0.0;
@@ -46,12 +49,20 @@ async fn fan_out_over_six_nodes_reaches_everyone_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_off_applies_to_the_sender_only_across_nodes() {
     let c = MemoryCluster::start(2).await.unwrap();
-    let mut sender = RawClient::connect(&c.nodes[0].url("/raw/chat?echo=false")).await.unwrap();
+    let mut sender = RawClient::connect(&c.nodes[0].url("/raw/chat?echo=false"))
+        .await
+        .unwrap();
     let mut peer_same_node = RawClient::connect(&c.nodes[0].url("/raw/chat")).await.unwrap();
     let mut peer_other_node = RawClient::connect(&c.nodes[1].url("/raw/chat")).await.unwrap();
     sender.send_text("hi all").await.unwrap();
-    assert_eq!(peer_same_node.next_timeout(WAIT).await.unwrap(), RawFrame::Text("hi all".into()));
-    assert_eq!(peer_other_node.next_timeout(WAIT).await.unwrap(), RawFrame::Text("hi all".into()));
+    assert_eq!(
+        peer_same_node.next_timeout(WAIT).await.unwrap(),
+        RawFrame::Text("hi all".into())
+    );
+    assert_eq!(
+        peer_other_node.next_timeout(WAIT).await.unwrap(),
+        RawFrame::Text("hi all".into())
+    );
     assert!(sender.next_timeout(Duration::from_millis(200)).await.is_err());
     c.shutdown().await;
 }

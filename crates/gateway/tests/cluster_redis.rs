@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn ready_status(node: &TestNode) -> (u16, Value) {
-    let (status, body) = http_request(node.admin_addr(), "GET", "/readyz", &[], b"").await.unwrap();
+    let (status, body) = http_request(node.admin_addr(), "GET", "/readyz", &[], b"")
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&body).unwrap())
 }
 
@@ -38,7 +40,10 @@ async fn messages_cross_nodes_in_both_directions_exactly_once() {
         }
         got.sort();
         assert_eq!(got, vec![r#""from raw on node 2""#, r#"{"from":0}"#, r#"{"from":1}"#]);
-        assert!(s.next_message_timeout(Duration::from_millis(300)).await.is_err(), "exactly once, no echo from Redis");
+        assert!(
+            s.next_message_timeout(Duration::from_millis(300)).await.is_err(),
+            "exactly once, no echo from Redis"
+        );
     }
     // The raw subscriber on node 2 gets the JSON ones (and its own, echo on).
     let mut raw_got = Vec::new();
@@ -126,15 +131,27 @@ async fn redis_restart_resubscribes_and_delivery_resumes() {
         Err(ClientError::Server { code, .. }) => assert_eq!(code, "relay_unavailable"),
         other => panic!("expected relay_unavailable, got {other:?}"),
     }
-    assert_eq!(local.next_message_timeout(WAIT).await.unwrap().data_json(), r#""during outage""#);
-    assert!(c.nodes[0].metric(r#"herald_messages_dropped_total{reason="relay_unavailable"}"#).await.unwrap() >= 1.0);
+    assert_eq!(
+        local.next_message_timeout(WAIT).await.unwrap().data_json(),
+        r#""during outage""#
+    );
+    assert!(
+        c.nodes[0]
+            .metric(r#"herald_messages_dropped_total{reason="relay_unavailable"}"#)
+            .await
+            .unwrap()
+            >= 1.0
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.redis.restart().unwrap();
     c.wait_ready(Duration::from_secs(10)).await.unwrap();
     c.wait_numsub("herald:r", 2, WAIT).await.unwrap();
     publisher.publish("r", &json!("after restart")).await.unwrap();
-    assert_eq!(sub.next_message_timeout(WAIT).await.unwrap().data_json(), r#""after restart""#);
+    assert_eq!(
+        sub.next_message_timeout(WAIT).await.unwrap().data_json(),
+        r#""after restart""#
+    );
     assert!(c.nodes[1].metric("herald_relay_reconnects_total").await.unwrap() >= 1.0);
     assert_eq!(c.nodes[1].metric("herald_relay_up").await.unwrap(), 1.0);
     c.shutdown().await;
@@ -152,16 +169,25 @@ async fn a_hung_redis_is_noticed_and_recovered_from() {
         if ready_status(&c.nodes[0]).await.0 == 503 {
             break;
         }
-        assert!(paused.elapsed() < Duration::from_secs(5), "a SIGSTOPped Redis must be noticed");
+        assert!(
+            paused.elapsed() < Duration::from_secs(5),
+            "a SIGSTOPped Redis must be noticed"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let noticed = paused.elapsed();
-    assert!(publisher.publish("h", &json!(1)).await.is_err(), "no ack while Redis hangs");
+    assert!(
+        publisher.publish("h", &json!(1)).await.is_err(),
+        "no ack while Redis hangs"
+    );
     c.redis.resume().unwrap();
     c.wait_ready(Duration::from_secs(10)).await.unwrap();
     c.wait_numsub("herald:h", 1, WAIT).await.unwrap();
     publisher.publish("h", &json!("resumed")).await.unwrap();
-    assert_eq!(sub.next_message_timeout(WAIT).await.unwrap().data_json(), r#""resumed""#);
+    assert_eq!(
+        sub.next_message_timeout(WAIT).await.unwrap().data_json(),
+        r#""resumed""#
+    );
     eprintln!("hang noticed after {noticed:?}");
     c.shutdown().await;
 }
@@ -174,7 +200,8 @@ async fn garbage_in_a_channel_is_counted_and_skipped() {
     c.redis.publish("herald:g", b"hello from someone else").unwrap();
     c.redis.publish("herald:g", &[9, 0, 0]).unwrap();
     c.redis.publish("herald:g", b"").unwrap();
-    let mut wrong_version = herald_protocol::envelope::encode("x", 1, "g", &herald_protocol::Payload::json(&b"1"[..])).to_vec();
+    let mut wrong_version =
+        herald_protocol::envelope::encode("x", 1, "g", &herald_protocol::Payload::json(&b"1"[..])).to_vec();
     wrong_version[0] = 2;
     c.redis.publish("herald:g", &wrong_version).unwrap();
     let truncated = herald_protocol::envelope::encode("x", 1, "g", &herald_protocol::Payload::json(&b"[1,2]"[..]));
@@ -182,7 +209,10 @@ async fn garbage_in_a_channel_is_counted_and_skipped() {
     let publisher = Client::connect(&c.nodes[0].url("/ws")).await.unwrap();
     publisher.publish("g", &json!("good")).await.unwrap();
     assert_eq!(sub.next_message_timeout(WAIT).await.unwrap().data_json(), r#""good""#);
-    assert_eq!(c.nodes[1].metric("herald_relay_invalid_messages_total").await.unwrap(), 5.0);
+    assert_eq!(
+        c.nodes[1].metric("herald_relay_invalid_messages_total").await.unwrap(),
+        5.0
+    );
     c.shutdown().await;
 }
 
@@ -201,8 +231,16 @@ async fn a_killed_node_leaves_the_others_and_redis_clean() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
-    let ws = line.split_whitespace().find(|w| w.starts_with("ws://")).unwrap().to_owned();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ws = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
     let doomed_sub = Client::connect(&format!("{ws}/ws?topics=k")).await.unwrap();
     let mut survivor = Client::connect(&c.nodes[0].url("/ws?topics=k")).await.unwrap();
     c.wait_numsub("herald:k", 2, WAIT).await.unwrap();
@@ -212,7 +250,10 @@ async fn a_killed_node_leaves_the_others_and_redis_clean() {
     c.wait_numsub("herald:k", 1, WAIT).await.unwrap();
     let publisher = Client::connect(&c.nodes[0].url("/ws")).await.unwrap();
     publisher.publish("k", &json!("still here")).await.unwrap();
-    assert_eq!(survivor.next_message_timeout(WAIT).await.unwrap().data_json(), r#""still here""#);
+    assert_eq!(
+        survivor.next_message_timeout(WAIT).await.unwrap().data_json(),
+        r#""still here""#
+    );
     c.shutdown().await;
 }
 
@@ -221,7 +262,9 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_appears() {
     let mut redis = herald_testkit::redis::RedisServer::start().unwrap();
     let url = redis.url();
     redis.kill().unwrap();
-    let node = TestNode::start_config(redis_member_config("late", &url), None).await.unwrap();
+    let node = TestNode::start_config(redis_member_config("late", &url), None)
+        .await
+        .unwrap();
     let (status, body) = ready_status(&node).await;
     assert_eq!((status, body["reason"].as_str()), (503, Some("relay_down")));
     let mut sub = Client::connect(&node.url("/ws?topics=late")).await.unwrap();
@@ -233,10 +276,14 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_appears() {
     }
     let deadline = Instant::now() + WAIT;
     while redis.pubsub_numsub("herald:late").unwrap() != 1 {
-        assert!(Instant::now() < deadline, "subscription made before Redis came up was not restored");
+        assert!(
+            Instant::now() < deadline,
+            "subscription made before Redis came up was not restored"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let envelope = herald_protocol::envelope::encode("elsewhere", 1, "late", &herald_protocol::Payload::json(&b"42"[..]));
+    let envelope =
+        herald_protocol::envelope::encode("elsewhere", 1, "late", &herald_protocol::Payload::json(&b"42"[..]));
     redis.publish("herald:late", &envelope).unwrap();
     assert_eq!(sub.next_message_timeout(WAIT).await.unwrap().data_json(), "42");
     node.shutdown().await;

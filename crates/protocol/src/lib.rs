@@ -12,6 +12,7 @@ pub mod payload;
 pub mod server_msg;
 pub mod topic;
 pub mod ws_frame;
+pub mod ws_parse;
 
 pub use client_msg::{decode_request, ClientRequest, RequestError, RequestId};
 pub use envelope::{Envelope, EnvelopeError, ENVELOPE_VERSION};

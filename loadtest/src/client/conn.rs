@@ -264,7 +264,10 @@ impl Conn {
 
     /// Reads until a text frame for which `done` returns true; answers pings, skips other
     /// text frames (the welcome). For setup only: not the hot path.
-    pub async fn read_until(&mut self, mut done: impl FnMut(&[u8]) -> Result<bool, ConnectError>) -> Result<(), ConnectError> {
+    pub async fn read_until(
+        &mut self,
+        mut done: impl FnMut(&[u8]) -> Result<bool, ConnectError>,
+    ) -> Result<(), ConnectError> {
         loop {
             while let Some((op, payload)) = self.next_buffered()? {
                 match op {

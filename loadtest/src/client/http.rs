@@ -22,7 +22,10 @@ use crate::stats::Shared;
 pub async fn get(target: &Target, path: &str, timeout: Duration) -> io::Result<(u16, Vec<u8>)> {
     let fut = async {
         let mut s = TcpStream::connect(target.addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", target.host);
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            target.host
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -89,7 +92,11 @@ fn parse_response(b: &[u8]) -> io::Result<Option<(u16, usize, Vec<u8>)>> {
     if b.len() < body_start + len {
         return Ok(None);
     }
-    Ok(Some((status, body_start + len, b[body_start..body_start + len].to_vec())))
+    Ok(Some((
+        status,
+        body_start + len,
+        b[body_start..body_start + len].to_vec(),
+    )))
 }
 
 /// Publishes through `POST /api/publish` on a keep-alive connection.
@@ -110,7 +117,9 @@ impl HttpSink {
     pub fn new(target: Target, api_key: Option<&str>, shared: Arc<Shared>) -> Self {
         Self {
             path: target.endpoint("/api/publish"),
-            auth: api_key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default(),
+            auth: api_key
+                .map(|k| format!("Authorization: Bearer {k}\r\n"))
+                .unwrap_or_default(),
             target,
             conn: None,
             rbuf: ReadBuf::new(4096, 256 * 1024),
@@ -137,7 +146,10 @@ impl HttpSink {
                     break r;
                 }
                 if self.rbuf.fill(conn).await? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "admin API closed the connection"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "admin API closed the connection",
+                    ));
                 }
             };
             self.rbuf.consume(used);

@@ -132,8 +132,12 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
         match sink.flush().await {
             Ok((msgs, weight)) => {
                 out.published += msgs;
-                ctx.shared.published.fetch_add(msgs, std::sync::atomic::Ordering::Relaxed);
-                ctx.shared.expected.fetch_add(weight, std::sync::atomic::Ordering::Relaxed);
+                ctx.shared
+                    .published
+                    .fetch_add(msgs, std::sync::atomic::Ordering::Relaxed);
+                ctx.shared
+                    .expected
+                    .fetch_add(weight, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 out.ended_early = Some(e);
@@ -154,7 +158,7 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
 /// never come (dropped by the node) would stall the window forever, so after 50 ms without
 /// any delivery, or 1 s in all, the shortfall is written off and publishing goes on; the
 /// report shows the losses. Returns the updated write-off.
-async fn wait_for_window(ctx: &PubCtx, limit: u64, mut forgiven: u64) -> u64 {
+async fn wait_for_window(ctx: &PubCtx, limit: u64, forgiven: u64) -> u64 {
     use std::sync::atomic::Ordering::Relaxed;
     let mut last = ctx.shared.delivered();
     let (mut stalled, mut waited) = (0u32, 0u32);

@@ -64,7 +64,12 @@ impl WsSink {
 
 /// Splits an open connection into the sink and its reader task. The reader runs until
 /// `stop`, the node's close, or the end of the stream, and returns why it ended early.
-pub fn split(conn: Conn, shared: Arc<Shared>, first_error: Arc<Mutex<Option<String>>>, stop: CancellationToken) -> (WsSink, JoinHandle<Option<String>>) {
+pub fn split(
+    conn: Conn,
+    shared: Arc<Shared>,
+    first_error: Arc<Mutex<Option<String>>>,
+    stop: CancellationToken,
+) -> (WsSink, JoinHandle<Option<String>>) {
     let Conn { stream, mut rbuf, wr } = conn;
     let (mut read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();

@@ -90,13 +90,17 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(o, "{}, {rate}, {:.0} s", plural(p.subscribers, "worker"), p.duration_s);
         }
         _ => {
+            let dist = if p.topics > 1 {
+                format!(" ({})", p.distribution)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
-                "{} → {}, {} ({}), {} B payloads, rate {}, {:.0} s",
+                "{} → {}, {}{dist}, {} B payloads, rate {}, {:.0} s",
                 plural(p.publishers, "publisher"),
                 plural(p.subscribers, "subscriber"),
                 plural(p.topics as usize, "topic"),
-                p.distribution,
                 p.payload_size,
                 p.rate,
                 p.duration_s
@@ -132,7 +136,12 @@ pub fn render(r: &Report) -> String {
         line(&mut o, "  ended early", reasons(&c.ended_early));
     }
     if let Some(m) = &r.messages {
-        let mut pubs = format!("{} ({}/s) · errors {}", thousands(m.published), rate(m.published_per_s), thousands(m.publish_errors));
+        let mut pubs = format!(
+            "{} ({}/s) · errors {}",
+            thousands(m.published),
+            rate(m.published_per_s),
+            thousands(m.publish_errors)
+        );
         if let Some(e) = &m.first_publish_error {
             let _ = write!(pubs, " (first: {})", e.chars().take(160).collect::<String>());
         }
@@ -171,7 +180,12 @@ pub fn render(r: &Report) -> String {
         line(&mut o, "send lag", percentiles(l, false));
     }
     if let Some(ch) = &r.churn {
-        let mut t = format!("{} cycles ({}/s) · failures {}", thousands(ch.cycles), rate(ch.cycles_per_s), reasons(&ch.failures));
+        let mut t = format!(
+            "{} cycles ({}/s) · failures {}",
+            thousands(ch.cycles),
+            rate(ch.cycles_per_s),
+            reasons(&ch.failures)
+        );
         if let Some(cu) = &ch.connect_us {
             let _ = write!(t, " · connect+subscribe {}", percentiles(cu, false));
         }
@@ -203,6 +217,9 @@ pub fn render(r: &Report) -> String {
     if let Some(us) = g.cpu_us_per_delivery {
         let _ = write!(gen, " · {us:.3} µs/delivery");
     }
+    if g.waited_for_cpu_s > 0.0 {
+        let _ = write!(gen, " · waited {:.2} s for a CPU", g.waited_for_cpu_s);
+    }
     if g.saturated {
         gen.push_str(" · SATURATED: figures may measure the generator, not the node");
     }
@@ -213,7 +230,10 @@ pub fn render(r: &Report) -> String {
             line(&mut o, "", format!("no server view: {e}"));
             continue;
         }
-        let per = s.cpu_us_per_delivery.map(|u| format!(" ({u:.3} µs/delivery)")).unwrap_or_default();
+        let per = s
+            .cpu_us_per_delivery
+            .map(|u| format!(" ({u:.3} µs/delivery)"))
+            .unwrap_or_default();
         line(
             &mut o,
             "",
@@ -237,10 +257,41 @@ pub fn render(r: &Report) -> String {
             ),
         );
     }
+    for p in &r.processes {
+        line(&mut o, "process", format!("pid {}", p.pid));
+        if let Some(e) = &p.error {
+            line(&mut o, "", e.clone());
+            continue;
+        }
+        let per = p
+            .cpu_us_per_delivery
+            .map(|u| format!(" ({u:.3} µs/delivery)"))
+            .unwrap_or_default();
+        line(
+            &mut o,
+            "",
+            format!(
+                "cpu {:.2} s = {:.0}% of a core{per} · waited {:.2} s for a CPU · RSS {} → {}",
+                p.cpu_s,
+                p.cpu_utilisation * 100.0,
+                p.waited_for_cpu_s,
+                mib(p.rss_before_bytes),
+                mib(p.rss_after_bytes)
+            ),
+        );
+    }
     for w in &r.warnings {
         line(&mut o, "warning", w.clone());
     }
-    line(&mut o, "result", if r.passed() { "OK".into() } else { "PROBLEMS (see above)".into() });
+    line(
+        &mut o,
+        "result",
+        if r.passed() {
+            "OK".into()
+        } else {
+            "PROBLEMS (see above)".into()
+        },
+    );
     o
 }
 

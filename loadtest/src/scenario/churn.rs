@@ -17,7 +17,6 @@ use super::connect::{open_one, ConnSpec};
 use super::Run;
 use crate::cli::Rate;
 use crate::client::conn::BufSizes;
-use crate::limits::Usage;
 use crate::progress::Phase;
 use crate::report::{Churn, Report};
 use crate::stats::{histogram, Percentiles};
@@ -29,8 +28,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 pub async fn run(run: Arc<Run>) -> Result<Report> {
     let cfg = &run.cfg;
     let mut report = run.blank_report();
-    let before = run.scrape_all().await;
-    let usage_before = Usage::now();
+    let before = run.snapshot().await;
     run.phase.set(Phase::Measure);
     let start = Instant::now();
     let end = start + cfg.duration;
@@ -66,7 +64,10 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                     topics: vec![topics::name(&cfg.topic_prefix, (slot % cfg.topics as u64) as u32)],
                 };
                 let target = &run.sub_targets[spec.target];
-                let bufs = BufSizes { initial: 1024, max: 8192 };
+                let bufs = BufSizes {
+                    initial: 1024,
+                    max: 8192,
+                };
                 let t0 = Instant::now();
                 match open_one(&run, target, &spec, cfg.subscribe_via, bufs, cfg.seed ^ slot).await {
                     Ok(conn) => {
@@ -95,8 +96,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
         let _ = setup.add(&h);
     }
     let measured = start.elapsed();
-    let usage_after = Usage::now();
-    let after = run.scrape_all().await;
+    let after = run.snapshot().await;
     churn.cycles_per_s = churn.cycles as f64 / measured.as_secs_f64().max(1e-3);
     churn.connect_us = Percentiles::of(&setup);
     report.connections.attempted = churn.cycles + churn.failures.values().sum::<u64>();
@@ -104,8 +104,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     report.connections.failed = churn.failures.clone();
     report.connections.setup_us = churn.connect_us;
     report.phases.measured_s = measured.as_secs_f64();
-    report.generator = run.generator(usage_before, usage_after, measured, 0);
-    report.servers = run.server_views(&before, &after);
+    run.fill_views(&mut report, &before, &after, 0);
     report.churn = Some(churn);
     Ok(report)
 }

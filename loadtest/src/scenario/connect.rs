@@ -49,7 +49,14 @@ pub struct Opened {
 }
 
 /// Connects, upgrades and confirms one connection (subscribe ack, welcome, or pong).
-pub async fn open_one(run: &Run, target: &Target, spec: &ConnSpec, via: SubscribeVia, bufs: BufSizes, seed: u64) -> Result<Conn, ConnectError> {
+pub async fn open_one(
+    run: &Run,
+    target: &Target,
+    spec: &ConnSpec,
+    via: SubscribeVia,
+    bufs: BufSizes,
+    seed: u64,
+) -> Result<Conn, ConnectError> {
     let timeout = run.cfg.connect_timeout;
     let deadline = Instant::now() + timeout;
     let path = match via {
@@ -78,7 +85,14 @@ pub async fn open_one(run: &Run, target: &Target, spec: &ConnSpec, via: Subscrib
 }
 
 /// Opens every spec's connection on `side`, spread over `ramp`.
-pub async fn open_all(run: &Arc<Run>, side: Side, specs: Vec<ConnSpec>, via: SubscribeVia, ramp: Duration, bufs: BufSizes) -> Opened {
+pub async fn open_all(
+    run: &Arc<Run>,
+    side: Side,
+    specs: Vec<ConnSpec>,
+    via: SubscribeVia,
+    ramp: Duration,
+    bufs: BufSizes,
+) -> Opened {
     let started = Instant::now();
     let n = specs.len();
     let sem = Arc::new(Semaphore::new(run.cfg.connect_concurrency));

@@ -18,7 +18,7 @@ use super::connect::{open_all, ConnSpec, ConnTally, Side};
 use super::Run;
 use crate::client::conn::BufSizes;
 use crate::client::subscriber::{self, RecvCtx};
-use crate::limits::{current_rss, Usage};
+use crate::limits::current_rss;
 use crate::progress::Phase;
 use crate::report::{Idle, Report};
 use crate::topics;
@@ -32,9 +32,8 @@ const IDLE_BUFS: BufSizes = BufSizes {
 pub async fn run(run: Arc<Run>) -> Result<Report> {
     let cfg = &run.cfg;
     let mut report = run.blank_report();
-    let before = run.scrape_all().await;
     let rss_before = current_rss();
-    let usage_before = Usage::now();
+    let before = run.snapshot().await;
 
     run.phase.set(Phase::Connect);
     let assignment = topics::assign(
@@ -79,9 +78,8 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     let start = Instant::now();
     run.sleep(cfg.duration).await;
     let hold = start.elapsed();
-    let after = run.scrape_all().await;
+    let after = run.snapshot().await;
     let rss_after = current_rss();
-    let usage_after = Usage::now();
 
     run.phase.set(Phase::Close);
     stop.cancel();
@@ -93,21 +91,36 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     }
     report.connections.ended_early = ended;
     report.phases.measured_s = hold.as_secs_f64();
-    report.servers = run.server_views(&before, &after);
-    let grown: Option<i64> = report
-        .servers
-        .iter()
-        .map(|s| s.error.is_none().then(|| s.rss_after_bytes as i64 - s.rss_before_bytes as i64))
-        .sum();
+    run.fill_views(&mut report, &before, &after, 0);
+    // Node memory growth: from /proc when pids are given (page-exact), else from /metrics.
+    let grown: Option<i64> = if report.processes.is_empty() {
+        report
+            .servers
+            .iter()
+            .map(|s| {
+                s.error
+                    .is_none()
+                    .then(|| s.rss_after_bytes as i64 - s.rss_before_bytes as i64)
+            })
+            .sum::<Option<i64>>()
+            .filter(|_| !report.servers.is_empty())
+    } else {
+        report
+            .processes
+            .iter()
+            .map(|p| {
+                p.error
+                    .is_none()
+                    .then(|| p.rss_after_bytes as i64 - p.rss_before_bytes as i64)
+            })
+            .sum()
+    };
     let per = |bytes: i64| (connections > 0).then(|| bytes as f64 / connections as f64);
     report.idle = Some(Idle {
         connections,
         hold_s: hold.as_secs_f64(),
-        server_bytes_per_connection: grown.filter(|_| !report.servers.is_empty()).and_then(per),
-        generator_bytes_per_connection: rss_before
-            .zip(rss_after)
-            .and_then(|(b, a)| per(a as i64 - b as i64)),
+        server_bytes_per_connection: grown.and_then(per),
+        generator_bytes_per_connection: rss_before.zip(rss_after).and_then(|(b, a)| per(a as i64 - b as i64)),
     });
-    report.generator = run.generator(usage_before, usage_after, start.elapsed() + opened.elapsed, 0);
     Ok(report)
 }

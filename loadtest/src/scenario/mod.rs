@@ -8,6 +8,7 @@
 mod churn;
 mod connect;
 mod idle;
+mod observe;
 mod pubsub;
 
 use std::collections::HashMap;
@@ -21,10 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Config, Scenario};
 use crate::client::target::{self, Target};
-use crate::limits::{self, SourcePlan, Usage};
-use crate::metrics_scrape::{self, Scrape, ServerView};
+use crate::limits::{self, SourcePlan};
 use crate::progress::{self, PhaseCell};
-use crate::report::{Generator, Plan, Report};
+use crate::report::{Plan, Report};
 use crate::stats::{Clock, Shared};
 
 /// Everything the phases of one run share.
@@ -63,41 +63,6 @@ impl Run {
         }
     }
 
-    /// Scrapes every admin URL, one after the other.
-    pub async fn scrape_all(&self) -> Vec<Result<Scrape, String>> {
-        let mut out = Vec::with_capacity(self.admin_targets.len());
-        for t in &self.admin_targets {
-            out.push(metrics_scrape::scrape(t).await);
-        }
-        out
-    }
-
-    /// Server views from two rounds of scrapes.
-    pub fn server_views(&self, before: &[Result<Scrape, String>], after: &[Result<Scrape, String>]) -> Vec<ServerView> {
-        self.admin_targets
-            .iter()
-            .zip(before.iter().zip(after))
-            .map(|(t, pair)| match pair {
-                (Ok(b), Ok(a)) => ServerView::between(&t.url, b, a),
-                (Err(e), _) | (_, Err(e)) => ServerView::failed(&t.url, e.clone()),
-            })
-            .collect()
-    }
-
-    /// The generator's cost between two usage readings over `wall`.
-    pub fn generator(&self, before: Usage, after: Usage, wall: Duration, deliveries: u64) -> Generator {
-        let cpu = after.cpu_s() - before.cpu_s();
-        let util = cpu / (wall.as_secs_f64().max(1e-3) * self.cores as f64);
-        Generator {
-            cores: self.cores,
-            cpu_s: cpu,
-            cpu_utilisation: util,
-            cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
-            max_rss_bytes: after.max_rss_bytes,
-            saturated: util > 0.9,
-        }
-    }
-
     /// An empty report for this run, for a scenario to fill in.
     pub fn blank_report(&self) -> Report {
         Report {
@@ -112,6 +77,7 @@ impl Run {
             idle: None,
             generator: Default::default(),
             servers: Vec::new(),
+            processes: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -201,8 +167,8 @@ pub async fn run(cfg: Config, abort: CancellationToken) -> Result<Report> {
         ));
     }
     let live_stop = CancellationToken::new();
-    let live = (!run.cfg.quiet)
-        .then(|| progress::spawn(run.shared.clone(), run.phase.clone(), run.cores, live_stop.clone()));
+    let live =
+        (!run.cfg.quiet).then(|| progress::spawn(run.shared.clone(), run.phase.clone(), run.cores, live_stop.clone()));
 
     // Every phase is bounded on its own; this deadline is the backstop.
     let c = &run.cfg;
@@ -228,7 +194,9 @@ pub async fn run(cfg: Config, abort: CancellationToken) -> Result<Report> {
         .warnings
         .extend(run.warnings.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
     if run.abort.is_cancelled() {
-        report.warnings.push("the run was interrupted; figures cover the part that ran".into());
+        report
+            .warnings
+            .push("the run was interrupted; figures cover the part that ran".into());
     }
     Ok(report)
 }

@@ -25,16 +25,15 @@ use crate::client::http::HttpSink;
 use crate::client::publisher::{self, PubCtx, PubOutcome, PubPlan};
 use crate::client::subscriber::{self, RecvCtx, SubOutcome};
 use crate::client::ws_sink::{self, WsSink};
-use crate::limits::Usage;
 use crate::progress::Phase;
 use crate::report::{Messages, Report};
 use crate::stats::{histogram, Percentiles};
 use crate::topics;
 
-/// Subscriber read buffers: 4 KiB to start, up to 256 KiB under load.
+/// Subscriber read buffers: 4 KiB to start, up to 64 KiB under load.
 const SUB_BUFS: BufSizes = BufSizes {
     initial: 4096,
-    max: 256 * 1024,
+    max: 64 * 1024,
 };
 
 /// A publisher's sink and, for WebSocket ones, its reader task.
@@ -105,7 +104,10 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                     topics: Vec::new(),
                 })
                 .collect();
-            let bufs = BufSizes { initial: 1024, max: 64 * 1024 };
+            let bufs = BufSizes {
+                initial: 1024,
+                max: 64 * 1024,
+            };
             let opened = open_all(&run, Side::Pub, specs, SubscribeVia::Op, Duration::ZERO, bufs).await;
             conns.merge(&opened);
             for (i, c) in opened.conns.into_iter().enumerate() {
@@ -127,8 +129,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     conns.finish(&mut report);
 
     // Measured phase.
-    let before = run.scrape_all().await;
-    let usage_before = Usage::now();
+    let before = run.snapshot().await;
     run.phase.set(Phase::Measure);
     let start = Instant::now();
     let end = start + cfg.duration;
@@ -210,8 +211,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     }
     // Deliveries ran from the first publish to the last delivery seen.
     let delivering = last.1.saturating_duration_since(start).max(measured);
-    let usage_after = Usage::now();
-    let after = run.scrape_all().await;
+    let after = run.snapshot().await;
 
     // Close and collect.
     run.phase.set(Phase::Close);
@@ -275,8 +275,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     });
     report.latency_us = Percentiles::of(&run.shared.latency());
     report.send_lag_us = Percentiles::of(&lag);
-    report.generator = run.generator(usage_before, usage_after, drain_start.elapsed() + measured, subs.received);
-    report.servers = run.server_views(&before, &after);
+    run.fill_views(&mut report, &before, &after, subs.received);
     if unique > expected {
         run.warn(format!(
             "{} more deliveries than expected: another client is publishing on this run's topics",

@@ -81,6 +81,17 @@ impl ItemResult {
     }
 }
 
+/// One item between validation and the answer: published and waiting for the relay's
+/// verdict, or already decided (refused).
+enum Slot {
+    Flying(InFlight),
+    Done(ItemResult),
+}
+
+fn refused(index: usize, error: ApiError, topic: Option<String>) -> Slot {
+    Slot::Done(ItemResult::refused(index, Refused { error, topic }))
+}
+
 /// The answer to a batch or a broadcast.
 #[derive(Debug, Serialize)]
 struct BatchResult {
@@ -90,12 +101,12 @@ struct BatchResult {
 }
 
 /// Waits for every verdict (all publications are already in flight) and answers.
-async fn finish(slots: Vec<Result<InFlight, ItemResult>>) -> ApiResult {
+async fn finish(slots: Vec<Slot>) -> ApiResult {
     let mut results = Vec::with_capacity(slots.len());
     for (i, slot) in slots.into_iter().enumerate() {
         results.push(match slot {
-            Ok(flight) => ItemResult::published(i, flight.finish().await),
-            Err(refused) => refused,
+            Slot::Flying(flight) => ItemResult::published(i, flight.finish().await),
+            Slot::Done(result) => result,
         });
     }
     let accepted = results.iter().filter(|r| r.accepted).count();
@@ -128,8 +139,12 @@ pub async fn batch(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResult {
         .iter()
         .enumerate()
         .map(|(i, item)| match parse_item(item, limits) {
-            Ok(m) => Ok(start(state, m.topic, Payload::json(body::slice_of(&bytes, m.data.get())))),
-            Err(r) => Err(ItemResult::refused(i, r)),
+            Ok(m) => Slot::Flying(start(
+                state,
+                m.topic,
+                Payload::json(body::slice_of(&bytes, m.data.get())),
+            )),
+            Err(r) => Slot::Done(ItemResult::refused(i, r)),
         })
         .collect();
     finish(slots).await
@@ -152,18 +167,17 @@ pub async fn broadcast(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResu
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            let refuse = |error, topic| Err(ItemResult::refused(i, Refused { error, topic }));
             let serde_json::Value::String(topic) = t else {
-                return refuse(ApiError::InvalidField("each topic must be a string".into()), None);
+                return refused(i, ApiError::InvalidField("each topic must be a string".into()), None);
             };
             if let Err(e) = check_topic(&topic, limits.topics) {
-                return refuse(e, Some(topic));
+                return refused(i, e, Some(topic));
             }
             if !seen.insert(topic.clone()) {
                 let e = ApiError::InvalidField(format!("{topic:?} is listed more than once; it was published once"));
-                return refuse(e, Some(topic));
+                return refused(i, e, Some(topic));
             }
-            Ok(start(state, topic, payload.clone()))
+            Slot::Flying(start(state, topic, payload.clone()))
         })
         .collect();
     finish(slots).await

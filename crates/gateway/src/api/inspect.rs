@@ -152,7 +152,11 @@ pub fn connections(state: &AppState, query: Option<&str>) -> ApiResult {
         }
     }
     let (ids, more) = best.finish();
-    let next_cursor = if more { ids.last().map(|id| id.to_string()) } else { None };
+    let next_cursor = if more {
+        ids.last().map(|id| id.to_string())
+    } else {
+        None
+    };
     // Looked up again one by one: no guard is held while building the page, and a
     // connection that ended meanwhile is simply left out.
     let list: Vec<ConnEntry> = ids

@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(parse(r#"{"topic":"\u0061","data":1,"extra":2}"#), Ok("a=1".into()));
         assert_eq!(parse(r#"{"data":1}"#), Err("missing_field:None".into()));
         assert_eq!(parse(r#"{"topic":5,"data":1}"#), Err("invalid_field:None".into()));
-        assert_eq!(parse(r#"{"topic":"a b","data":1}"#), Err("invalid_topic:Some(\"a b\")".into()));
+        assert_eq!(
+            parse(r#"{"topic":"a b","data":1}"#),
+            Err("invalid_topic:Some(\"a b\")".into())
+        );
         assert_eq!(parse(r#"{"topic":"a"}"#), Err("missing_field:Some(\"a\")".into()));
         assert_eq!(
             parse(r#"{"topic":"a","data":"0123456789"}"#),

@@ -172,9 +172,13 @@ pub async fn publish_raw(state: &Arc<AppState>, topic: String, req: Request<Inco
 fn payload_for(media: &Media, bytes: Bytes) -> Result<Payload, ApiError> {
     match media {
         Media::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
             let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
-            let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |e| e + 1);
+            let end = bytes
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |e| e + 1);
             Ok(Payload::json(bytes.slice(start..end)))
         }
         Media::Text { .. } => {

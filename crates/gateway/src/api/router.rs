@@ -61,20 +61,17 @@ pub fn resolve(method: &Method, path: &str, rules: TopicRules) -> Result<Route, 
 }
 
 fn not_found(path: &str) -> ApiError {
-    ApiError::NotFound(format!(
-        "no API endpoint at {path}; see docs/http-api.md for the list"
-    ))
+    ApiError::NotFound(format!("no API endpoint at {path}; see docs/http-api.md for the list"))
 }
 
 fn topic_route(rest: &str, rules: TopicRules) -> Result<(Route, &'static str), ApiError> {
-    let (raw, make, allow): (&str, fn(String) -> Route, &'static str) =
-        if let Some(t) = rest.strip_suffix("/publish") {
-            (t, Route::TopicPublish, POST)
-        } else if let Some(t) = rest.strip_suffix("/disconnect") {
-            (t, Route::TopicDisconnect, POST)
-        } else {
-            (rest, Route::Topic, GET)
-        };
+    let (raw, make, allow): (&str, fn(String) -> Route, &'static str) = if let Some(t) = rest.strip_suffix("/publish") {
+        (t, Route::TopicPublish, POST)
+    } else if let Some(t) = rest.strip_suffix("/disconnect") {
+        (t, Route::TopicDisconnect, POST)
+    } else {
+        (rest, Route::Topic, GET)
+    };
     let topic = percent_decode(raw, false)
         .ok_or_else(|| ApiError::InvalidTopic("the topic in the path is not valid percent-encoded UTF-8".into()))?;
     validate_topic(&topic, rules).map_err(|e| ApiError::InvalidTopic(format!("invalid topic {topic:?}: {e}")))?;
@@ -139,7 +136,10 @@ mod tests {
             r(Method::GET, "/api/topics/a/publish"),
             Err(ApiError::MethodNotAllowed { allow: POST })
         );
-        assert!(matches!(r(Method::GET, "/api/topics/a%20b"), Err(ApiError::InvalidTopic(_))));
+        assert!(matches!(
+            r(Method::GET, "/api/topics/a%20b"),
+            Err(ApiError::InvalidTopic(_))
+        ));
         assert!(matches!(r(Method::GET, "/api/topics/"), Err(ApiError::InvalidTopic(_))));
     }
 
@@ -150,6 +150,9 @@ mod tests {
             r(Method::POST, "/api/connections/17/close"),
             Ok(Route::ConnectionClose(17))
         );
-        assert!(matches!(r(Method::GET, "/api/connections/x"), Err(ApiError::NotFound(_))));
+        assert!(matches!(
+            r(Method::GET, "/api/connections/x"),
+            Err(ApiError::NotFound(_))
+        ));
     }
 }

@@ -3,7 +3,8 @@
 //! Task model: the session task runs the reader (`reader.rs`: frames in, requests applied)
 //! and spawns one writer task (`writer.rs`: outbox out, heartbeat). The reader is never put
 //! back into a `select!` after losing one (fastwebsockets' `read_frame` is not
-//! cancel-safe): the single `select!` here ends the session, whichever branch wins:
+//! cancel-safe by design: it is dropped, never re-polled): the single `select!` here ends
+//! the session, whichever branch wins:
 //! - the reader returns (client closed, protocol error, I/O error),
 //! - the writer returns (idle timeout, stalled peer, slow consumer, I/O error),
 //! - the node drains (close 1001 at a random moment within the close window),
@@ -24,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use herald_broker::{ConnId, Outbox, Subscriber, SubscriberMode};
 use herald_protocol::server_msg;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{AppState, ConnInfo, ConnSlot};
-use crate::stream::PrefixedRead;
 
 /// What the upgrade request asked for.
 pub struct SessionParams {
@@ -117,7 +117,8 @@ pub async fn run(
     state: Arc<AppState>,
     slot: ConnSlot,
     params: SessionParams,
-    read: PrefixedRead,
+    prefix: bytes::Bytes,
+    read: OwnedReadHalf,
     write: OwnedWriteHalf,
 ) {
     let id = state.next_conn_id();
@@ -192,7 +193,7 @@ pub async fn run(
                 None => std::future::pending::<()>().await,
             }
         };
-        let reader = reader::run(&mut session, read);
+        let reader = reader::run(&mut session, prefix, read);
         tokio::select! {
             e = reader => e,
             w = &mut writer => {

@@ -1,23 +1,30 @@
-//! The session's reader: client frames in, whole messages out to the handler.
+//! The session's reader: client bytes in, whole messages out to the handler.
 //!
-//! fastwebsockets parses frames (rejecting reserved bits, unknown opcodes, fragmented or
-//! oversized control frames, and invalid UTF-8 in single text frames). This reader adds what
-//! it leaves to us: the mask check (clients must mask), reassembly of fragmented messages
-//! with a cap on the *whole* message, UTF-8 validation of reassembled text, ping and close
-//! handling (auto-pong and auto-close are off so the answers go through the outbox), and
-//! the mapping of every failure to a close code with a reason.
+//! It owns the connection's receive buffer and parses frames itself with
+//! `herald_protocol::ws_parse`, which enforces the per-frame rules (masking, reserved bits,
+//! opcodes, control frames, size). On top it reassembles fragmented messages with a cap on
+//! the *whole* message, validates UTF-8 of text messages (single or reassembled), answers
+//! pings through the outbox, validates close frames, and maps every failure to a close code
+//! with a reason. See docs/adr/002-own-read-path.md for why this is not fastwebsockets'
+//! read half.
+//!
+//! Memory: the buffer is allocated when the socket becomes readable and released whenever
+//! it is empty, so an idle connection holds no receive buffer at all.
 //!
 //! Frame counters are accumulated locally and flushed on a coarse clock, not per frame.
 
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
-use herald_protocol::ws_frame::pong_frame;
+use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
+use tokio::net::tcp::OwnedReadHalf;
 
 use super::{handler, Exit, Session};
 use crate::clock::coarse_ms;
-use crate::stream::PrefixedRead;
+
+/// Bytes asked of the kernel per read when no larger frame is pending.
+const READ_CHUNK: usize = 4096;
 
 /// A complete data message.
 pub enum Message {
@@ -67,40 +74,20 @@ impl LocalCounts {
     }
 }
 
-fn kind_index(op: OpCode) -> usize {
+fn kind_index(op: u8) -> usize {
     match op {
-        OpCode::Text => 0,
-        OpCode::Binary | OpCode::Continuation => 1,
-        OpCode::Ping => 2,
-        OpCode::Pong => 3,
-        OpCode::Close => 4,
+        OP_TEXT => 0,
+        OP_BINARY | OP_CONTINUATION => 1,
+        OP_PING => 2,
+        OP_PONG => 3,
+        _ => 4,
     }
 }
 
-fn frame_bytes(frame: Frame<'_>) -> Bytes {
-    match frame.payload {
-        fastwebsockets::Payload::Bytes(b) => b.freeze(),
-        fastwebsockets::Payload::Owned(v) => Bytes::from(v),
-        other => Bytes::copy_from_slice(&other),
-    }
-}
-
-fn map_error(e: WebSocketError) -> Exit {
-    use WebSocketError as E;
+fn map_error(e: FrameError) -> Exit {
     match e {
-        E::InvalidUTF8 => Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8"),
-        E::FrameTooLarge => Exit::new(1009, "message too big", "too_big"),
-        E::UnexpectedEOF | E::ConnectionClosed => Exit::silent("client_gone"),
-        E::IoError(_) => Exit::silent("client_gone"),
-        E::ReservedBitsNotZero => Exit::new(
-            1002,
-            "reserved bits set without a negotiated extension",
-            "protocol_error",
-        ),
-        E::ControlFrameFragmented => Exit::new(1002, "fragmented control frame", "protocol_error"),
-        E::PingFrameTooLarge => Exit::new(1002, "control frame payload over 125 bytes", "protocol_error"),
-        E::InvalidValue => Exit::new(1002, "unknown opcode", "protocol_error"),
-        other => Exit::new(1002, format!("protocol error: {other}"), "protocol_error"),
+        FrameError::TooBig { limit } => Exit::new(1009, format!("message too big: over {limit} bytes"), "too_big"),
+        other => Exit::new(1002, other.to_string(), "protocol_error"),
     }
 }
 
@@ -127,90 +114,114 @@ fn close_reply(payload: &[u8]) -> Result<u16, Exit> {
     }
 }
 
-/// Reads until the connection must end; returns why.
-pub async fn run(session: &mut Session, read: PrefixedRead) -> Exit {
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
+/// Reads until the connection must end; returns why. `prefix` holds bytes that arrived
+/// with the upgrade request.
+pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> Exit {
     let max = session.state.config.limits.max_message_bytes;
-    // The library refuses frames of `limit` bytes or more; we allow exactly `max`.
-    ws.set_max_message_size(max + 1);
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&prefix);
     let mut counts = LocalCounts::default();
-    let mut fragments: Option<(OpCode, BytesMut)> = None;
-    let mut obligated = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
-
-    let exit = loop {
-        let frame = match ws.read_frame(&mut obligated).await {
-            Ok(f) => f,
-            Err(e) => break map_error(e),
-        };
-        session.seen.store(true, Ordering::Relaxed);
-        let mut head = [0u8; 16];
-        let mut frame = frame;
-        frame.fmt_head(&mut head);
-        if head[1] & 0x80 == 0 {
-            break Exit::new(1002, "client frames must be masked", "protocol_error");
+    let mut fragments: Option<(u8, BytesMut)> = None;
+    let exit = 'conn: loop {
+        loop {
+            let frame = match parse_client_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => break 'conn map_error(e),
+            };
+            session.seen.store(true, Ordering::Relaxed);
+            counts.add(kind_index(frame.opcode), frame.payload.len());
+            counts.maybe_flush(session);
+            if let Some(exit) = on_frame(session, frame, &mut fragments, max).await {
+                break 'conn exit;
+            }
         }
-        counts.add(kind_index(frame.opcode), frame.payload.len());
-        counts.maybe_flush(session);
-        let fin = frame.fin;
-        let message = match frame.opcode {
-            OpCode::Ping => {
-                session.outbox.push_control(pong_frame(&frame.payload));
-                continue;
-            }
-            OpCode::Pong => continue,
-            OpCode::Close => match close_reply(&frame.payload) {
-                Ok(code) => break Exit::new(code, "", "client_close"),
-                Err(e) => break e,
-            },
-            OpCode::Text | OpCode::Binary if fragments.is_some() => {
-                break Exit::new(
-                    1002,
-                    "new data frame before the fragmented message ended",
-                    "protocol_error",
-                );
-            }
-            OpCode::Text | OpCode::Binary if !fin => {
-                let mut buf = BytesMut::with_capacity(frame.payload.len().max(1024).min(max));
-                buf.extend_from_slice(&frame.payload);
-                fragments = Some((frame.opcode, buf));
-                continue;
-            }
-            OpCode::Text => Message::Text(frame_bytes(frame)),
-            OpCode::Binary => Message::Binary(frame_bytes(frame)),
-            OpCode::Continuation => {
-                let Some((op, buf)) = fragments.as_mut() else {
-                    break Exit::new(
-                        1002,
-                        "continuation frame without a message to continue",
-                        "protocol_error",
-                    );
-                };
-                if buf.len() + frame.payload.len() > max {
-                    break Exit::new(1009, format!("message over {max} bytes"), "too_big");
-                }
-                buf.extend_from_slice(&frame.payload);
-                if !fin {
-                    continue;
-                }
-                let op = *op;
-                let (_, buf) = fragments.take().expect("checked above");
-                let bytes = buf.freeze();
-                if op == OpCode::Text {
-                    if std::str::from_utf8(&bytes).is_err() {
-                        break Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8");
-                    }
-                    Message::Text(bytes)
-                } else {
-                    Message::Binary(bytes)
-                }
-            }
-        };
-        if let Some(exit) = handler::handle(session, message).await {
-            break exit;
+        if buf.is_empty() && buf.capacity() > 0 {
+            // Idle: hold no buffer until the next bytes arrive.
+            buf = BytesMut::new();
+        }
+        if read.readable().await.is_err() {
+            break Exit::silent("client_gone");
+        }
+        let pending = frame_len_hint(&buf).map(|n| n.saturating_sub(buf.len())).unwrap_or(0);
+        buf.reserve(pending.max(READ_CHUNK).min((max + 14).max(READ_CHUNK)));
+        match read.try_read_buf(&mut buf) {
+            Ok(0) => break Exit::silent("client_gone"),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break Exit::silent("client_gone"),
         }
     };
     counts.flush(session);
     exit
+}
+
+/// Applies one frame; `Some` ends the session.
+async fn on_frame(
+    session: &mut Session,
+    frame: ClientFrame,
+    fragments: &mut Option<(u8, BytesMut)>,
+    max: usize,
+) -> Option<Exit> {
+    let ClientFrame { fin, opcode, payload } = frame;
+    let message = match opcode {
+        OP_PING => {
+            session.outbox.push_control(pong_frame(&payload));
+            return None;
+        }
+        OP_PONG => return None,
+        OP_CLOSE => {
+            return Some(match close_reply(&payload) {
+                Ok(code) => Exit::new(code, "", "client_close"),
+                Err(e) => e,
+            })
+        }
+        OP_TEXT | OP_BINARY if fragments.is_some() => {
+            return Some(Exit::new(
+                1002,
+                "new data frame before the fragmented message ended",
+                "protocol_error",
+            ));
+        }
+        OP_TEXT | OP_BINARY if !fin => {
+            *fragments = Some((opcode, payload));
+            return None;
+        }
+        OP_TEXT => {
+            if std::str::from_utf8(&payload).is_err() {
+                return Some(Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8"));
+            }
+            Message::Text(payload.freeze())
+        }
+        OP_BINARY => Message::Binary(payload.freeze()),
+        _ => {
+            // OP_CONTINUATION (the parser refuses every other opcode).
+            let Some((op, buf)) = fragments.as_mut() else {
+                return Some(Exit::new(
+                    1002,
+                    "continuation frame without a message to continue",
+                    "protocol_error",
+                ));
+            };
+            if buf.len() + payload.len() > max {
+                return Some(Exit::new(1009, format!("message too big: over {max} bytes"), "too_big"));
+            }
+            buf.extend_from_slice(&payload);
+            if !fin {
+                return None;
+            }
+            let op = *op;
+            let (_, whole) = fragments.take().expect("checked above");
+            let bytes = whole.freeze();
+            if op == OP_TEXT {
+                if std::str::from_utf8(&bytes).is_err() {
+                    return Some(Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8"));
+                }
+                Message::Text(bytes)
+            } else {
+                Message::Binary(bytes)
+            }
+        }
+    };
+    handler::handle(session, message).await
 }

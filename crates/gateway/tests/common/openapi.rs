@@ -85,7 +85,11 @@ pub fn template_for(path: &str) -> Option<String> {
     paths
         .keys()
         .filter(|t| fits(t, path))
-        .max_by_key(|t| t.split('{').map(|s| s.split('}').last().unwrap_or("").len()).sum::<usize>())
+        .max_by_key(|t| {
+            t.split('{')
+                .map(|s| s.rsplit('}').next().unwrap_or("").len())
+                .sum::<usize>()
+        })
         .cloned()
 }
 
@@ -108,11 +112,23 @@ pub fn check(method: &str, path: &str, resp: &Resp) {
     let path_only = path.split('?').next().unwrap_or(path);
     let Some(template) = template_for(path_only) else {
         // Not a documented route: it must be a documented error shape (404).
-        assert_eq!(resp.status, 404, "{method} {path} is undocumented but answered {}", resp.status);
-        validate_body(&spec()["components"]["schemas"]["Error"], resp, &format!("{method} {path}"));
+        assert_eq!(
+            resp.status, 404,
+            "{method} {path} is undocumented but answered {}",
+            resp.status
+        );
+        validate_body(
+            &spec()["components"]["schemas"]["Error"],
+            resp,
+            &format!("{method} {path}"),
+        );
         return;
     };
-    let op_method = if method == "HEAD" { "get" } else { &method.to_ascii_lowercase() };
+    let op_method = if method == "HEAD" {
+        "get"
+    } else {
+        &method.to_ascii_lowercase()
+    };
     let where_ = format!("{method} {path} ({template}) -> {}", resp.status);
     let op = &spec()["paths"][&template][op_method];
     let documented = if op.is_null() {
@@ -133,7 +149,8 @@ pub fn check(method: &str, path: &str, resp: &Resp) {
         let content = &documented["content"];
         if let Some(schema) = content.get("application/json").map(|c| &c["schema"]) {
             assert!(
-                resp.header("content-type").is_some_and(|c| c.starts_with("application/json")),
+                resp.header("content-type")
+                    .is_some_and(|c| c.starts_with("application/json")),
                 "{where_}: not JSON"
             );
             validate_body(schema, resp, &where_);
