@@ -63,3 +63,12 @@ cluster:
 ## cluster-down: stop exactly what `make cluster` started
 cluster-down:
 	scripts/cluster.sh down
+
+.PHONY: loadtest
+
+## loadtest: ~30 s cross-node run of herald-loadtest on a local cluster (uses a running
+## `make cluster`, else starts redis-server + 3 nodes and stops them after); scenario and
+## flags with LOADTEST_ARGS="fanout -s 1000 -r max -d 10s", targets with LOADTEST_URLS=...
+loadtest:
+	$(CARGO) build --release -p herald-gateway -p herald-loadtest
+	HERALD_BIN='$(TARGET_DIR)/release/herald' LOADTEST_BIN='$(TARGET_DIR)/release/herald-loadtest' scripts/loadtest-local.sh

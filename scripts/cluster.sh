@@ -19,12 +19,15 @@
 #   `up` refuses to start a component whose port is held by anything it did not start.
 #
 # `up` and `down` are idempotent: `up` keeps running components and starts missing ones;
-# `down` signals only pids recorded in .cluster/pids whose command line still matches what
-# was started (a recycled pid is never signalled), waits for them, and removes the records.
-# Set CLUSTER_LB=nginx to put nginx (deploy/nginx/nginx.conf) in front instead of HAProxy.
+# `down` signals only pids recorded in .cluster/pids whose start time still matches the
+# process that was started (a recycled pid is never signalled), waits, removes the records.
+# Set CLUSTER_LB=nginx to put nginx (deploy/nginx/nginx.conf, rendered the same way) in
+# front instead of HAProxy.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# haproxy and nginx live in /usr/sbin, which is not on a normal user's PATH on Debian.
+PATH="$PATH:/usr/sbin:/sbin"
 STATE="$ROOT/.cluster"
 PIDS="$STATE/pids"
 NODES=3
@@ -39,8 +42,9 @@ LB="${CLUSTER_LB:-haproxy}"
 DRAIN_DELAY_MS=2000
 CLOSE_WINDOW_MS=5000
 GRACE_MS=5000
-# How long `down` waits for a node: drain delay + close window + grace, plus margin.
-STOP_WAIT_S=$(((DRAIN_DELAY_MS + CLOSE_WINDOW_MS + GRACE_MS) / 1000 + 5))
+# How long `down` waits for a node before SIGKILL: the drain's worst case (delay + close
+# window + 2 x grace) plus a margin.
+STOP_WAIT_S=$(((DRAIN_DELAY_MS + CLOSE_WINDOW_MS + 2 * GRACE_MS) / 1000 + 5))
 
 say() { echo "cluster: $*"; }
 die() {
@@ -106,18 +110,30 @@ render_haproxy() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Process records: .cluster/pids/NAME.pid holds the pid, NAME.cmd the command line as
-# /proc/PID/cmdline shows it (NUL-separated args joined with spaces).
+# Process records: .cluster/pids/NAME.pid holds the pid, NAME.start the process's start time
+# (field 22 of /proc/PID/stat, in clock ticks since boot). A pid whose start time differs is
+# a recycled pid, never ours. (Command lines are no proof: redis-server and nginx rewrite
+# their own titles.)
 
-cmdline_of() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
+# start_time_of PID: empty when the process is gone or a zombie (exited, not yet reaped).
+start_time_of() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+    # Fields after the command name, which is in parentheses and may contain spaces:
+    # state is the first, start time the 20th.
+    stat="${stat##*) }"
+    awk '$1 != "Z" { print $20 }' <<<"$stat"
+}
 
 # alive NAME: the recorded process runs and is still the one we started.
 alive() {
     local name="$1" pid
-    [[ -f "$PIDS/$name.pid" ]] || return 1
+    [[ -f "$PIDS/$name.pid" && -f "$PIDS/$name.start" ]] || return 1
     pid="$(cat "$PIDS/$name.pid")"
     [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
-    [[ "$(cmdline_of "$pid")" == "$(cat "$PIDS/$name.cmd" 2>/dev/null)" ]]
+    local started
+    started="$(start_time_of "$pid")"
+    [[ -n "$started" && "$started" == "$(cat "$PIDS/$name.start")" ]]
 }
 
 # port_busy PORT: something listens on 127.0.0.1:PORT (or on every address).
@@ -125,34 +141,40 @@ port_busy() {
     ss -Hltn "( sport = :$1 )" 2>/dev/null | grep -q .
 }
 
-# check_port NAME PORT: refuse when the port is held and NAME is not ours.
-check_port() {
-    local name="$1" port="$2"
-    if port_busy "$port"; then
-        die "port $port (for $name) is already in use by a process this script did not start; free it or set the port variables (see the top of scripts/cluster.sh)"
+# preflight: every port a component that is not running yet needs must be free, before
+# anything starts (so a refusal leaves nothing half-started).
+preflight() {
+    local wanted=() name port i busy=()
+    alive redis || wanted+=("redis=$REDIS_PORT")
+    for i in $(seq 1 $NODES); do
+        alive "herald-$i" || wanted+=("herald-$i=$((WS_BASE + i))" "herald-$i(admin)=$((ADMIN_BASE + i))")
+    done
+    if ! alive "$LB"; then
+        wanted+=("$LB=$LB_PORT")
+        [[ "$LB" == nginx ]] || wanted+=("haproxy(stats)=$LB_STATS_PORT")
+    fi
+    for name in "${wanted[@]}"; do
+        port="${name##*=}"
+        port_busy "$port" && busy+=("$port (for ${name%=*}): $(ss -Hltnp "( sport = :$port )" 2>/dev/null | grep -o 'users:.*' | head -1)")
+    done
+    if [[ ${#busy[@]} -gt 0 ]]; then
+        printf 'cluster: port %s\n' "${busy[@]}" >&2
+        die "these ports are held by processes this script did not start; free them or choose other ports (CLUSTER_* variables, see the top of scripts/cluster.sh)"
     fi
 }
 
 # launch NAME LOG PROG ARGS...: start PROG in its own session (so a Ctrl-C in this terminal
-# does not reach it), record its pid, and its command line once PROG runs.
+# does not reach it) and record it.
 launch() {
     local name="$1" log="$2"
     shift 2
     # No job control in a script, so the background child is not a process-group leader:
-    # setsid execs in place and $! is the program itself.
+    # setsid execs in place and $! is the program itself (exec keeps pid and start time).
     setsid "$@" </dev/null >>"$log" 2>&1 &
-    local pid=$! i
+    local pid=$!
     echo "$pid" >"$PIDS/$name.pid"
-    for i in $(seq 1 100); do
-        [[ "$(cmdline_of "$pid")" == "$1 "* ]] && break
-        sleep 0.02
-    done
-    remember "$name"
+    start_time_of "$pid" >"$PIDS/$name.start"
 }
-
-# remember NAME: record the command line the process shows now (redis-server rewrites its
-# title once it runs, so it is remembered again after it answers).
-remember() { cmdline_of "$(cat "$PIDS/$1.pid")" >"$PIDS/$1.cmd"; }
 
 # http_status HOST PORT PATH: the status code of one GET, or 000.
 http_status() {
@@ -185,12 +207,10 @@ start_redis() {
         say "redis-server already running (pid $(cat "$PIDS/redis.pid"))"
         return
     fi
-    check_port redis "$REDIS_PORT"
     mkdir -p "$STATE/redis"
     launch redis "$STATE/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
         --save "" --appendonly no --dir "$STATE/redis"
     wait_for 10 redis_up || die "redis-server did not answer PING; see $STATE/redis.log"
-    remember redis
 }
 
 start_node() {
@@ -199,8 +219,6 @@ start_node() {
         say "$name already running (pid $(cat "$PIDS/$name.pid"))"
         return
     fi
-    check_port "$name" "$((WS_BASE + i))"
-    check_port "$name admin" "$((ADMIN_BASE + i))"
     cat >"$STATE/$name.toml" <<EOF
 # Generated by scripts/cluster.sh for the local fleet; edit the script, not this file.
 listen = "127.0.0.1:$((WS_BASE + i))"
@@ -225,6 +243,7 @@ EOF
         for var in $(compgen -e); do
             [[ "$var" == HERALD_* ]] && unset "$var"
         done
+        export NO_COLOR=1 # plain log files
         launch "$name" "$STATE/$name.log" "$(herald_bin)" --config "$STATE/$name.toml"
     )
 }
@@ -234,8 +253,6 @@ start_haproxy() {
         say "haproxy already running (pid $(cat "$PIDS/haproxy.pid"))"
         return
     fi
-    check_port haproxy "$LB_PORT"
-    check_port "haproxy stats" "$LB_STATS_PORT"
     local servers=() i
     for i in $(seq 1 $NODES); do
         servers+=("herald-$i=127.0.0.1:$((WS_BASE + i)),$((ADMIN_BASE + i))")
@@ -256,14 +273,17 @@ start_nginx() {
         say "nginx already running (pid $(cat "$PIDS/nginx.pid"))"
         return
     fi
-    check_port nginx "$LB_PORT"
-    [[ "$LB_PORT" == 18080 && "$WS_BASE" == 18080 ]] ||
-        die "deploy/nginx/nginx.conf is written for the default ports; unset CLUSTER_LB_PORT/CLUSTER_WS_BASE"
+    # deploy/nginx/nginx.conf is written for the default ports; move them if asked to.
+    local sed_args=(-e "s/listen 127.0.0.1:18080;/listen 127.0.0.1:$LB_PORT;/") i
+    for i in $(seq 1 $NODES); do
+        sed_args+=(-e "s/server 127.0.0.1:$((18080 + i)) /server 127.0.0.1:$((WS_BASE + i)) /")
+    done
+    sed "${sed_args[@]}" "$ROOT/deploy/nginx/nginx.conf" >"$STATE/nginx.conf"
     mkdir -p "$STATE/nginx/logs"
-    nginx -t -q -p "$STATE/nginx" -e "$STATE/nginx/logs/error.log" -c "$ROOT/deploy/nginx/nginx.conf" ||
-        die "deploy/nginx/nginx.conf does not pass nginx -t"
+    nginx -t -q -p "$STATE/nginx" -e "$STATE/nginx/logs/error.log" -c "$STATE/nginx.conf" ||
+        die "$STATE/nginx.conf does not pass nginx -t"
     launch nginx "$STATE/nginx.log" nginx -p "$STATE/nginx" -e "$STATE/nginx/logs/error.log" \
-        -c "$ROOT/deploy/nginx/nginx.conf" -g "daemon off;"
+        -c "$STATE/nginx.conf" -g "daemon off;"
     wait_for 10 lb_up || die "nginx did not start; see $STATE/nginx.log"
 }
 
@@ -273,6 +293,7 @@ cmd_up() {
         command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (make deps installs the test tools)"
     done
     mkdir -p "$PIDS"
+    preflight
     say "building herald (release)"
     (cd "$ROOT" && cargo build --release -q -p herald-gateway --bin herald) || die "build failed"
     start_redis
@@ -285,21 +306,21 @@ cmd_up() {
             die "herald-$i is not ready after 20 s; see $STATE/herald-$i.log"
     done
     if [[ "$LB" == nginx ]]; then start_nginx; else start_haproxy; fi
-    cat <<EOF
-
-Herald fleet on loopback (state, logs and configs in .cluster/):
-  WebSocket entry ($LB)   ws://127.0.0.1:$LB_PORT/ws
-EOF
-    [[ "$LB" == nginx ]] || echo "  HAProxy stats             http://127.0.0.1:$LB_STATS_PORT/stats"
+    echo
+    echo "Herald fleet on loopback (pids, logs and configs in .cluster/):"
+    printf '  %-18s %s\n' "entry ($LB)" "ws://127.0.0.1:$LB_PORT/ws"
+    [[ "$LB" == nginx ]] || printf '  %-18s %s\n' "haproxy stats" "http://127.0.0.1:$LB_STATS_PORT/stats"
     for i in $(seq 1 $NODES); do
-        echo "  herald-$i                  ws://127.0.0.1:$((WS_BASE + i))/ws   admin http://127.0.0.1:$((ADMIN_BASE + i))"
+        printf '  %-18s %-28s admin http://127.0.0.1:%s\n' "herald-$i" "ws://127.0.0.1:$((WS_BASE + i))/ws" "$((ADMIN_BASE + i))"
     done
+    printf '  %-18s %s\n' "redis" "redis://127.0.0.1:$REDIS_PORT/"
     cat <<EOF
-  redis                     redis://127.0.0.1:$REDIS_PORT/
 
-Try: websocat 'ws://127.0.0.1:$LB_PORT/ws?topics=demo'   (in one terminal)
-     curl -s 127.0.0.1:$((ADMIN_BASE + 2))/api/publish -d '{"topic":"demo","data":"hi"}'
-Stop with: make cluster-down
+Subscribe through the load balancer:  websocat 'ws://127.0.0.1:$LB_PORT/ws?topics=demo'
+Publish on another node:              curl -s 127.0.0.1:$((ADMIN_BASE + 2))/api/publish \\
+                                        -H 'Content-Type: application/json' -d '{"topic":"demo","data":"hi"}'
+Drain one node:                       kill -TERM \$(cat .cluster/pids/herald-1.pid)
+Stop everything:                      make cluster-down
 EOF
 }
 
@@ -312,7 +333,7 @@ stop() {
         say "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         local deadline=$((SECONDS + secs))
-        while [[ -d "/proc/$pid" ]] && alive "$name"; do
+        while alive "$name"; do
             if [[ $SECONDS -ge $deadline ]]; then
                 say "$name did not stop within ${secs}s; SIGKILL"
                 kill -KILL "$pid" 2>/dev/null || true
@@ -323,7 +344,7 @@ stop() {
     else
         say "$name (pid $pid) is not running"
     fi
-    rm -f "$PIDS/$name.pid" "$PIDS/$name.cmd"
+    rm -f "$PIDS/$name.pid" "$PIDS/$name.start"
 }
 
 cmd_down() {

@@ -5,6 +5,8 @@
 #     ports. This script never starts, stops, flushes or relies on a Redis on 6379
 #     (installing the package may auto-start Debian's service there; we leave it alone).
 #   - kill (procps): the testkit pauses/resumes redis-server with SIGSTOP/SIGCONT.
+#   - haproxy and nginx: the fleet tests run a real HAProxy in front of herald processes and
+#     check deploy/'s configs with `haproxy -c` and `nginx -t` (never on fixed ports).
 #   - make, node and npm, and the `ws` package in tests/interop (npm ci from the lockfile).
 set -euo pipefail
 
@@ -42,17 +44,22 @@ apt_install() {
     fi
 }
 
+# haproxy and nginx live in /usr/sbin, which is not on a normal user's PATH on Debian.
+PATH="$PATH:/usr/sbin:/sbin"
+
 # System packages: command -> Debian package.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [[ ${#missing[@]} -gt 0 ]]; then
     apt_install "${missing[@]}"
 fi
-for cmd in redis-server kill make node npm; do
+for cmd in redis-server kill haproxy nginx make node npm; do
     command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installation"
 done
 

@@ -1,15 +1,38 @@
-//! Wire-format costs, per message: decoding a client request, encoding a delivery for
-//! `/ws` and `/raw` subscribers (done once per message, not per subscriber), and the relay
-//! envelope. Throughput is in bytes of the input (the request frame, the payload, the
-//! envelope).
+//! Wire-format costs, per message: parsing a client frame, decoding a client request,
+//! encoding a delivery for `/ws` and `/raw` subscribers (done once per message, not per
+//! subscriber), and the relay envelope. Throughput is in bytes of the input (the frame's
+//! payload, the request frame, the delivered payload).
 
 use std::hint::black_box;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_benches::{json_object, json_string, text, PAYLOAD_SIZES};
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use herald_benches::{json_object, json_string, masked_frame, text, PAYLOAD_SIZES};
 use herald_protocol::server_msg::{json_delivery, raw_delivery};
+use herald_protocol::ws_parse::parse_client_frame;
 use herald_protocol::{decode_request, envelope, Payload, TopicRules};
+
+fn parse_frames(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ws_parse/text_frame");
+    for len in PAYLOAD_SIZES {
+        let wire = BytesMut::from(&masked_frame(0x1, &text(len))[..]);
+        g.throughput(Throughput::Bytes(len as u64));
+        // The buffer is consumed by parsing; a fresh copy per iteration is set up untimed.
+        g.bench_with_input(BenchmarkId::from_parameter(len), &wire, |b, w| {
+            b.iter_batched_ref(
+                || w.clone(),
+                |buf| {
+                    parse_client_frame(buf, 64 * 1024)
+                        .expect("valid frame")
+                        .expect("complete frame")
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
 
 fn decode(c: &mut Criterion) {
     let rules = TopicRules::default();
@@ -102,5 +125,5 @@ fn envelopes(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, deliveries, envelopes);
+criterion_group!(benches, parse_frames, decode, deliveries, envelopes);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! Fixtures shared by Herald's criterion benches (`benches/protocol.rs`, `benches/broker.rs`):
-//! payloads of an exact size, brokers with N subscribers that each own an outbox, and the
-//! drain that keeps those outboxes from filling between measured iterations.
+//! payloads of an exact size, masked client frames, brokers with N subscribers that each own
+//! an outbox, and the drain that keeps those outboxes from filling between measured
+//! iterations.
 //!
 //! It holds no measurement code (that lives in the bench targets) and nothing the product
 //! uses: the package is `publish = false` and only exists to benchmark the real crates.
@@ -44,6 +45,26 @@ pub fn text(len: usize) -> Vec<u8> {
         v[len - 1] = b'\n';
     }
     v
+}
+
+/// A final client frame with `opcode` carrying `payload`, masked as a client must send it.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
 }
 
 /// A JSON payload of `len` bytes (see [`json_object`]).
@@ -124,6 +145,19 @@ mod tests {
             assert_eq!(text(len).len(), len);
             serde_json::from_slice::<serde_json::Value>(&json_object(len)).unwrap();
             serde_json::from_slice::<String>(&json_string(len)).unwrap();
+        }
+    }
+
+    #[test]
+    fn masked_frames_parse_back() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = text(len);
+            let mut buf = bytes::BytesMut::from(&masked_frame(0x2, &payload)[..]);
+            let f = herald_protocol::ws_parse::parse_client_frame(&mut buf, 1 << 20)
+                .unwrap()
+                .unwrap();
+            assert_eq!((f.opcode, &f.payload[..]), (0x2, &payload[..]));
+            assert!(buf.is_empty());
         }
     }
 

@@ -144,6 +144,8 @@ pub struct Generator {
     pub cores: usize,
     /// User + system CPU seconds during the measured phase and drain.
     pub cpu_s: f64,
+    /// The system (kernel) part of `cpu_s`: socket I/O and loopback TCP work.
+    pub cpu_system_s: f64,
     /// cpu_s / (wall time × cores).
     pub cpu_utilisation: f64,
     /// CPU µs per delivery received (pub/sub scenarios).

@@ -53,6 +53,9 @@ impl Default for OutboxLimits {
 pub struct CloseRequest {
     pub code: u16,
     pub reason: String,
+    /// Why, as a `herald_connections_closed_total` reason (`slow_consumer`, `kicked`, ...),
+    /// so the close is counted under the right reason whoever asked for it.
+    pub label: &'static str,
 }
 
 /// Result of offering a data frame to an outbox.
@@ -150,6 +153,7 @@ impl Outbox {
                     st.close = Some(CloseRequest {
                         code: 1013,
                         reason: "slow consumer: outbox full".into(),
+                        label: "slow_consumer",
                     });
                     drop(st);
                     self.notify.notify_one();
@@ -179,10 +183,15 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Asks the writer to send what is queued, then a close frame, then stop. The first
-    /// request wins; later ones are ignored. With `discard_queued` the queued data is
-    /// dropped first (for errors where delivering it no longer matters).
+    /// Asks the writer to send what is queued, then a close frame, then stop; counted as
+    /// `kicked` (an operator's close). The first request wins; later ones are ignored. With
+    /// `discard_queued` the queued data is dropped first.
     pub fn close(&self, code: u16, reason: impl Into<String>, discard_queued: bool) {
+        self.close_as(code, reason, discard_queued, "kicked")
+    }
+
+    /// Like [`Outbox::close`], counted under `label` (a `CLOSE_REASONS` value).
+    pub fn close_as(&self, code: u16, reason: impl Into<String>, discard_queued: bool, label: &'static str) {
         let mut st = self.lock();
         if st.close.is_some() {
             return;
@@ -191,10 +200,7 @@ impl Outbox {
             st.frames.clear();
             st.bytes = 0;
         }
-        st.close = Some(CloseRequest {
-            code,
-            reason: reason.into(),
-        });
+        st.close = Some(CloseRequest { code, reason: reason.into(), label });
         drop(st);
         self.notify.notify_one();
     }

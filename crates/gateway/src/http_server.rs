@@ -65,7 +65,10 @@ pub async fn accept_loop<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let stop = stop.clone();
-        tracker.spawn(async move {
+        // Boxed: after a WebSocket upgrade the socket's reactor entry can keep this task's
+        // waker (and so its allocation) alive for the WebSocket's whole life; boxed, that
+        // costs the task header only, not hyper's connection state.
+        tracker.spawn(Box::pin(async move {
             let svc = service_fn(move |req| {
                 let fut = handler(req, peer);
                 async move { Ok::<_, Infallible>(fut.await) }
@@ -89,7 +92,7 @@ pub async fn accept_loop<F, Fut>(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
-        });
+        }));
     }
 }
 

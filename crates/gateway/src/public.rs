@@ -176,7 +176,7 @@ fn upgrade(
         peer,
     };
     let st = state.clone();
-    state.sessions.spawn(async move {
+    let session_task = async move {
         let ws = match fut.await {
             Ok(ws) => ws,
             Err(e) => {
@@ -194,7 +194,8 @@ fn upgrade(
         };
         let (read, write) = parts.io.into_inner().into_split();
         session::run(st, slot, params, parts.read_buf, read, write).await;
-    });
+    };
+    state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();
     Response::from_parts(head, Body::default())
 }

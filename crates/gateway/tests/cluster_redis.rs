@@ -94,7 +94,11 @@ async fn one_publishers_order_holds_across_nodes() {
     let publisher = Client::connect(&c.nodes[0].url("/ws")).await.unwrap();
     const N: u64 = 3000;
     for i in 0..N {
+        // Paced so no subscriber outbox passes its bound (order is the point here).
         publisher.publish_nowait("seq", &i.to_string()).await.unwrap();
+        if i % 200 == 199 {
+            publisher.ping().await.unwrap();
+        }
     }
     for s in subs.iter_mut() {
         for i in 0..N {

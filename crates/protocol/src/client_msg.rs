@@ -88,7 +88,7 @@ struct Wire<'a> {
 }
 
 /// Distinguishes a field that is present (even as `null`) from an absent one.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
 }
 

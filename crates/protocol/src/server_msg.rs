@@ -197,7 +197,8 @@ pub struct ServerMessage<'a> {
     pub kind: &'a str,
     #[serde(borrow, default)]
     pub topic: Option<&'a str>,
-    #[serde(borrow, default)]
+    /// Present (even as JSON `null`) on `message` frames.
+    #[serde(borrow, default, deserialize_with = "crate::client_msg::present")]
     pub data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     pub encoding: Option<&'a str>,
@@ -276,6 +277,8 @@ mod tests {
             (m.kind, m.topic, m.data.unwrap().get()),
             ("message", Some("a"), "[1,2]")
         );
+        let m = decode_server(br#"{"type":"message","topic":"a","data":null}"#).unwrap();
+        assert_eq!(m.data.map(|d| d.get()), Some("null"), "null data is data");
         let req = publish_request("a", b"{\"n\":1}", Some(5));
         assert_eq!(req, br#"{"op":"publish","topic":"a","data":{"n":1},"id":5}"#);
     }

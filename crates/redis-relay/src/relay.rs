@@ -150,8 +150,9 @@ impl RedisRelay {
         &self.shared.config
     }
 
+    /// An immediate refusal; the broker counts it (`dropped{reason="relay_unavailable"}`)
+    /// as it counts every `PublishTicket::Done(Err)`.
     fn refuse(&self, err: RelayError) -> PublishTicket {
-        self.shared.unrelayed.inc();
         PublishTicket::Done(Err(err))
     }
 }

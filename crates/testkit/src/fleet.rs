@@ -178,6 +178,7 @@ impl HeraldProcess {
             .args(["--listen", &self.spec.ws_addr().to_string()])
             .args(["--admin-listen", &self.spec.admin_addr().to_string()])
             .env("HERALD_NODE_ID", &self.spec.name)
+            .env("NO_COLOR", "1")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -260,7 +261,7 @@ impl Drop for HeraldProcess {
     }
 }
 
-/// A real HAProxy (`haproxy` from `PATH`, or `$HAPROXY_BIN`) in front of some nodes, with a
+/// A real HAProxy ([`haproxy_bin`]) in front of some nodes, with a
 /// stats frontend the test reads to see which servers HAProxy considers up. Killed on drop.
 pub struct Haproxy {
     child: Option<Child>,
@@ -270,11 +271,30 @@ pub struct Haproxy {
     log: PathBuf,
 }
 
-/// The `haproxy` binary.
+/// A system tool: `$env_var` when set, else `name` from `PATH`, else `/usr/sbin/name`
+/// (Debian installs haproxy and nginx there, outside a normal user's `PATH`).
+pub fn system_bin(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if on_path {
+        PathBuf::from(name)
+    } else {
+        Path::new("/usr/sbin").join(name)
+    }
+}
+
+/// The `haproxy` binary (`$HAPROXY_BIN` overrides).
 pub fn haproxy_bin() -> PathBuf {
-    std::env::var_os("HAPROXY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("haproxy"))
+    system_bin("haproxy", "HAPROXY_BIN")
+}
+
+/// The `nginx` binary (`$NGINX_BIN` overrides).
+pub fn nginx_bin() -> PathBuf {
+    system_bin("nginx", "NGINX_BIN")
 }
 
 /// Renders `deploy/haproxy/haproxy.cfg` to `out` with `scripts/cluster.sh render-haproxy`:

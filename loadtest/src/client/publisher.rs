@@ -22,6 +22,8 @@ use crate::stats::{histogram, Clock, Shared};
 const MAX_BATCH: u64 = 1024;
 /// Messages per write at `--rate max`.
 const MAX_RATE_BATCH: u64 = 64;
+/// How long after the end a late fixed-rate publisher may still send what was scheduled.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
 
 /// Where a publisher's messages go.
 pub trait Sink {
@@ -82,14 +84,25 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
     let mut n: u64 = 0; // messages handed to the sink
     let mut forgiven: u64 = 0;
     let mut scheduled: Vec<u64> = Vec::new();
+    // At a fixed rate the plan is every message scheduled before the end, sent even if the
+    // publisher runs late (within a grace period, so a hopeless rate still ends).
+    let scheduled_total = plan
+        .rate
+        .map(|r| ((ctx.end - ctx.start).as_secs_f64() * r).ceil() as u64);
+    let hard_end = ctx.end + CATCH_UP_GRACE;
     while n < plan.limit && !ctx.stop.is_cancelled() {
         let now = Instant::now();
-        if now >= ctx.end {
+        let over = match scheduled_total {
+            Some(total) => n >= total || now >= hard_end,
+            None => now >= ctx.end,
+        };
+        if over {
             break;
         }
         let count = match plan.rate {
             Some(rate) => {
-                let due = ((now - ctx.start).as_secs_f64() * rate) as u64 + 1;
+                let elapsed = (now.min(ctx.end) - ctx.start).as_secs_f64();
+                let due = ((elapsed * rate) as u64 + 1).min(scheduled_total.unwrap_or(u64::MAX));
                 if due <= n {
                     let next = ctx.start + Duration::from_secs_f64(n as f64 / rate);
                     tokio::select! {

@@ -43,12 +43,16 @@ pub struct RecvCtx {
 }
 
 /// Runs the receive loop until `stop` or the connection ends. `topics` are this
-/// subscriber's topic indices, sorted.
+/// subscriber's topic indices, sorted. Give each subscriber its own child token: waiting on
+/// a token shared by thousands of tasks would make them contend on its lock.
 pub async fn receive(mut conn: Conn, id: usize, topics: Vec<u32>, ctx: RecvCtx, stop: CancellationToken) -> SubOutcome {
     debug_assert!(topics.windows(2).all(|w| w[0] < w[1]));
     let mut out = SubOutcome::default();
     let mut seqs = SeqTracker::new(topics.len(), ctx.publishers);
     let mut latencies: Vec<u64> = Vec::new();
+    // Created once: re-polling a registered waiter is cheap, creating one per read is not.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let now = ctx.clock.now_us();
         let mut batch = 0u64;
@@ -120,7 +124,7 @@ pub async fn receive(mut conn: Conn, id: usize, topics: Vec<u32>, ctx: RecvCtx, 
         }
         let read = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             r = conn.rbuf.fill(&mut conn.stream) => r,
         };
         match read {

@@ -14,7 +14,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -80,14 +80,14 @@ pub fn render(r: &Report) -> String {
     let _ = write!(o, "herald-loadtest {name}: ");
     match r.scenario {
         crate::cli::Scenario::Idle => {
-            let _ = writeln!(o, "{} held {:.0} s", plural(p.subscribers, "connection"), p.duration_s);
+            let _ = writeln!(o, "{} held {:.1} s", plural(p.subscribers, "connection"), p.duration_s);
         }
         crate::cli::Scenario::Churn => {
             let rate = match p.rate {
                 Rate::Max => "as fast as possible".to_owned(),
                 Rate::PerSec(x) => format!("{}/s", rate(x)),
             };
-            let _ = writeln!(o, "{}, {rate}, {:.0} s", plural(p.subscribers, "worker"), p.duration_s);
+            let _ = writeln!(o, "{}, {rate}, {:.1} s", plural(p.subscribers, "worker"), p.duration_s);
         }
         _ => {
             let dist = if p.topics > 1 {
@@ -97,7 +97,7 @@ pub fn render(r: &Report) -> String {
             };
             let _ = writeln!(
                 o,
-                "{} → {}, {}{dist}, {} B payloads, rate {}, {:.0} s",
+                "{} → {}, {}{dist}, {} B payloads, rate {}, {:.1} s",
                 plural(p.publishers, "publisher"),
                 plural(p.subscribers, "subscriber"),
                 plural(p.topics as usize, "topic"),
@@ -208,8 +208,13 @@ pub fn render(r: &Report) -> String {
     }
     let g = &r.generator;
     let mut gen = format!(
-        "cpu {:.2} s = {:.0}% of {} · max RSS {}",
+        "cpu {:.2} s ({:.0}% kernel) = {:.0}% of {} · max RSS {}",
         g.cpu_s,
+        if g.cpu_s > 0.0 {
+            g.cpu_system_s / g.cpu_s * 100.0
+        } else {
+            0.0
+        },
         g.cpu_utilisation * 100.0,
         plural(g.cores, "core"),
         mib(g.max_rss_bytes)

@@ -69,7 +69,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     let mut held = JoinSet::new();
     for (i, (c, t)) in opened.conns.into_iter().zip(assignment).enumerate() {
         if let Some(c) = c {
-            held.spawn(subscriber::receive(c, i, t, ctx.clone(), stop.clone()));
+            held.spawn(subscriber::receive(c, i, t, ctx.clone(), stop.child_token()));
         }
     }
     let connections = held.len() as u64;

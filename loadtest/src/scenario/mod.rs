@@ -84,8 +84,16 @@ impl Run {
 
     fn plan(&self) -> Plan {
         let c = &self.cfg;
+        let pub_urls = match c.publish_via {
+            crate::cli::PublishVia::Ws => c.pub_urls.clone(),
+            crate::cli::PublishVia::Http => c
+                .admin
+                .iter()
+                .map(|a| format!("{}/api/publish", a.trim_end_matches('/')))
+                .collect(),
+        };
         Plan {
-            pub_urls: c.pub_urls.clone(),
+            pub_urls,
             sub_urls: c.sub_urls.clone(),
             subscribers: c.subscribers,
             publishers: c.publishers,
@@ -123,8 +131,10 @@ fn connections_per_addr(cfg: &Config, pubs: &[Target], subs: &[Target]) -> HashM
 pub async fn run(cfg: Config, abort: CancellationToken) -> Result<Report> {
     let started = Instant::now();
     let mut pub_targets = Vec::new();
-    for u in &cfg.pub_urls {
-        pub_targets.push(target::ws(u).await?);
+    if cfg.publish_via == crate::cli::PublishVia::Ws {
+        for u in &cfg.pub_urls {
+            pub_targets.push(target::ws(u).await?);
+        }
     }
     let mut sub_targets = Vec::new();
     for u in &cfg.sub_urls {

@@ -55,6 +55,7 @@ impl Run {
         report.generator = Generator {
             cores: self.cores,
             cpu_s: cpu,
+            cpu_system_s: after.usage.system_s - before.usage.system_s,
             cpu_utilisation: util,
             cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
             max_rss_bytes: after.usage.max_rss_bytes,

@@ -39,7 +39,7 @@ const SUB_BUFS: BufSizes = BufSizes {
 /// A publisher's sink and, for WebSocket ones, its reader task.
 enum Publisher {
     Ws(WsSink, tokio::task::JoinHandle<Option<String>>),
-    Http(HttpSink),
+    Http(Box<HttpSink>),
 }
 
 pub async fn run(run: Arc<Run>) -> Result<Report> {
@@ -85,7 +85,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     };
     let mut receivers = JoinSet::new();
     for (i, (t, c)) in established.into_iter().enumerate() {
-        receivers.spawn(subscriber::receive(c, i, t, ctx.clone(), recv_stop.clone()));
+        receivers.spawn(subscriber::receive(c, i, t, ctx.clone(), recv_stop.child_token()));
     }
 
     run.phase.set(Phase::Settle);
@@ -121,7 +121,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
             for i in 0..cfg.publishers {
                 let target = run.admin_targets[i % run.admin_targets.len()].clone();
                 let sink = HttpSink::new(target, cfg.api_key.as_deref(), run.shared.clone());
-                sinks.push((i as u32, Publisher::Http(sink)));
+                sinks.push((i as u32, Publisher::Http(Box::new(sink))));
             }
         }
     }
@@ -171,8 +171,8 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                     (o, Publisher::Ws(sink, reader))
                 }
                 Publisher::Http(sink) => {
-                    let (o, sink) = publisher::run(sink, plan, pctx).await;
-                    (o, Publisher::Http(sink))
+                    let (o, sink) = publisher::run(*sink, plan, pctx).await;
+                    (o, Publisher::Http(Box::new(sink)))
                 }
             }
         });

@@ -12,9 +12,11 @@
 //! - `steer.rs`: `POST /api/connections/{id}/close`, `/api/topics/{topic}/disconnect`,
 //!   `/api/drain`.
 //!
-//! Bodies are read through `body.rs` (size bound before reading, deadline); every failure
-//! is an [`ApiError`] rendered as `{"code", "message"}`. `/metrics`, `/healthz` and
-//! `/readyz` are not part of this module (see `admin.rs`); request counting happens there.
+//! Shared pieces: `body.rs` reads bodies (size bound before reading, deadline) and reads
+//! Content-Types, `message.rs` parses and validates the publish shapes, `page.rs` does
+//! keyset paging. Every failure is an [`ApiError`] (`error.rs`) rendered as
+//! `{"code", "message"}`. `/metrics`, `/healthz` and `/readyz` are not part of this
+//! module (see `admin.rs`); request counting happens there.
 
 mod auth;
 mod batch;

@@ -25,7 +25,7 @@ pub async fn handle(session: &mut Session, message: Message) -> Option<Exit> {
                 Message::Text(b) => Payload::text(b),
                 Message::Binary(b) => Payload::binary(b),
             };
-            let topic = session.topics.iter().next().cloned()?;
+            let topic = session.topics.first().cloned()?;
             let report = session
                 .state
                 .broker
@@ -35,7 +35,7 @@ pub async fn handle(session: &mut Session, message: Message) -> Option<Exit> {
             None
         }
         SubscriberMode::Json => {
-            session.engaged.store(true, Ordering::Relaxed);
+            session.flags.engaged.store(true, Ordering::Relaxed);
             match message {
                 Message::Text(text) => handle_request(session, text).await,
                 Message::Binary(_) => {
@@ -88,7 +88,7 @@ async fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
         }
         ClientRequest::Subscribe { topics, id } => {
             let max = session.state.config.limits.max_subscriptions;
-            let new = topics.iter().filter(|t| !session.topics.contains(t.as_ref())).count();
+            let new = session.new_topics(topics.iter().map(|t| t.as_ref()));
             if session.topics.len() + new > max {
                 let msg = format!(
                     "subscribing to {new} more topic(s) would pass the limit of {max} per connection (holding {})",

@@ -1,23 +1,19 @@
 //! One WebSocket connection after the upgrade: its lifecycle and the state it owns.
 //!
 //! Task model: the session task runs the reader (`reader.rs`: frames in, requests applied)
-//! and spawns one writer task (`writer.rs`: outbox out, heartbeat). The reader is never put
-//! back into a `select!` after losing one (fastwebsockets' `read_frame` is not
-//! cancel-safe by design: it is dropped, never re-polled): the single `select!` here ends
-//! the session, whichever branch wins:
-//! - the reader returns (client closed, protocol error, I/O error),
-//! - the writer returns (idle timeout, stalled peer, slow consumer, I/O error),
-//! - the node drains (close 1001 at a random moment within the close window),
-//! - a `/ws` connection made no request and holds no subscription in time (1008).
+//! and spawns one writer task (`writer.rs`: outbox out, and every timer of the connection:
+//! heartbeat and idle timeout, the first-message deadline, the spread close of a drain).
+//! The session ends when either returns; then it unsubscribes everything, asks the writer
+//! to send the close frame (if the reader ended it), waits for it briefly, and releases the
+//! connection slot. Every end is counted by reason.
 //!
-//! Then the session unsubscribes everything, asks the writer to send the close frame, waits
-//! for it briefly, and releases the connection slot. Every end is counted by reason.
+//! Keeping the timers in the writer, which wakes for its heartbeat anyway, keeps the idle
+//! connection small: the session task waits on two futures only.
 
 mod handler;
 mod reader;
 mod writer;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -60,6 +56,16 @@ impl Exit {
     }
 }
 
+/// Flags the reader sets and the writer reads (one allocation for both).
+#[derive(Default)]
+pub struct SessionFlags {
+    /// Set by the reader on any frame; reset by the writer's heartbeat.
+    pub seen: AtomicBool,
+    /// The client has sent a request or holds a subscription: the first-message deadline
+    /// no longer applies.
+    pub engaged: AtomicBool,
+}
+
 /// Per-connection state owned by the session task.
 pub struct Session {
     pub state: Arc<AppState>,
@@ -67,43 +73,47 @@ pub struct Session {
     pub mode: SubscriberMode,
     pub echo: bool,
     pub outbox: Arc<Outbox>,
-    pub topics: HashSet<Arc<str>>,
-    /// Set by the reader on any frame; reset by the writer's heartbeat.
-    pub seen: Arc<AtomicBool>,
-    /// The client has sent a request (or holds a subscription): the first-message
-    /// deadline no longer applies.
-    pub engaged: Arc<AtomicBool>,
+    /// Subscribed topics; a short list, searched linearly (at most
+    /// `limits.max_subscriptions`), sized exactly to save memory on idle connections.
+    pub topics: Vec<Arc<str>>,
+    pub flags: Arc<SessionFlags>,
 }
 
 impl Session {
+    fn holds(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| &**t == topic)
+    }
+
+    /// How many of `topics` this connection does not hold yet.
+    pub fn new_topics<'a>(&self, topics: impl Iterator<Item = &'a str>) -> usize {
+        topics.filter(|t| !self.holds(t)).count()
+    }
+
     /// Subscribes to one topic (already validated); false when the limit is reached.
     pub fn subscribe(&mut self, topic: &str) -> bool {
-        if self.topics.contains(topic) {
+        if self.holds(topic) {
             return true;
         }
         if self.topics.len() >= self.state.config.limits.max_subscriptions {
             return false;
         }
-        let sub = Subscriber {
-            conn: self.id,
-            outbox: self.outbox.clone(),
-            mode: self.mode,
-            echo: self.echo,
-        };
+        let sub = Subscriber { conn: self.id, outbox: self.outbox.clone(), mode: self.mode, echo: self.echo };
         self.state.broker.subscribe(topic, sub);
-        self.topics.insert(Arc::from(topic));
-        self.engaged.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.topics.reserve_exact(1);
+        self.topics.push(Arc::from(topic));
+        self.flags.engaged.store(true, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
     pub fn unsubscribe(&mut self, topic: &str) {
-        if self.topics.remove(topic) {
+        if let Some(i) = self.topics.iter().position(|t| &**t == topic) {
+            self.topics.swap_remove(i);
             self.state.broker.unsubscribe(topic, self.id);
         }
     }
 
     fn unsubscribe_all(&mut self) {
-        for t in self.topics.drain() {
+        for t in std::mem::take(&mut self.topics) {
             self.state.broker.unsubscribe(&t, self.id);
         }
     }
@@ -147,76 +157,49 @@ pub async fn run(
         mode: params.mode,
         echo: params.echo,
         outbox: outbox.clone(),
-        topics: HashSet::new(),
-        seen: Arc::new(AtomicBool::new(false)),
-        engaged: Arc::new(AtomicBool::new(params.mode == SubscriberMode::Raw)),
+        topics: Vec::new(),
+        flags: Arc::new(SessionFlags {
+            seen: AtomicBool::new(false),
+            engaged: AtomicBool::new(params.mode == SubscriberMode::Raw),
+        }),
     };
     if params.mode == SubscriberMode::Json {
         outbox.push_control(server_msg::welcome(&state.node_id, &id.to_string()));
     }
-    for t in &params.topics {
-        session.subscribe(t);
+    for t in params.topics {
+        session.subscribe(&t);
     }
+    let peer = params.peer;
 
     let mut writer = tokio::spawn(writer::run(
         write,
         outbox.clone(),
         urgent,
         writer::WriterConfig::from_config(&state.config),
-        session.seen.clone(),
+        session.flags.clone(),
+        state.shutdown.close_clients.clone(),
         metrics.clone(),
     ));
-    let mut writer_exit: Option<Exit> = None;
-
-    let exit = {
-        let close_clients = state.shutdown.close_clients.clone();
-        let window = state.config.close_window();
-        let shutdown = async move {
-            close_clients.cancelled().await;
-            let spread = if window.is_zero() {
-                Duration::ZERO
-            } else {
-                window.mul_f64(rand::random::<f64>())
-            };
-            tokio::time::sleep(spread).await;
-        };
-        let engaged = session.engaged.clone();
-        let first = state.config.first_message_timeout();
-        let first_deadline = async move {
-            match first {
-                Some(t) => {
-                    tokio::time::sleep(t).await;
-                    if engaged.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let reader = reader::run(&mut session, prefix, read);
-        tokio::select! {
-            e = reader => e,
-            w = &mut writer => {
-                let e = w.unwrap_or_else(|_| Exit::silent("internal"));
-                writer_exit = Some(e.clone());
-                e
-            }
-            _ = shutdown => Exit::new(1001, "server shutting down", "shutdown"),
-            _ = first_deadline => Exit::new(1008, "no subscription or request within the first-message deadline", "first_message_timeout"),
+    let mut writer_done = false;
+    let exit = tokio::select! {
+        e = reader::run(&mut session, prefix, read) => e,
+        w = &mut writer => {
+            writer_done = true;
+            w.unwrap_or_else(|_| Exit::silent("internal"))
         }
     };
 
     session.unsubscribe_all();
-    if writer_exit.is_none() {
+    if !writer_done {
         match &exit.close {
-            Some((code, reason)) => outbox.close(*code, reason.clone(), *code != 1000 && *code != 1001),
-            None => outbox.close(1000, "", true),
+            Some((code, reason)) => outbox.close_as(*code, reason.clone(), *code != 1000 && *code != 1001, exit.label),
+            None => outbox.close_as(1000, "", true, exit.label),
         }
         if tokio::time::timeout(CLOSE_FLUSH, &mut writer).await.is_err() {
             writer.abort();
         }
     }
-    tracing::debug!(conn = id, peer = %params.peer, reason = exit.label, "connection closed");
+    tracing::debug!(conn = id, %peer, reason = exit.label, "connection closed");
     metrics.connections.dec();
     metrics.connections_closed.with_label_values(&[exit.label]).inc();
     state.connections.remove(&id);

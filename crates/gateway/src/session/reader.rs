@@ -119,7 +119,12 @@ fn close_reply(payload: &[u8]) -> Result<u16, Exit> {
 pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> Exit {
     let max = session.state.config.limits.max_message_bytes;
     let mut buf = BytesMut::new();
-    buf.extend_from_slice(&prefix);
+    if !prefix.is_empty() {
+        buf.extend_from_slice(&prefix);
+    }
+    // `prefix` is a slice of hyper's whole read buffer: holding it would keep that buffer
+    // (8 KiB or more) alive for the connection's life.
+    drop(prefix);
     let mut counts = LocalCounts::default();
     let mut fragments: Option<(u8, BytesMut)> = None;
     let exit = 'conn: loop {
@@ -129,10 +134,12 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> E
                 Ok(None) => break,
                 Err(e) => break 'conn map_error(e),
             };
-            session.seen.store(true, Ordering::Relaxed);
+            session.flags.seen.store(true, Ordering::Relaxed);
             counts.add(kind_index(frame.opcode), frame.payload.len());
             counts.maybe_flush(session);
-            if let Some(exit) = on_frame(session, frame, &mut fragments, max).await {
+            // Boxed: handling a request needs more state than waiting for bytes does, and
+            // only while it runs; idle connections should not carry it.
+            if let Some(exit) = Box::pin(on_frame(session, frame, &mut fragments, max)).await {
                 break 'conn exit;
             }
         }

@@ -5,15 +5,17 @@
 //! [`MAX_IOV`] frames each, then a single flush. Frames are pre-built (header included) and
 //! shared with other subscribers, so the batch is written without copying or encoding.
 //!
-//! Between batches it keeps the heartbeat: every `ping_interval` in which the reader saw no
-//! frame, it pings; after `idle_timeout` of silence it closes with 1001. A batch that cannot
+//! Between batches it keeps every timer of the connection: the heartbeat (every
+//! `ping_interval` in which the reader saw no frame, it pings; after `idle_timeout` of
+//! silence it closes with 1001), the first-message deadline (1008), and the spread close of
+//! a drain (1001 at a random moment within the close window). A batch that cannot
 //! be written within `write_timeout` means the peer stalled: the connection is dropped.
 //! When the slow-consumer policy disconnects the client while a write is in flight, the
 //! write is abandoned (the peer is not reading, a close frame could not reach it anyway).
 //! After writing a close frame the writer stops: it never sends a second one.
 
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
-use super::Exit;
+use super::{Exit, SessionFlags};
 use crate::config::Config;
 
 /// Frames gathered into one `writev` call.
@@ -35,6 +37,10 @@ pub struct WriterConfig {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    /// Close (1008) a connection that neither subscribed nor sent a request by then.
+    pub first_message_timeout: Option<Duration>,
+    /// During a drain, close (1001) at a random moment within this window.
+    pub close_window: Duration,
 }
 
 impl WriterConfig {
@@ -43,6 +49,8 @@ impl WriterConfig {
             ping_interval: c.ping_interval(),
             idle_timeout: c.idle_timeout(),
             write_timeout: c.write_timeout(),
+            first_message_timeout: c.first_message_timeout(),
+            close_window: c.close_window(),
         }
     }
 }
@@ -109,33 +117,66 @@ async fn write_batch(w: &mut OwnedWriteHalf, batch: &TakenBatch) -> std::io::Res
     w.flush().await
 }
 
+/// The connection's timers, as deadlines.
+struct Timers {
+    next_beat: Instant,
+    silent_for: Duration,
+    /// Until the client engages (first request or subscription).
+    first_deadline: Option<Instant>,
+    /// When to close during a drain (set once `close_clients` fires).
+    close_at: Option<Instant>,
+}
+
+impl Timers {
+    fn next_wake(&self) -> Instant {
+        let mut t = self.next_beat;
+        for d in [self.first_deadline, self.close_at].into_iter().flatten() {
+            t = t.min(d);
+        }
+        t
+    }
+}
+
 /// Runs until the connection must end; returns why.
 pub async fn run(
     mut w: OwnedWriteHalf,
     outbox: Arc<Outbox>,
     urgent: CancellationToken,
     cfg: WriterConfig,
-    seen: Arc<AtomicBool>,
+    flags: Arc<SessionFlags>,
+    close_clients: CancellationToken,
     metrics: Arc<BrokerMetrics>,
 ) -> Exit {
     let mut batch = TakenBatch::default();
     let mut sent = SentCounts::default();
     let latency = metrics.frame_write_latency.local();
-    let mut next_beat = Instant::now() + cfg.ping_interval;
-    let mut silent_for = Duration::ZERO;
+    let start = Instant::now();
+    let mut timers = Timers {
+        next_beat: start + cfg.ping_interval,
+        silent_for: Duration::ZERO,
+        first_deadline: cfg.first_message_timeout.map(|t| start + t),
+        close_at: None,
+    };
 
     loop {
         outbox.take_batch(&mut batch);
-        if batch.control.is_empty() && batch.frames.is_empty() && batch.close.is_none() {
+        if batch.is_empty() {
+            // Idle: hold no batch buffers while waiting.
+            batch = TakenBatch::default();
             tokio::select! {
                 _ = outbox.wait() => {}
-                _ = tokio::time::sleep_until(next_beat.into()) => {}
+                _ = tokio::time::sleep_until(timers.next_wake().into()) => {}
+                _ = close_clients.cancelled(), if timers.close_at.is_none() => {
+                    timers.close_at = Some(Instant::now() + spread(cfg.close_window));
+                }
             }
         } else {
             let written = tokio::select! {
                 biased;
                 _ = urgent.cancelled() => return Exit::silent("slow_consumer"),
-                r = tokio::time::timeout(cfg.write_timeout, write_batch(&mut w, &batch)) => r,
+                // Boxed: the write state (the iovec array) exists only while a batch is
+                // being written, not in every idle connection's task.
+                r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_batch(&mut w, &batch))) => r,
             };
             match written {
                 Ok(Ok(())) => {}
@@ -165,36 +206,64 @@ pub async fn run(
                     w.shutdown().await
                 })
                 .await;
-                // Reached only when the close came from outside the session (slow-consumer
-                // policy, admin API); a close the session asked for is labelled there.
-                let label = if close.code == 1013 { "slow_consumer" } else { "kicked" };
-                return Exit::new(close.code, close.reason, label);
+                return Exit::new(close.code, close.reason, close.label);
             }
             batch.clear();
         }
+        check_timers(&mut timers, &cfg, &flags, &outbox, &close_clients);
+    }
+}
 
-        let now = Instant::now();
-        if now >= next_beat {
-            next_beat = now + cfg.ping_interval;
-            if seen.swap(false, Ordering::Relaxed) {
-                silent_for = Duration::ZERO;
-            } else {
-                silent_for += cfg.ping_interval;
-            }
-            if silent_for >= cfg.idle_timeout {
-                // Mark the outbox closed so publishers stop queueing, then close directly.
-                outbox.close(1001, "idle timeout", true);
-                let frame = close_frame(1001, "idle timeout");
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    w.write_all(&frame).await?;
-                    w.shutdown().await
-                })
-                .await;
-                return Exit::new(1001, "idle timeout", "idle_timeout");
-            }
-            if !silent_for.is_zero() {
-                outbox.push_control(ping_frame(b""));
-            }
+/// A random moment within `window`, so a drain's closes are spread out.
+fn spread(window: Duration) -> Duration {
+    if window.is_zero() {
+        Duration::ZERO
+    } else {
+        window.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Applies whatever deadline has passed: a close goes through the outbox, so queued
+/// frames and the close frame leave in order on the next iteration.
+fn check_timers(
+    timers: &mut Timers,
+    cfg: &WriterConfig,
+    flags: &SessionFlags,
+    outbox: &Outbox,
+    close_clients: &CancellationToken,
+) {
+    let now = Instant::now();
+    if timers.close_at.is_none() && close_clients.is_cancelled() {
+        timers.close_at = Some(now + spread(cfg.close_window));
+    }
+    if timers.close_at.is_some_and(|t| now >= t) {
+        outbox.close_as(1001, "server shutting down", false, "shutdown");
+        return;
+    }
+    if let Some(deadline) = timers.first_deadline {
+        if flags.engaged.load(Ordering::Relaxed) {
+            timers.first_deadline = None;
+        } else if now >= deadline {
+            outbox.close_as(
+                1008,
+                "no subscription or request within the first-message deadline",
+                true,
+                "first_message_timeout",
+            );
+            return;
+        }
+    }
+    if now >= timers.next_beat {
+        timers.next_beat = now + cfg.ping_interval;
+        if flags.seen.swap(false, Ordering::Relaxed) {
+            timers.silent_for = Duration::ZERO;
+        } else {
+            timers.silent_for += cfg.ping_interval;
+        }
+        if timers.silent_for >= cfg.idle_timeout {
+            outbox.close_as(1001, "idle timeout", true, "idle_timeout");
+        } else if !timers.silent_for.is_zero() {
+            outbox.push_control(ping_frame(b""));
         }
     }
 }

@@ -2,114 +2,18 @@
 //! bounded plan a run executes. Nothing here touches the network (URLs are resolved when
 //! the run starts); every limit that keeps a run bounded is enforced here.
 
+mod values;
+
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
+
+pub use values::{parse_duration, parse_rate, DistKind, PublishVia, Rate, Scenario, SubscribeVia};
 
 use crate::payload::{MAX_PUBLISHERS, MAX_TOPICS, MIN_PAYLOAD};
 use crate::topics::Distribution;
-
-/// What a run does. See docs/loadtest.md for each one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// One topic, many subscribers: the node's fan-out.
-    Fanout,
-    /// Many subscribers spread over many topics.
-    ManyTopics,
-    /// Publishers on some nodes, subscribers on others: the relay between nodes.
-    CrossNode,
-    /// Connect, subscribe, disconnect, as fast as allowed: connects per second and failures.
-    Churn,
-    /// Hold connections open and idle: the node's memory per connection.
-    Idle,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DistKind {
-    Hot,
-    Uniform,
-    Zipf,
-}
-
-/// How a subscriber subscribes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SubscribeVia {
-    /// `{"op":"subscribe",...,"id":1}` and wait for the ack.
-    Op,
-    /// `/ws?topics=a,b` and wait for the welcome frame.
-    Query,
-    /// No subscription: one `{"op":"ping"}` answered by a pong (idle and churn only).
-    None,
-}
-
-/// How publishers publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PublishVia {
-    /// JSON protocol publish frames on `/ws`.
-    Ws,
-    /// `POST /api/publish` on the admin listener (`--admin`).
-    Http,
-}
-
-/// A target rate: per second, or as fast as possible.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rate {
-    PerSec(f64),
-    Max,
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::PerSec(r) => write!(f, "{r}/s"),
-            Self::Max => f.write_str("max"),
-        }
-    }
-}
-
-fn parse_rate(s: &str) -> Result<Rate, String> {
-    if s.eq_ignore_ascii_case("max") {
-        return Ok(Rate::Max);
-    }
-    let (num, mul) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 1e3),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 1e6),
-        _ => (s, 1.0),
-    };
-    match num.parse::<f64>() {
-        Ok(v) if v > 0.0 && v * mul <= 1e8 => Ok(Rate::PerSec(v * mul)),
-        _ => Err(format!(
-            "{s:?}: expected `max` or a rate like 1000, 2.5k, 1M (at most 100M)"
-        )),
-    }
-}
-
-/// `500ms`, `10s`, `2m`, `1h`, or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let mul = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h)")),
-    };
-    match num.trim().parse::<f64>() {
-        Ok(v) if v >= 0.0 && v * mul <= 86_400.0 => Ok(Duration::from_secs_f64(v * mul)),
-        _ => Err(format!("{s:?}: expected a duration like 500ms, 10s, 2m (at most 24h)")),
-    }
-}
 
 /// herald-loadtest: floods a Herald node or cluster and reports what it carried.
 #[derive(Parser, Debug, Clone)]
@@ -197,8 +101,8 @@ pub struct Args {
     /// Stop after this many messages in total (or, for churn, cycles).
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Connection handshakes in flight at once.
-    #[arg(long, default_value_t = 256)]
+    /// Connection handshakes in flight at once (above a node's listen backlog, SYNs are dropped).
+    #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
     /// Limit for one connect + upgrade + subscribe.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
@@ -410,5 +314,60 @@ impl Args {
             check: self.check,
             i_own_the_target: self.i_own_the_target,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config> {
+        Config::from_args(std::iter::once("herald-loadtest").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn scenarios_have_defaults_that_flags_override() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(
+            (c.scenario, c.subscribers, c.publishers, c.topics),
+            (Scenario::Fanout, 1000, 1, 1)
+        );
+        assert_eq!(c.rate, Rate::PerSec(1000.0));
+        assert_eq!(c.window, Some(256));
+        let c = cfg(&["many-topics", "-s", "7", "--window", "0"]).unwrap();
+        assert_eq!((c.subscribers, c.publishers, c.topics), (7, 10, 500));
+        assert_eq!((c.distribution, c.window), (Distribution::Uniform, None));
+        let c = cfg(&["idle", "-p", "5"]).unwrap();
+        assert_eq!((c.publishers, c.subscribe_via), (0, SubscribeVia::Query));
+        assert!(c.topic_prefix.starts_with("lt."));
+    }
+
+    #[test]
+    fn cross_node_splits_the_urls() {
+        let c = cfg(&[
+            "cross-node",
+            "-u",
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws,ws://127.0.0.1:3/ws",
+        ])
+        .unwrap();
+        assert_eq!(c.pub_urls, vec!["ws://127.0.0.1:1/ws"]);
+        assert_eq!(c.sub_urls, vec!["ws://127.0.0.1:2/ws", "ws://127.0.0.1:3/ws"]);
+        assert!(cfg(&["cross-node"]).is_err(), "one URL is not a cluster");
+        let c = cfg(&["cross-node", "--pub-url", "ws://a:1/ws", "--sub-url", "ws://b:1/ws"]).unwrap();
+        assert_eq!((c.pub_urls.len(), c.sub_urls.len()), (1, 1));
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let err = |args: &[&str]| cfg(args).unwrap_err().to_string();
+        assert!(err(&["--payload-size", "10"]).contains("payload-size"));
+        assert!(err(&["-d", "0s"]).contains("duration"));
+        assert!(err(&["-s", "2000000"]).contains("connections"));
+        assert!(err(&["-t", "2", "--topics-per-subscriber", "3"]).contains("topics-per-subscriber"));
+        assert!(err(&["--topic-prefix", "bad prefix "]).contains("topic-prefix"));
+        assert!(err(&["--publish-via", "http"]).contains("--admin"));
+        assert!(err(&["--subscribe-via", "none"]).contains("none"));
+        assert!(err(&["-p", "0"]).contains("publisher"));
+        assert!(cfg(&["-d", "25h"]).is_err());
     }
 }
