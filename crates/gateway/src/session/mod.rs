@@ -181,7 +181,7 @@ pub async fn run(
         metrics.clone(),
     ));
     let mut writer_done = false;
-    let exit = tokio::select! {
+    let mut exit = tokio::select! {
         e = reader::run(&mut session, prefix, read) => e,
         w = &mut writer => {
             writer_done = true;
@@ -191,12 +191,17 @@ pub async fn run(
 
     session.unsubscribe_all();
     if !writer_done {
+        // A close the node already asked for (drain, timers, an operator) is why the client
+        // hung up, which is what the reader saw: count the writer's reason, not the hang-up.
+        let node_closing = outbox.is_closing();
         match &exit.close {
             Some((code, reason)) => outbox.close_as(*code, reason.clone(), *code != 1000 && *code != 1001, exit.label),
             None => outbox.close_as(1000, "", true, exit.label),
         }
-        if tokio::time::timeout(CLOSE_FLUSH, &mut writer).await.is_err() {
-            writer.abort();
+        match tokio::time::timeout(CLOSE_FLUSH, &mut writer).await {
+            Ok(Ok(w)) if node_closing => exit = w,
+            Ok(_) => {}
+            Err(_) => writer.abort(),
         }
     }
     tracing::debug!(conn = id, %peer, reason = exit.label, "connection closed");

@@ -1,8 +1,10 @@
 //! The session's writer task: the only code that writes to the socket.
 //!
 //! It takes everything queued in the outbox at once and writes it as one batch: control
-//! frames first, then data frames, gathered into vectored writes of up to
-//! [`MAX_IOV`] frames each, then a single flush. Frames are pre-built (header included) and
+//! frames first, then data frames, gathered into vectored writes of up to [`MAX_IOV`]
+//! frames each. The batch is first offered to the socket without waiting
+//! (`try_write_vectored`), which in the common case sends it whole with no future or
+//! allocation; only a full socket makes the writer wait. Frames are pre-built (header included) and
 //! shared with other subscribers, so the batch is written without copying or encoding.
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
@@ -20,12 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_broker::{BrokerMetrics, Outbox, TakenBatch};
+use prometheus::local::LocalHistogram;
+use prometheus::IntCounter;
 use herald_protocol::ws_frame::{close_frame, ping_frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
 use super::{Exit, SessionFlags};
+use crate::clock::coarse_ms;
 use crate::config::Config;
 
 /// Frames gathered into one `writev` call.
@@ -55,14 +60,30 @@ impl WriterConfig {
     }
 }
 
-/// Sent-frame counts for one batch, by the kind index of `FRAME_KINDS`.
-#[derive(Default)]
+/// Sent-frame counts not yet added to the shared metrics, with the labelled counters
+/// resolved once per connection (a label lookup is a hash-map lookup under a lock).
 struct SentCounts {
     frames: [u64; 5],
     bytes: [u64; 5],
+    pending: u32,
+    last_flush_ms: u64,
+    frames_out: [IntCounter; 5],
+    bytes_out: [IntCounter; 5],
 }
 
 impl SentCounts {
+    fn new(m: &BrokerMetrics) -> Self {
+        let kinds = herald_broker::metrics::FRAME_KINDS;
+        Self {
+            frames: [0; 5],
+            bytes: [0; 5],
+            pending: 0,
+            last_flush_ms: 0,
+            frames_out: std::array::from_fn(|i| m.frames_out.with_label_values(&[kinds[i]])),
+            bytes_out: std::array::from_fn(|i| m.bytes_out.with_label_values(&[kinds[i]])),
+        }
+    }
+
     fn add(&mut self, frame: &[u8]) {
         let i = match frame.first().map(|b| b & 0x0f) {
             Some(0x1) => 0,
@@ -73,16 +94,33 @@ impl SentCounts {
         };
         self.frames[i] += 1;
         self.bytes[i] += frame.len() as u64;
+        self.pending += 1;
     }
 
-    fn flush(&mut self, m: &BrokerMetrics) {
-        for (i, kind) in herald_broker::metrics::FRAME_KINDS.iter().enumerate() {
+    /// Flushes at most once per coarse-clock tick (20 ms) or every 1024 frames, so a
+    /// connection receiving one message at a time does not touch shared counters per frame.
+    fn maybe_flush(&mut self, latency: &LocalHistogram) {
+        let now = coarse_ms();
+        if self.pending >= 1024 || now != self.last_flush_ms {
+            self.flush(latency);
+            self.last_flush_ms = now;
+        }
+    }
+
+    fn flush(&mut self, latency: &LocalHistogram) {
+        if self.pending == 0 {
+            return;
+        }
+        for i in 0..5 {
             if self.frames[i] > 0 {
-                m.frames_out.with_label_values(&[kind]).inc_by(self.frames[i]);
-                m.bytes_out.with_label_values(&[kind]).inc_by(self.bytes[i]);
+                self.frames_out[i].inc_by(self.frames[i]);
+                self.bytes_out[i].inc_by(self.bytes[i]);
             }
         }
-        *self = SentCounts::default();
+        self.frames = [0; 5];
+        self.bytes = [0; 5];
+        self.pending = 0;
+        latency.flush();
     }
 }
 
@@ -94,27 +132,74 @@ fn nth_frame(batch: &TakenBatch, i: usize) -> &[u8] {
     }
 }
 
-/// Writes the whole batch with as few `writev` calls as the kernel allows, then flushes.
-async fn write_batch(w: &mut OwnedWriteHalf, batch: &TakenBatch) -> std::io::Result<()> {
+/// Fills `slices` with frames `first..` of the batch, skipping `skip` bytes of frame
+/// `first`; returns how many slices were filled.
+fn fill_slices<'a>(batch: &'a TakenBatch, first: usize, skip: usize, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
     let total = batch.control.len() + batch.frames.len();
-    let mut next = 0;
-    while next < total {
-        let n = (total - next).min(MAX_IOV);
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        for (k, slot) in slices.iter_mut().take(n).enumerate() {
-            *slot = IoSlice::new(nth_frame(batch, next + k));
-        }
-        next += n;
-        let mut bufs = &mut slices[..n];
-        while !bufs.is_empty() {
-            let written = w.write_vectored(bufs).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+    let n = (total - first).min(MAX_IOV);
+    for (k, slot) in slices.iter_mut().take(n).enumerate() {
+        let f = nth_frame(batch, first + k);
+        *slot = IoSlice::new(if k == 0 { &f[skip..] } else { f });
+    }
+    n
+}
+
+/// Where a partially written batch stands: the next frame and the bytes of it already sent.
+#[derive(Clone, Copy, Default)]
+struct Cursor {
+    frame: usize,
+    skip: usize,
+}
+
+impl Cursor {
+    /// Moves past `written` bytes.
+    fn advance(&mut self, batch: &TakenBatch, mut written: usize) {
+        while written > 0 {
+            let left = nth_frame(batch, self.frame).len() - self.skip;
+            if written >= left {
+                written -= left;
+                self.frame += 1;
+                self.skip = 0;
+            } else {
+                self.skip += written;
+                written = 0;
             }
-            IoSlice::advance_slices(&mut bufs, written);
         }
     }
-    w.flush().await
+}
+
+/// Writes what the socket takes right now, without waiting. In the common case (a socket
+/// with room) this sends the whole batch with no future, allocation or task switch.
+fn try_write_now(w: &OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
+    let total = batch.control.len() + batch.frames.len();
+    while cursor.frame < total {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = fill_slices(batch, cursor.frame, cursor.skip, &mut slices);
+        match w.try_write_vectored(&slices[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => cursor.advance(batch, written),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the rest of the batch, waiting for the socket as needed.
+async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, mut cursor: Cursor) -> std::io::Result<()> {
+    let total = batch.control.len() + batch.frames.len();
+    while cursor.frame < total {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = fill_slices(batch, cursor.frame, cursor.skip, &mut slices);
+            w.write_vectored(&slices[..n]).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        cursor.advance(batch, written);
+    }
+    Ok(())
 }
 
 /// The connection's timers, as deadlines.
@@ -148,7 +233,7 @@ pub async fn run(
     metrics: Arc<BrokerMetrics>,
 ) -> Exit {
     let mut batch = TakenBatch::default();
-    let mut sent = SentCounts::default();
+    let mut sent = SentCounts::new(&metrics);
     let latency = metrics.frame_write_latency.local();
     let start = Instant::now();
     let mut timers = Timers {
@@ -161,30 +246,48 @@ pub async fn run(
     loop {
         outbox.take_batch(&mut batch);
         if batch.is_empty() {
-            // Idle: hold no batch buffers while waiting.
+            // Idle: hold no batch buffers while waiting. Counts reach the shared metrics
+            // within a coarse tick: flushed now if the tick moved, else after a short wait.
             batch = TakenBatch::default();
+            sent.maybe_flush(&latency);
+            let mut wake = timers.next_wake();
+            if sent.pending > 0 {
+                wake = wake.min(Instant::now() + Duration::from_millis(25));
+            }
             tokio::select! {
                 _ = outbox.wait() => {}
-                _ = tokio::time::sleep_until(timers.next_wake().into()) => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = close_clients.cancelled(), if timers.close_at.is_none() => {
                     timers.close_at = Some(Instant::now() + spread(cfg.close_window));
                 }
             }
         } else {
-            let written = tokio::select! {
-                biased;
-                _ = urgent.cancelled() => return Exit::silent("slow_consumer"),
-                // Boxed: the write state (the iovec array) exists only while a batch is
-                // being written, not in every idle connection's task.
-                r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_batch(&mut w, &batch))) => r,
+            let mut cursor = Cursor::default();
+            let written = match try_write_now(&w, &batch, &mut cursor) {
+                Err(e) => Ok(Err(e)),
+                Ok(()) if cursor.frame == batch.control.len() + batch.frames.len() => Ok(Ok(())),
+                Ok(()) => tokio::select! {
+                    biased;
+                    _ = urgent.cancelled() => {
+                        sent.flush(&latency);
+                        return Exit::silent("slow_consumer");
+                    }
+                    // Boxed: the waiting write's state (an iovec array) exists only while a
+                    // socket is full, not in every idle connection's task.
+                    r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_rest(&mut w, &batch, cursor))) => r,
+                },
             };
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "write failed");
+                    sent.flush(&latency);
                     return Exit::silent("client_gone");
                 }
-                Err(_) => return Exit::silent("slow_consumer"),
+                Err(_) => {
+                    sent.flush(&latency);
+                    return Exit::silent("slow_consumer");
+                }
             }
             let now = Instant::now();
             for f in &batch.control {
@@ -194,12 +297,11 @@ pub async fn run(
                 sent.add(f);
                 latency.observe(now.saturating_duration_since(*queued).as_secs_f64());
             }
-            sent.flush(&metrics);
-            latency.flush();
+            sent.maybe_flush(&latency);
             if let Some(close) = batch.close.take() {
                 let frame = close_frame(close.code, &close.reason);
                 sent.add(&frame);
-                sent.flush(&metrics);
+                sent.flush(&latency);
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     w.write_all(&frame).await?;
                     w.flush().await?;
