@@ -128,7 +128,7 @@ impl ServerView {
             dropped: delta_map(before, after, DROPPED),
             closed: delta_map(before, after, CLOSED),
             cpu_seconds: cpu,
-            cpu_us_per_delivery: (delivered > 0).then(|| cpu * 1e6 / delivered as f64),
+            cpu_us_per_delivery: (delivered > 0 && cpu > 0.0).then(|| cpu * 1e6 / delivered as f64),
             rss_before_bytes: before.get(RSS) as u64,
             rss_after_bytes: after.get(RSS) as u64,
             connections_before: before.get(CONNECTIONS) as u64,

@@ -1,6 +1,6 @@
 //! The live status line: once a second, on stderr, the phase and the rates of the last
-//! second (connections, publishes, deliveries, how far deliveries trail publishes, publish
-//! errors, the generator's CPU). On a terminal the line is rewritten in place; otherwise one
+//! second (connections, publishes, deliveries, how far deliveries trail publishes, how many
+//! are known missing (gaps in sequences), publish errors, the generator's CPU). On a terminal the line is rewritten in place; otherwise one
 //! line per second is printed, which reads well in CI logs.
 //!
 //! It only reads the shared counters; it never blocks the hot path.
@@ -76,13 +76,14 @@ pub fn spawn(shared: Arc<Shared>, phase: Arc<PhaseCell>, cores: usize, stop: Can
             let dt = (now - last.3).as_secs_f64().max(1e-3);
             let behind = shared.expected.load(Ordering::Relaxed).saturating_sub(delivered);
             let text = format!(
-                "[{:>6.1}s] {:<7} conns {} | pub {}/s | deliv {}/s | behind {} | pub errors {} | cpu {:.0}% of {}",
+                "[{:>6.1}s] {:<7} conns {} | pub {}/s | deliv {}/s | behind {} | missing {} | pub errors {} | cpu {:.0}% of {}",
                 start.elapsed().as_secs_f64(),
                 Phase::name(phase.0.load(Ordering::Relaxed)),
                 thousands(shared.connected.load(Ordering::Relaxed)),
                 thousands(((published - last.0) as f64 / dt) as u64),
                 thousands(((delivered - last.1) as f64 / dt) as u64),
                 thousands(behind),
+                thousands(shared.missing()),
                 thousands(shared.publish_errors.load(Ordering::Relaxed)),
                 (cpu - last.2) / dt * 100.0 / cores.max(1) as f64,
                 cores,

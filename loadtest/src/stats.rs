@@ -57,6 +57,11 @@ pub fn histogram() -> Histogram<u64> {
 #[repr(align(128))]
 struct Stripe {
     delivered: AtomicU64,
+    /// Messages a subscriber saw skipped (a later one of the stream arrived first): lost,
+    /// unless they turn up late.
+    skipped: AtomicU64,
+    /// Skipped messages that did turn up.
+    late: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
 
@@ -71,6 +76,9 @@ pub struct Shared {
     pub publish_errors: AtomicU64,
     /// Connections established so far (for the live line).
     pub connected: AtomicU64,
+    /// Outstanding deliveries the publishers' window stopped waiting for (see
+    /// `publisher::wait_for_window`).
+    pub written_off: AtomicU64,
 }
 
 impl Shared {
@@ -78,6 +86,8 @@ impl Shared {
         let stripes = (0..STRIPES)
             .map(|_| Stripe {
                 delivered: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
+                late: AtomicU64::new(0),
                 latency: Mutex::new(histogram()),
             })
             .collect();
@@ -87,6 +97,7 @@ impl Shared {
             expected: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
             connected: AtomicU64::new(0),
+            written_off: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +112,30 @@ impl Shared {
                 h.saturating_record(l.max(1));
             }
         }
+    }
+
+    /// Adds what a subscriber's read batch revealed about missing messages.
+    #[inline]
+    pub fn record_gaps(&self, who: usize, skipped: u64, late: u64) {
+        let s = &self.stripes[who % STRIPES];
+        if skipped > 0 {
+            s.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        if late > 0 {
+            s.late.fetch_add(late, Ordering::Relaxed);
+        }
+    }
+
+    /// Deliveries known to be missing so far (skipped and not turned up): the publishers'
+    /// window does not wait for them.
+    pub fn missing(&self) -> u64 {
+        let (skipped, late) = self.stripes.iter().fold((0, 0), |(s, l), x| {
+            (
+                s + x.skipped.load(Ordering::Relaxed),
+                l + x.late.load(Ordering::Relaxed),
+            )
+        });
+        skipped.saturating_sub(late)
     }
 
     /// Deliveries received so far (including duplicates).
@@ -154,8 +189,8 @@ impl Percentiles {
 /// What one arriving message was, relative to its (topic, publisher) stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
-    /// The next one, or a later one after a gap (the gap may be loss or reordering).
-    InOrder,
+    /// The next one, or a later one after `skipped` missing ones (lost, or late).
+    InOrder { skipped: u64 },
     /// One that was skipped earlier and arrived late; or one so late (more than 64 behind)
     /// that the window no longer tells.
     OutOfOrder,
@@ -187,7 +222,7 @@ impl SeqTracker {
             *window = if shift >= 64 { 0 } else { *window << shift };
             *window |= 1;
             *next = seq + 1;
-            Arrival::InOrder
+            Arrival::InOrder { skipped: shift - 1 }
         } else {
             let back = *next - 1 - seq;
             if back >= 64 {
@@ -212,16 +247,17 @@ mod tests {
     #[test]
     fn tells_duplicates_from_late_arrivals() {
         let mut t = SeqTracker::new(2, 3);
-        assert_eq!(t.arrive(0, 1, 0), InOrder);
-        assert_eq!(t.arrive(0, 1, 1), InOrder);
+        const IN: Arrival = InOrder { skipped: 0 };
+        assert_eq!(t.arrive(0, 1, 0), IN);
+        assert_eq!(t.arrive(0, 1, 1), IN);
         assert_eq!(t.arrive(0, 1, 1), Duplicate);
-        assert_eq!(t.arrive(0, 1, 4), InOrder); // 2 and 3 skipped
+        assert_eq!(t.arrive(0, 1, 4), InOrder { skipped: 2 });
         assert_eq!(t.arrive(0, 1, 2), OutOfOrder);
         assert_eq!(t.arrive(0, 1, 2), Duplicate);
         assert_eq!(t.arrive(0, 1, 0), Duplicate);
-        assert_eq!(t.arrive(1, 1, 0), InOrder); // another stream is independent
-        assert_eq!(t.arrive(0, 2, 0), InOrder);
-        assert_eq!(t.arrive(0, 1, 200), InOrder);
+        assert_eq!(t.arrive(1, 1, 0), IN); // another stream is independent
+        assert_eq!(t.arrive(0, 2, 0), IN);
+        assert_eq!(t.arrive(0, 1, 200), InOrder { skipped: 195 });
         assert_eq!(t.arrive(0, 1, 3), OutOfOrder); // beyond the window
         assert_eq!(t.arrive(0, 1, 199), OutOfOrder);
         assert_eq!(t.arrive(0, 1, 199), Duplicate);

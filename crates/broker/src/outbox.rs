@@ -30,6 +30,10 @@ pub enum SlowConsumerPolicy {
     Disconnect,
 }
 
+/// Answers (pongs, acks, errors) a connection may have waiting before it counts as a slow
+/// consumer of its own replies.
+pub const MAX_CONTROL_FRAMES: usize = 256;
+
 /// Bounds of one outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLimits {
@@ -172,10 +176,28 @@ impl Outbox {
         PushOutcome::Queued
     }
 
-    /// Queues a control frame (pong, ping). Ignored once a close was requested.
+    /// Queues a control frame (a pong, ping, ack or error answer). Ignored once a close was
+    /// requested. Answers are bounded too: a client that keeps sending requests (or pings)
+    /// but never reads the answers is a slow consumer of its own replies, and is closed
+    /// with 1013 once [`MAX_CONTROL_FRAMES`] are waiting, so it cannot grow the node's
+    /// memory.
     pub fn push_control(&self, frame: Bytes) {
         let mut st = self.lock();
         if st.close.is_some() {
+            return;
+        }
+        if st.control.len() >= MAX_CONTROL_FRAMES {
+            st.frames.clear();
+            st.bytes = 0;
+            st.control.clear();
+            st.close = Some(CloseRequest {
+                code: 1013,
+                reason: "slow consumer: replies not read".into(),
+                label: "slow_consumer",
+            });
+            drop(st);
+            self.notify.notify_one();
+            self.cancel.cancel();
             return;
         }
         st.control.push(frame);
@@ -200,7 +222,11 @@ impl Outbox {
             st.frames.clear();
             st.bytes = 0;
         }
-        st.close = Some(CloseRequest { code, reason: reason.into(), label });
+        st.close = Some(CloseRequest {
+            code,
+            reason: reason.into(),
+            label,
+        });
         drop(st);
         self.notify.notify_one();
     }
@@ -262,6 +288,22 @@ mod tests {
         assert_eq!(b.frames.len(), 2);
         b.clear();
         assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn unread_replies_are_bounded_too() {
+        let cancel = CancellationToken::new();
+        let ob = Outbox::new(OutboxLimits::default(), cancel.clone());
+        for _ in 0..MAX_CONTROL_FRAMES {
+            ob.push_control(frame(100));
+        }
+        assert!(!ob.is_closing());
+        ob.push_control(frame(100));
+        assert!(ob.is_closing() && cancel.is_cancelled());
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert!(b.control.is_empty(), "the backlog is released");
+        assert_eq!(b.close.map(|c| (c.code, c.label)), Some((1013, "slow_consumer")));
     }
 
     #[test]

@@ -309,7 +309,20 @@ impl Config {
                 .map_err(|e| ConfigError(vec![e.to_string()]))?;
         }
         let built = builder.build().map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let cfg: Config = built.try_deserialize().map_err(|e| ConfigError(vec![e.to_string()]))?;
+        let cfg: Config = match built.clone().try_deserialize() {
+            Ok(c) => c,
+            Err(e) => {
+                // serde stops at the first problem; walk the merged tree to list them all.
+                let mut problems = built
+                    .try_deserialize::<serde_json::Value>()
+                    .map(|v| structural_problems(&v))
+                    .unwrap_or_default();
+                if problems.is_empty() {
+                    problems.push(e.to_string());
+                }
+                return Err(ConfigError(problems));
+            }
+        };
         cfg.validate()?;
         Ok((cfg, warnings))
     }
@@ -412,11 +425,17 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML (`herald --print-config`). API keys are masked.
+    /// The effective configuration as TOML (`herald --print-config`). API keys are masked,
+    /// and a comment says so (the masked text is not a usable key).
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.admin.api_keys = shown.admin.api_keys.iter().map(|_| "********".to_owned()).collect();
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        let text = toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
+        if self.admin.api_keys.is_empty() {
+            text
+        } else {
+            format!("# admin.api_keys are masked; supply the real keys to reuse this file.\n{text}")
+        }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -465,6 +484,68 @@ impl Config {
     pub fn grace(&self) -> Duration {
         ms(self.shutdown.grace_ms)
     }
+}
+
+/// Unknown keys and values of the wrong type anywhere in a merged configuration tree,
+/// compared with the shape of the defaults. Strings from the environment count as numbers
+/// or booleans when they parse as such (that is how they are deserialised).
+fn structural_problems(value: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value as V;
+    fn walk(path: &str, got: &V, want: &V, out: &mut Vec<String>) {
+        match (got, want) {
+            (V::Object(g), V::Object(w)) => {
+                for (k, v) in g {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match w.get(k) {
+                        Some(wv) => walk(&p, v, wv, out),
+                        None => out.push(format!("{p}: unknown key")),
+                    }
+                }
+            }
+            (V::String(s), V::Number(n)) => {
+                let ok = if n.is_u64() {
+                    s.trim().parse::<u64>().is_ok()
+                } else {
+                    s.trim().parse::<f64>().is_ok()
+                };
+                if !ok {
+                    out.push(format!("{path}: {s:?} is not a whole number"));
+                }
+            }
+            (V::String(s), V::Bool(_)) if s.parse::<bool>().is_err() => {
+                out.push(format!("{path}: {s:?} is not true or false"));
+            }
+            (V::Number(n), V::Number(w)) if w.is_u64() && !n.is_u64() => {
+                out.push(format!("{path}: {n} is not a whole number of at least 0"));
+            }
+            (V::Array(items), V::Array(_)) => {
+                if let Some(bad) = items.iter().find(|i| !i.is_string()) {
+                    out.push(format!("{path}: every item must be a string, found {bad}"));
+                }
+            }
+            (V::String(_), V::String(_)) | (V::Number(_), V::Number(_)) | (V::Bool(_), V::Bool(_)) => {}
+            (V::String(_), V::Bool(_)) => {}
+            (g, w) => out.push(format!("{path}: expected {}, found {g}", kind(w))),
+        }
+    }
+    fn kind(v: &V) -> &'static str {
+        match v {
+            V::Object(_) => "a table",
+            V::Array(_) => "a list",
+            V::String(_) => "a string",
+            V::Number(_) => "a number",
+            V::Bool(_) => "true or false",
+            V::Null => "a value",
+        }
+    }
+    let want = serde_json::to_value(Config::default()).expect("serialisable");
+    let mut out = Vec::new();
+    walk("", value, &want, &mut out);
+    out
 }
 
 /// Every leaf key of the tree (`admin.listen`, ...), mapped to whether it is a list.
@@ -567,6 +648,31 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing in {text}");
         }
         assert_eq!(e.0.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn type_and_key_errors_are_listed_together() {
+        let mut f = tempfile();
+        writeln!(
+            f.1,
+            "listen = 5\nbogus = 1\n[limits]\nmax_subscriptions = \"many\"\nmax_connectons = 3"
+        )
+        .unwrap();
+        let e = Config::load(
+            Some(&f.0),
+            env(&[("HERALD_HEARTBEAT__PING_INTERVAL_MS", "soon")]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "bogus: unknown key",
+            "limits.max_connectons: unknown key",
+            "limits.max_subscriptions: \"many\"",
+            "heartbeat.ping_interval_ms: \"soon\"",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
     }
 
     #[test]

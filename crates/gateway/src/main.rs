@@ -50,14 +50,19 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
+        for w in &warnings {
+            eprintln!("herald: warning: {w}");
+        }
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     for w in warnings {
         tracing::warn!("{w}");

@@ -167,15 +167,23 @@ fn upgrade(
     };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
+        Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
+            // RFC 6455 §4.4: say which version we speak.
+            let mut r = reject(
+                &state,
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_handshake",
+                "Sec-WebSocket-Version must be 13",
+            );
+            r.headers_mut()
+                .insert("sec-websocket-version", hyper::header::HeaderValue::from_static("13"));
+            return r;
+        }
         Err(e) => return reject(&state, StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
     };
-    let params = SessionParams {
-        mode,
-        topics,
-        echo,
-        peer,
-    };
-    let st = state.clone();
+    // Registered now, before the 101 goes out: the client is subscribed once it has the
+    // answer. If the upgrade never completes, dropping `prepared` undoes it.
+    let prepared = session::Prepared::new(state.clone(), SessionParams { mode, topics, echo, peer });
     let session_task = async move {
         let ws = match fut.await {
             Ok(ws) => ws,
@@ -193,7 +201,7 @@ fn upgrade(
             }
         };
         let (read, write) = parts.io.into_inner().into_split();
-        session::run(st, slot, params, parts.read_buf, read, write).await;
+        session::run(prepared, slot, parts.read_buf, read, write).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

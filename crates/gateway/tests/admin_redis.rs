@@ -97,7 +97,10 @@ async fn http_publish_through_redis_and_through_an_outage() {
     );
     assert!(c.nodes[0].metric("herald_relay_reconnects_total").await.unwrap() >= 1.0);
     assert_eq!(
-        c.nodes[0].metric("herald_messages_dropped_total{reason=\"relay_unavailable\"}").await.unwrap(),
+        c.nodes[0]
+            .metric("herald_messages_dropped_total{reason=\"relay_unavailable\"}")
+            .await
+            .unwrap(),
         3.0,
         "each refused publication is counted once"
     );

@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use deploy_support::*;
-use herald_testkit::fleet::{haproxy_check, nginx_bin, render_haproxy, repo_root, temp_dir, NodeSpec};
+use herald_testkit::fleet::{haproxy_check, nginx_bin, render_haproxy, repo_root, NodeSpec, TempDir};
 use herald_testkit::node::{http_request, TestNode};
 use serde_json::Value;
 use yaml_rust2::YamlLoader;
@@ -54,7 +54,7 @@ fn haproxy_config_passes_haproxy_check_as_shipped_and_as_rendered() {
     assert!(haproxy_servers().values().all(|(_, _, admin)| *admin != 0));
 
     // The copy `make cluster` runs: loopback addresses, no warning at all.
-    let dir = temp_dir("haproxy-render").unwrap();
+    let dir = TempDir::new("haproxy-render").unwrap();
     let nodes: Vec<NodeSpec> = (1..=3)
         .map(|i| NodeSpec::new(&format!("herald-{i}"), &[]).unwrap())
         .collect();
@@ -75,13 +75,13 @@ fn haproxy_config_passes_haproxy_check_as_shipped_and_as_rendered() {
 
 #[test]
 fn nginx_config_passes_nginx_t() {
-    let prefix = temp_dir("nginx-t").unwrap();
+    let prefix = TempDir::new("nginx-t").unwrap();
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = deploy().join("nginx/nginx.conf");
     let o = Command::new(nginx_bin())
         .arg("-t")
         .arg("-p")
-        .arg(&prefix)
+        .arg(&*prefix)
         .arg("-e")
         .arg(prefix.join("logs/error.log"))
         .arg("-c")

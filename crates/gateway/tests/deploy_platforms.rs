@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use deploy_support::*;
-use herald_testkit::fleet::{repo_root, temp_dir};
+use herald_testkit::fleet::{repo_root, TempDir};
 use serde_json::Value;
 
 #[test]
@@ -47,7 +47,7 @@ fn kubernetes_manifests_agree_with_the_config_reference() {
     let pod = &deployment["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     let toml_text = s(&get("ConfigMap", "herald-config")["data"]["herald.toml"]);
-    let dir = temp_dir("k8s-config").unwrap();
+    let dir = TempDir::new("k8s-config").unwrap();
     let file = dir.join("herald.toml");
     std::fs::write(&file, toml_text).unwrap();
     let env: Vec<(String, String)> = container["env"]
@@ -215,7 +215,7 @@ fn systemd_unit_agrees_with_its_config() {
     // systemd's own checker, where it exists, on a copy that runs the binary just built.
     let has_analyze = Command::new("systemd-analyze").arg("--version").output().is_ok();
     if has_analyze {
-        let dir = temp_dir("systemd").unwrap();
+        let dir = TempDir::new("systemd").unwrap();
         let unit = dir.join("herald.service");
         std::fs::write(
             &unit,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use herald_client::{Client, ClientOptions, Event};
-use herald_testkit::fleet::{raise_fd_limit, temp_dir, Haproxy, HeraldProcess, NodeSpec};
+use herald_testkit::fleet::{raise_fd_limit, Haproxy, HeraldProcess, NodeSpec, TempDir};
 use herald_testkit::node::{http_request, TestNode};
 use herald_testkit::redis::RedisServer;
 use herald_testkit::wire::WireClient;
@@ -213,8 +213,17 @@ async fn rolling_restart_behind_haproxy_keeps_every_subscriber() {
 }
 
 async fn rolling_restart() -> Result<()> {
+    let mut dir = TempDir::new("fleet")?;
+    let result = rolling_restart_in(&dir).await;
+    if result.is_err() {
+        let kept = dir.keep().display().to_string();
+        return result.with_context(|| format!("node and HAProxy logs are in {kept}"));
+    }
+    result
+}
+
+async fn rolling_restart_in(dir: &std::path::Path) -> Result<()> {
     let started = Instant::now();
-    let dir = temp_dir("fleet")?;
     let redis = RedisServer::start()?;
     let redis_url = redis.url();
     let (delay, window, grace) = (
@@ -234,10 +243,10 @@ async fn rolling_restart() -> Result<()> {
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let spec = NodeSpec::new(&format!("herald-{i}"), &env)?;
-        nodes.push(HeraldProcess::start(bin, spec, &dir).await?);
+        nodes.push(HeraldProcess::start(bin, spec, dir).await?);
     }
     let specs: Vec<NodeSpec> = nodes.iter().map(|n| n.spec.clone()).collect();
-    let lb = Haproxy::start(&specs, CHECK, &dir).await?;
+    let lb = Haproxy::start(&specs, CHECK, dir).await?;
     for s in &specs {
         lb.wait_server(&s.name, "UP", Duration::from_secs(5)).await?;
     }

@@ -39,11 +39,12 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// A binary frame arrived on the JSON protocol.
     BinaryNotSupported,
-    /// The message could not be relayed to the other nodes; it was not published.
+    /// The message could not be relayed to the other nodes: it reached this node's
+    /// subscribers only, and was not acknowledged.
     RelayUnavailable,
-    /// The node is shutting down and no longer accepts publishes.
+    /// Reserved: the node is shutting down and no longer accepts publishes.
     ShuttingDown,
-    /// The node failed for a reason that is not the client's fault.
+    /// Reserved: the node failed for a reason that is not the client's fault.
     Internal,
 }
 

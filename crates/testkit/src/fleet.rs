@@ -41,19 +41,54 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// A fresh private directory for one test's configs and logs.
-pub fn temp_dir(label: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "herald-{label}-{}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// A fresh private directory for one test's configs and logs, removed on drop unless the
+/// test is panicking or [`TempDir::keep`] was called (so a failure leaves its logs).
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "herald-{label}-{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+
+    /// Leaves the directory in place; returns its path (for an error message).
+    pub fn keep(&mut self) -> &Path {
+        self.keep = true;
+        &self.path
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep && !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// Raises this process's soft open-file limit to at least `needed` (up to the hard limit),

@@ -169,12 +169,14 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     fn push(&mut self, topic: &str, data: &[u8], weight: u64) {
+        use std::io::Write;
         let body_len = br#"{"topic":"","data":}"#.len() + topic.len() + data.len();
-        let head = format!(
+        // Written straight into the batch buffer: no allocation per request.
+        let _ = write!(
+            self.out,
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{}Content-Length: {body_len}\r\n\r\n",
             self.path, self.target.host, self.auth
         );
-        self.out.extend_from_slice(head.as_bytes());
         self.out.extend_from_slice(br#"{"topic":""#);
         self.out.extend_from_slice(topic.as_bytes());
         self.out.extend_from_slice(br#"","data":"#);

@@ -82,7 +82,6 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
     };
     let start_us = ctx.clock.us_of(ctx.start);
     let mut n: u64 = 0; // messages handed to the sink
-    let mut forgiven: u64 = 0;
     let mut scheduled: Vec<u64> = Vec::new();
     // At a fixed rate the plan is every message scheduled before the end, sent even if the
     // publisher runs late (within a grace period, so a hopeless rate still ends).
@@ -114,7 +113,7 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
             }
             None => {
                 if let Some(limit) = ctx.window {
-                    forgiven = wait_for_window(&ctx, limit, forgiven).await;
+                    wait_for_window(&ctx, limit).await;
                 }
                 MAX_RATE_BATCH
             }
@@ -167,30 +166,34 @@ pub async fn run<S: Sink>(mut sink: S, plan: PubPlan, ctx: PubCtx) -> (PubOutcom
     (out, sink)
 }
 
-/// Waits (1 ms steps) until outstanding deliveries are within `limit`. Deliveries that
-/// never come (dropped by the node) would stall the window forever, so after 50 ms without
-/// any delivery, or 1 s in all, the shortfall is written off and publishing goes on; the
-/// report shows the losses. Returns the updated write-off.
-async fn wait_for_window(ctx: &PubCtx, limit: u64, forgiven: u64) -> u64 {
+/// Waits (1 ms steps) until outstanding deliveries are within `limit`. Outstanding means
+/// expected − delivered − known missing − written off: a message the node dropped shows
+/// as a gap in its stream as soon as a later one arrives, and is not waited for. Drops
+/// with no later message to reveal them (a subscriber that went silent) would still stall
+/// the window, so after 100 ms without any delivery the shortfall is written off (for all
+/// publishers at once) and publishing goes on; the report shows the losses. While
+/// deliveries flow, the window waits however long the node takes.
+async fn wait_for_window(ctx: &PubCtx, limit: u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut last = ctx.shared.delivered();
-    let (mut stalled, mut waited) = (0u32, 0u32);
+    let sh = &ctx.shared;
+    let mut last = sh.delivered();
+    let mut stalled = 0u32;
     loop {
-        let outstanding = ctx
-            .shared
+        let outstanding = sh
             .expected
             .load(Relaxed)
             .saturating_sub(last)
-            .saturating_sub(forgiven);
+            .saturating_sub(sh.missing())
+            .saturating_sub(sh.written_off.load(Relaxed));
         if outstanding <= limit || ctx.stop.is_cancelled() || Instant::now() >= ctx.end {
-            return forgiven;
+            return;
         }
-        if stalled >= 50 || waited >= 1000 {
-            return forgiven + outstanding - limit / 2;
+        if stalled >= 100 {
+            sh.written_off.fetch_add(outstanding - limit / 2, Relaxed);
+            return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-        waited += 1;
-        let d = ctx.shared.delivered();
+        let d = sh.delivered();
         stalled = if d == last { stalled + 1 } else { 0 };
         last = d;
     }

@@ -56,6 +56,7 @@ pub async fn receive(mut conn: Conn, id: usize, topics: Vec<u32>, ctx: RecvCtx, 
     loop {
         let now = ctx.clock.now_us();
         let mut batch = 0u64;
+        let (mut skipped, mut late) = (0u64, 0u64);
         let mut closing = false;
         loop {
             let f = match frame::parse(conn.rbuf.data()) {
@@ -80,8 +81,11 @@ pub async fn receive(mut conn: Conn, id: usize, topics: Vec<u32>, ctx: RecvCtx, 
                                 batch += 1;
                                 latencies.push(now.saturating_sub(st.t_us));
                                 match seqs.arrive(slot, st.publisher as usize, st.seq) {
-                                    Arrival::InOrder => {}
-                                    Arrival::OutOfOrder => out.out_of_order += 1,
+                                    Arrival::InOrder { skipped: k } => skipped += k,
+                                    Arrival::OutOfOrder => {
+                                        out.out_of_order += 1;
+                                        late += 1;
+                                    }
                                     Arrival::Duplicate => out.duplicates += 1,
                                 }
                             }
@@ -114,6 +118,9 @@ pub async fn receive(mut conn: Conn, id: usize, topics: Vec<u32>, ctx: RecvCtx, 
             out.received += batch;
             ctx.shared.record_batch(id, batch, &latencies);
             latencies.clear();
+            if skipped + late > 0 {
+                ctx.shared.record_gaps(id, skipped, late);
+            }
         }
         if conn.flush_frames().await.is_err() && out.ended_early.is_none() {
             out.ended_early = Some("write failed".into());

@@ -47,7 +47,12 @@ impl Run {
     pub fn fill_views(&self, report: &mut Report, before: &Snapshot, after: &Snapshot, deliveries: u64) {
         let wall = after.at.saturating_duration_since(before.at).as_secs_f64().max(1e-3);
         let cpu = after.usage.cpu_s() - before.usage.cpu_s();
-        let util = cpu / (wall * self.cores as f64);
+        // getrusage ticks are coarse: a share of a phase shorter than 0.1 s means nothing.
+        let util = if wall < 0.1 {
+            0.0
+        } else {
+            cpu / (wall * self.cores as f64)
+        };
         let waited = match (before.me, after.me) {
             (Some(b), Some(a)) => a.run_delay_s - b.run_delay_s,
             _ => 0.0,

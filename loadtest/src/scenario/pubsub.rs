@@ -30,11 +30,14 @@ use crate::report::{Messages, Report};
 use crate::stats::{histogram, Percentiles};
 use crate::topics;
 
-/// Subscriber read buffers: 4 KiB to start, up to 64 KiB under load.
-const SUB_BUFS: BufSizes = BufSizes {
-    initial: 4096,
-    max: 64 * 1024,
-};
+/// Subscriber read buffers: 4 KiB to start, doubling under load up to 64 KiB, or less when
+/// there are so many subscribers that all of them at 64 KiB would pass 128 MiB.
+fn sub_bufs(subscribers: usize) -> BufSizes {
+    BufSizes {
+        initial: 4096,
+        max: ((128 << 20) / subscribers.max(1)).clamp(8 << 10, 64 << 10),
+    }
+}
 
 /// A publisher's sink and, for WebSocket ones, its reader task.
 enum Publisher {
@@ -64,7 +67,8 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
             topics: t.iter().map(|&k| names[k as usize].clone()).collect(),
         })
         .collect();
-    let opened = open_all(&run, Side::Sub, specs, cfg.subscribe_via, cfg.ramp_up, SUB_BUFS).await;
+    let bufs = sub_bufs(cfg.subscribers);
+    let opened = open_all(&run, Side::Sub, specs, cfg.subscribe_via, cfg.ramp_up, bufs).await;
     let mut connect_s = opened.elapsed.as_secs_f64();
     let mut conns = ConnTally::new();
     conns.merge(&opened);
@@ -193,6 +197,11 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
         }
     }
     abort_watch.abort();
+    // A fixed-rate plan that sent everything early (its last message is scheduled up to
+    // 1/rate before the end) still spans the whole --duration.
+    if matches!(cfg.rate, Rate::PerSec(_)) && cfg.messages == u64::MAX && !run.abort.is_cancelled() {
+        tokio::time::sleep_until(end.into()).await;
+    }
     let measured = start.elapsed();
 
     // Drain.

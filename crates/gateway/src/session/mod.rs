@@ -15,7 +15,7 @@ mod reader;
 mod writer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,8 +59,8 @@ impl Exit {
 /// Flags the reader sets and the writer reads (one allocation for both).
 #[derive(Default)]
 pub struct SessionFlags {
-    /// Set by the reader on any frame; reset by the writer's heartbeat.
-    pub seen: AtomicBool,
+    /// When the reader last saw a frame, on the coarse clock (`clock::coarse_ms`).
+    pub last_seen_ms: AtomicU64,
     /// The client has sent a request or holds a subscription: the first-message deadline
     /// no longer applies.
     pub engaged: AtomicBool,
@@ -84,9 +84,12 @@ impl Session {
         self.topics.iter().any(|t| &**t == topic)
     }
 
-    /// How many of `topics` this connection does not hold yet.
+    /// How many distinct topics of `topics` this connection does not hold yet.
     pub fn new_topics<'a>(&self, topics: impl Iterator<Item = &'a str>) -> usize {
-        topics.filter(|t| !self.holds(t)).count()
+        let mut fresh: Vec<&str> = topics.filter(|t| !self.holds(t)).collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        fresh.len()
     }
 
     /// Subscribes to one topic (already validated); false when the limit is reached.
@@ -97,7 +100,12 @@ impl Session {
         if self.topics.len() >= self.state.config.limits.max_subscriptions {
             return false;
         }
-        let sub = Subscriber { conn: self.id, outbox: self.outbox.clone(), mode: self.mode, echo: self.echo };
+        let sub = Subscriber {
+            conn: self.id,
+            outbox: self.outbox.clone(),
+            mode: self.mode,
+            echo: self.echo,
+        };
         self.state.broker.subscribe(topic, sub);
         self.topics.reserve_exact(1);
         self.topics.push(Arc::from(topic));
@@ -122,54 +130,89 @@ impl Session {
 /// How long the writer gets to send the close frame at the end.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
+/// A connection registered before its upgrade response is sent: outbox, welcome frame and
+/// subscriptions already in place, so that a client holding the 101 answer is subscribed
+/// (raw mode has no welcome frame to wait for). Frames published meanwhile wait in the
+/// outbox and follow the 101.
+pub struct Prepared {
+    session: Session,
+    urgent: CancellationToken,
+    peer: SocketAddr,
+    released: bool,
+}
+
+impl Prepared {
+    /// Registers the connection; call just before answering the upgrade.
+    pub fn new(state: Arc<AppState>, params: SessionParams) -> Self {
+        let id = state.next_conn_id();
+        let urgent = CancellationToken::new();
+        let outbox = Arc::new(Outbox::new(state.config.outbox_limits(), urgent.clone()));
+        let mode_label = match params.mode {
+            SubscriberMode::Json => "json",
+            SubscriberMode::Raw => "raw",
+        };
+        state.metrics.connections.inc();
+        state.metrics.connections_opened.with_label_values(&[mode_label]).inc();
+        state.connections.insert(
+            id,
+            ConnInfo { outbox: outbox.clone(), peer: params.peer, mode: mode_label, opened: Instant::now() },
+        );
+        let mut session = Session {
+            state: state.clone(),
+            id,
+            mode: params.mode,
+            echo: params.echo,
+            outbox: outbox.clone(),
+            topics: Vec::new(),
+            flags: Arc::new(SessionFlags {
+                last_seen_ms: AtomicU64::new(crate::clock::coarse_ms()),
+                engaged: AtomicBool::new(params.mode == SubscriberMode::Raw),
+            }),
+        };
+        if params.mode == SubscriberMode::Json {
+            outbox.push_control(server_msg::welcome(&state.node_id, &id.to_string()));
+        }
+        for t in params.topics {
+            session.subscribe(&t);
+        }
+        Self { session, urgent, peer: params.peer, released: false }
+    }
+
+    /// Undoes the registration (the upgrade never completed); counted as `client_gone`.
+    fn release(&mut self, label: &'static str) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let s = &mut self.session;
+        s.unsubscribe_all();
+        s.state.metrics.connections.dec();
+        s.state.metrics.connections_closed.with_label_values(&[label]).inc();
+        s.state.connections.remove(&s.id);
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        self.release("client_gone");
+    }
+}
+
 /// Runs a session to its end. `slot` is released when it returns.
 pub async fn run(
-    state: Arc<AppState>,
+    mut prepared: Prepared,
     slot: ConnSlot,
-    params: SessionParams,
     prefix: bytes::Bytes,
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
 ) {
-    let id = state.next_conn_id();
-    let urgent = CancellationToken::new();
-    let outbox = Arc::new(Outbox::new(state.config.outbox_limits(), urgent.clone()));
-    let mode_label = match params.mode {
-        SubscriberMode::Json => "json",
-        SubscriberMode::Raw => "raw",
-    };
+    let state = prepared.session.state.clone();
     let metrics = state.metrics.clone();
-    metrics.connections.inc();
-    metrics.connections_opened.with_label_values(&[mode_label]).inc();
-    state.connections.insert(
-        id,
-        ConnInfo {
-            outbox: outbox.clone(),
-            peer: params.peer,
-            mode: mode_label,
-            opened: Instant::now(),
-        },
-    );
-
-    let mut session = Session {
-        state: state.clone(),
-        id,
-        mode: params.mode,
-        echo: params.echo,
-        outbox: outbox.clone(),
-        topics: Vec::new(),
-        flags: Arc::new(SessionFlags {
-            seen: AtomicBool::new(false),
-            engaged: AtomicBool::new(params.mode == SubscriberMode::Raw),
-        }),
-    };
-    if params.mode == SubscriberMode::Json {
-        outbox.push_control(server_msg::welcome(&state.node_id, &id.to_string()));
-    }
-    for t in params.topics {
-        session.subscribe(&t);
-    }
-    let peer = params.peer;
+    let outbox = prepared.session.outbox.clone();
+    let urgent = prepared.urgent.clone();
+    let id = prepared.session.id;
+    let peer = prepared.peer;
+    let session = &mut prepared.session;
 
     let mut writer = tokio::spawn(writer::run(
         write,
@@ -182,7 +225,7 @@ pub async fn run(
     ));
     let mut writer_done = false;
     let mut exit = tokio::select! {
-        e = reader::run(&mut session, prefix, read) => e,
+        e = reader::run(session, prefix, read) => e,
         w = &mut writer => {
             writer_done = true;
             w.unwrap_or_else(|_| Exit::silent("internal"))
@@ -205,8 +248,6 @@ pub async fn run(
         }
     }
     tracing::debug!(conn = id, %peer, reason = exit.label, "connection closed");
-    metrics.connections.dec();
-    metrics.connections_closed.with_label_values(&[exit.label]).inc();
-    state.connections.remove(&id);
+    prepared.release(exit.label);
     drop(slot);
 }

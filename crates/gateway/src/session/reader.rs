@@ -134,7 +134,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> E
                 Ok(None) => break,
                 Err(e) => break 'conn map_error(e),
             };
-            session.flags.seen.store(true, Ordering::Relaxed);
+            session.flags.last_seen_ms.store(coarse_ms(), Ordering::Relaxed);
             counts.add(kind_index(frame.opcode), frame.payload.len());
             counts.maybe_flush(session);
             // Boxed: handling a request needs more state than waiting for bytes does, and

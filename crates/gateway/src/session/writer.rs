@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_broker::{BrokerMetrics, Outbox, TakenBatch};
+use herald_protocol::ws_frame::{close_frame, ping_frame};
 use prometheus::local::LocalHistogram;
 use prometheus::IntCounter;
-use herald_protocol::ws_frame::{close_frame, ping_frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
@@ -186,7 +186,7 @@ fn try_write_now(w: &OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) ->
 }
 
 /// Writes the rest of the batch, waiting for the socket as needed.
-async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, mut cursor: Cursor) -> std::io::Result<()> {
+async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
     let total = batch.control.len() + batch.frames.len();
     while cursor.frame < total {
         let written = {
@@ -202,10 +202,38 @@ async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, mut cursor: Curs
     Ok(())
 }
 
+/// After the slow-consumer policy fired mid-write: finish the frame in flight (a frame
+/// cannot be cut short) and send the 1013 close, giving a slow but live client a second to
+/// take them; a stalled one is simply dropped.
+async fn last_words(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: Cursor, outbox: &Outbox) -> Exit {
+    let mut close = TakenBatch::default();
+    outbox.take_batch(&mut close);
+    let (code, reason) = close
+        .close
+        .map(|c| (c.code, c.reason))
+        .unwrap_or((1013, "slow consumer".into()));
+    let total = batch.control.len() + batch.frames.len();
+    let rest: &[u8] = if cursor.skip > 0 && cursor.frame < total {
+        &nth_frame(batch, cursor.frame)[cursor.skip..]
+    } else {
+        &[]
+    };
+    let frame = close_frame(code, &reason);
+    let sent = tokio::time::timeout(Duration::from_secs(1), async {
+        w.write_all(rest).await?;
+        w.write_all(&frame).await?;
+        w.shutdown().await
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => Exit::new(code, reason, "slow_consumer"),
+        _ => Exit::silent("slow_consumer"),
+    }
+}
+
 /// The connection's timers, as deadlines.
 struct Timers {
     next_beat: Instant,
-    silent_for: Duration,
     /// Until the client engages (first request or subscription).
     first_deadline: Option<Instant>,
     /// When to close during a drain (set once `close_clients` fires).
@@ -213,8 +241,12 @@ struct Timers {
 }
 
 impl Timers {
-    fn next_wake(&self) -> Instant {
-        let mut t = self.next_beat;
+    fn next_wake(&self, cfg: &WriterConfig, flags: &SessionFlags) -> Instant {
+        // The idle deadline follows the client's last frame (coarse clock, 20 ms).
+        let silent = Duration::from_millis(coarse_ms().saturating_sub(flags.last_seen_ms.load(Ordering::Relaxed)));
+        let mut t = self
+            .next_beat
+            .min(Instant::now() + cfg.idle_timeout.saturating_sub(silent));
         for d in [self.first_deadline, self.close_at].into_iter().flatten() {
             t = t.min(d);
         }
@@ -238,7 +270,6 @@ pub async fn run(
     let start = Instant::now();
     let mut timers = Timers {
         next_beat: start + cfg.ping_interval,
-        silent_for: Duration::ZERO,
         first_deadline: cfg.first_message_timeout.map(|t| start + t),
         close_at: None,
     };
@@ -250,7 +281,7 @@ pub async fn run(
             // within a coarse tick: flushed now if the tick moved, else after a short wait.
             batch = TakenBatch::default();
             sent.maybe_flush(&latency);
-            let mut wake = timers.next_wake();
+            let mut wake = timers.next_wake(&cfg, &flags);
             if sent.pending > 0 {
                 wake = wake.min(Instant::now() + Duration::from_millis(25));
             }
@@ -266,16 +297,23 @@ pub async fn run(
             let written = match try_write_now(&w, &batch, &mut cursor) {
                 Err(e) => Ok(Err(e)),
                 Ok(()) if cursor.frame == batch.control.len() + batch.frames.len() => Ok(Ok(())),
-                Ok(()) => tokio::select! {
-                    biased;
-                    _ = urgent.cancelled() => {
-                        sent.flush(&latency);
-                        return Exit::silent("slow_consumer");
+                Ok(()) => {
+                    let waited = tokio::select! {
+                        biased;
+                        _ = urgent.cancelled() => None,
+                        // Boxed: the waiting write's state (an iovec array) exists only while
+                        // a socket is full, not in every idle connection's task.
+                        r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_rest(&mut w, &batch, &mut cursor))) => Some(r),
+                    };
+                    match waited {
+                        Some(r) => r,
+                        None => {
+                            // The slow-consumer policy fired while this socket was full.
+                            sent.flush(&latency);
+                            return last_words(&mut w, &batch, cursor, &outbox).await;
+                        }
                     }
-                    // Boxed: the waiting write's state (an iovec array) exists only while a
-                    // socket is full, not in every idle connection's task.
-                    r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_rest(&mut w, &batch, cursor))) => r,
-                },
+                }
             };
             match written {
                 Ok(Ok(())) => {}
@@ -355,16 +393,15 @@ fn check_timers(
             return;
         }
     }
+    let silent = Duration::from_millis(coarse_ms().saturating_sub(flags.last_seen_ms.load(Ordering::Relaxed)));
+    if silent >= cfg.idle_timeout {
+        outbox.close_as(1001, "idle timeout", true, "idle_timeout");
+        return;
+    }
     if now >= timers.next_beat {
         timers.next_beat = now + cfg.ping_interval;
-        if flags.seen.swap(false, Ordering::Relaxed) {
-            timers.silent_for = Duration::ZERO;
-        } else {
-            timers.silent_for += cfg.ping_interval;
-        }
-        if timers.silent_for >= cfg.idle_timeout {
-            outbox.close_as(1001, "idle timeout", true, "idle_timeout");
-        } else if !timers.silent_for.is_zero() {
+        // Ping only a client we have not heard from for a whole interval.
+        if silent >= cfg.ping_interval {
             outbox.push_control(ping_frame(b""));
         }
     }
