@@ -183,7 +183,15 @@ fn upgrade(
     };
     // Registered now, before the 101 goes out: the client is subscribed once it has the
     // answer. If the upgrade never completes, dropping `prepared` undoes it.
-    let prepared = session::Prepared::new(state.clone(), SessionParams { mode, topics, echo, peer });
+    let prepared = session::Prepared::new(
+        state.clone(),
+        SessionParams {
+            mode,
+            topics,
+            echo,
+            peer,
+        },
+    );
     let session_task = async move {
         let ws = match fut.await {
             Ok(ws) => ws,

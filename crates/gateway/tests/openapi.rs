@@ -62,6 +62,8 @@ fn paths_map_to_the_most_specific_template() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_answers_as_documented() {
     let node = TestNode::start_with(|c| {
+        // Long enough for `/readyz` to answer 503 during the drain below.
+        c.shutdown.drain_delay_ms = 500;
         c.admin.api_keys = vec![KEY.into()];
         c.admin.max_body_bytes = 4096;
     })

@@ -39,8 +39,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<BrokerMetrics>,
     /// `relay_messages{direction="out"}`, resolved once.
     pub(crate) sent: IntCounter,
-    /// `dropped{reason="relay_unavailable"}`, resolved once: every publication that did
-    /// not reach Redis, whatever the cause (down, overloaded, failed, shutting down).
+    /// `dropped{reason="relay_unavailable"}`, resolved once: every accepted publication that
+    /// then failed to reach Redis (failed pipeline, shutting down). Immediate refusals
+    /// (down, overloaded) are counted by the broker, so each failure is counted once.
     pub(crate) unrelayed: IntCounter,
     /// The truth behind [`Relay::state`]; only the supervisor writes it.
     up: AtomicBool,

@@ -155,7 +155,12 @@ impl Prepared {
         state.metrics.connections_opened.with_label_values(&[mode_label]).inc();
         state.connections.insert(
             id,
-            ConnInfo { outbox: outbox.clone(), peer: params.peer, mode: mode_label, opened: Instant::now() },
+            ConnInfo {
+                outbox: outbox.clone(),
+                peer: params.peer,
+                mode: mode_label,
+                opened: Instant::now(),
+            },
         );
         let mut session = Session {
             state: state.clone(),
@@ -175,7 +180,12 @@ impl Prepared {
         for t in params.topics {
             session.subscribe(&t);
         }
-        Self { session, urgent, peer: params.peer, released: false }
+        Self {
+            session,
+            urgent,
+            peer: params.peer,
+            released: false,
+        }
     }
 
     /// Undoes the registration (the upgrade never completed); counted as `client_gone`.
