@@ -548,8 +548,9 @@ fn structural_problems(value: &serde_json::Value) -> Vec<String> {
     out
 }
 
-/// Every leaf key of the tree (`admin.listen`, ...), mapped to whether it is a list.
-fn known_keys() -> BTreeMap<String, bool> {
+/// Every leaf key of the tree (`admin.listen`, ...), mapped to whether it is a list. Public
+/// so that deployment checks can hold environment files to the same reference.
+pub fn known_keys() -> BTreeMap<String, bool> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, bool>) {
         match v {
             serde_json::Value::Object(m) => {

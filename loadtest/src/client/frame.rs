@@ -146,18 +146,10 @@ impl FrameWriter {
     }
 }
 
-/// XORs `data` with the 4-byte `key`, eight bytes at a time.
+/// XORs `data` with the 4-byte `key` (the protocol crate's unmasking, shared).
 #[inline]
 pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = u64::from_ne_bytes((&*c).try_into().expect("8 bytes")) ^ wide;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= key[i % 4];
-    }
+    herald_protocol::ws_parse::unmask(data, key)
 }
 
 #[cfg(test)]

@@ -72,28 +72,9 @@ pub fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
-/// Every configuration key (`admin.listen`, ...), from `Config::default()` flattened.
+/// Every configuration key (`admin.listen`, ...): the reference the config loader uses.
 pub fn known_keys() -> BTreeSet<String> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeSet<String>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            _ => {
-                out.insert(prefix.to_owned());
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    walk("", &serde_json::to_value(Config::default()).unwrap(), &mut out);
-    out
+    herald_gateway::config::known_keys().into_keys().collect()
 }
 
 /// A stand-in for secrets (API keys need 16+ characters).
