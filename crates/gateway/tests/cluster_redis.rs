@@ -85,7 +85,11 @@ async fn a_node_subscribes_only_while_it_has_local_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publishers_order_holds_across_nodes() {
-    let c = RedisCluster::start(3).await.unwrap();
+    // Order is the point here, not the drop policy: the relay runs ahead of a subscriber
+    // that a loaded machine slows down, so give the outboxes room for the whole run.
+    let c = RedisCluster::start_with(3, |cfg| cfg.outbox.max_frames = 10_000)
+        .await
+        .unwrap();
     let mut subs = Vec::new();
     for n in &c.nodes[1..] {
         subs.push(Client::connect(&n.url("/ws?topics=seq")).await.unwrap());

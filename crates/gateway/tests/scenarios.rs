@@ -83,7 +83,8 @@ async fn ticker_driven_by_a_backend_arrives_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_publishers_messages_arrive_in_order_at_every_subscriber() {
-    let node = TestNode::start().await.unwrap();
+    // Order is the point, not the drop policy: room for the whole run in every outbox.
+    let node = TestNode::start_with(|c| c.outbox.max_frames = 10_000).await.unwrap();
     let mut subs = Vec::new();
     for i in 0..4 {
         // Two JSON subscribers and two raw ones.
@@ -164,11 +165,14 @@ async fn a_stalled_subscriber_never_slows_the_publisher_or_others() {
     let publisher = Client::connect(&node.url("/ws")).await.unwrap();
     let payload = format!("\"{}\"", "x".repeat(1000));
     const N: usize = 20_000;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = received.clone();
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < N {
             healthy.next_message_timeout(WAIT).await.unwrap();
             n += 1;
+            seen.store(n, std::sync::atomic::Ordering::Relaxed);
         }
         n
     });
@@ -180,6 +184,14 @@ async fn a_stalled_subscriber_never_slows_the_publisher_or_others() {
             publisher.publish_nowait("flood", &payload).await.unwrap();
         }
         publisher.ping().await.unwrap_or_else(|e| panic!("burst {burst}: {e}"));
+        // A healthy reader keeps up: wait until it is within one burst, however slow this
+        // machine is, so only the stalled subscriber's outbox can overflow.
+        let sent = (burst + 1) * 500;
+        let deadline = Instant::now() + WAIT;
+        while received.load(std::sync::atomic::Ordering::Relaxed) + 500 < sent {
+            assert!(Instant::now() < deadline, "healthy subscriber stuck at burst {burst}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     let publish_time = started.elapsed();
     assert_eq!(reader.await.unwrap(), N, "the healthy subscriber got everything");

@@ -193,10 +193,16 @@ pub fn redis_member_config(node_id: &str, redis_url: &str) -> Config {
 impl RedisCluster {
     /// Starts `redis-server` and `n` nodes, and waits until every relay is up.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Like [`RedisCluster::start`]; `adjust` edits each node's configuration first.
+    pub async fn start_with(n: usize, adjust: impl Fn(&mut Config)) -> Result<Self> {
         let redis = crate::redis::RedisServer::start()?;
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            let c = redis_member_config(&format!("node-{i}"), &redis.url());
+            let mut c = redis_member_config(&format!("node-{i}"), &redis.url());
+            adjust(&mut c);
             nodes.push(TestNode::start_config(c, None).await?);
         }
         let cluster = Self { redis, nodes };
