@@ -264,6 +264,31 @@ async fn relay_gauge(state: Arc<AppState>) {
     }
 }
 
+/// Closes every connection with 1001, at evenly spaced moments in random order across the
+/// close window, so clients reconnecting elsewhere arrive as a trickle, not a storm. One
+/// task does it for all connections (no per-connection drain timer). A connection that
+/// appears after the snapshot (an upgrade already in flight) closes itself when its writer
+/// next wakes, and a second sweep at the end of the window catches the rest.
+async fn close_spread(state: Arc<AppState>) {
+    let window = state.config.close_window();
+    let mut outboxes: Vec<(u64, Arc<Outbox>)> = state
+        .connections
+        .iter()
+        .map(|e| (rand::random::<u64>(), e.outbox.clone()))
+        .collect();
+    outboxes.sort_unstable_by_key(|(k, _)| *k);
+    let start = tokio::time::Instant::now();
+    let n = outboxes.len().max(1) as u32;
+    for (i, (_, outbox)) in outboxes.into_iter().enumerate() {
+        tokio::time::sleep_until(start + window * i as u32 / n).await;
+        outbox.close_as(1001, "server shutting down", false, "shutdown");
+    }
+    tokio::time::sleep_until(start + window).await;
+    for e in state.connections.iter() {
+        e.outbox.close_as(1001, "server shutting down", false, "shutdown");
+    }
+}
+
 /// The drain phases (module docs).
 async fn drain(state: Arc<AppState>) {
     let sd = &state.shutdown;
@@ -278,6 +303,7 @@ async fn drain(state: Arc<AppState>) {
     tracing::info!("drain: stopped accepting; closing clients with 1001 over the close window");
     sd.close_clients.cancel();
     state.sessions.close();
+    state.tasks.spawn(close_spread(state.clone()));
     let deadline = tokio::time::Instant::now() + cfg.close_window() + cfg.grace();
     // Progress once a second, so a long close window is visible in the logs.
     let mut progress = tokio::time::interval_at(

@@ -230,7 +230,6 @@ pub async fn run(
         urgent,
         writer::WriterConfig::from_config(&state.config),
         session.flags.clone(),
-        state.shutdown.close_clients.clone(),
         metrics.clone(),
     ));
     let mut writer_done = false;

@@ -9,8 +9,8 @@
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
 //! `ping_interval` in which the reader saw no frame, it pings; after `idle_timeout` of
-//! silence it closes with 1001), the first-message deadline (1008), and the spread close of
-//! a drain (1001 at a random moment within the close window). A batch that cannot
+//! silence it closes with 1001) and the first-message deadline (1008). During a drain the
+//! node's drain task closes connections one by one across the close window. A batch that cannot
 //! be written within `write_timeout` means the peer stalled: the connection is dropped.
 //! When the slow-consumer policy disconnects the client while a write is in flight, the
 //! write is abandoned (the peer is not reading, a close frame could not reach it anyway).
@@ -44,8 +44,6 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Close (1008) a connection that neither subscribed nor sent a request by then.
     pub first_message_timeout: Option<Duration>,
-    /// During a drain, close (1001) at a random moment within this window.
-    pub close_window: Duration,
 }
 
 impl WriterConfig {
@@ -55,7 +53,6 @@ impl WriterConfig {
             idle_timeout: c.idle_timeout(),
             write_timeout: c.write_timeout(),
             first_message_timeout: c.first_message_timeout(),
-            close_window: c.close_window(),
         }
     }
 }
@@ -239,8 +236,6 @@ struct Timers {
     next_beat: Instant,
     /// Until the client engages (first request or subscription).
     first_deadline: Option<Instant>,
-    /// When to close during a drain (set once `close_clients` fires).
-    close_at: Option<Instant>,
 }
 
 impl Timers {
@@ -251,7 +246,7 @@ impl Timers {
         // cannot make the writer spin.
         let idle_in = cfg.idle_timeout.saturating_sub(silent).max(Duration::from_millis(20));
         let mut t = self.next_beat.min(Instant::now() + idle_in);
-        for d in [self.first_deadline, self.close_at].into_iter().flatten() {
+        if let Some(d) = self.first_deadline {
             t = t.min(d);
         }
         t
@@ -265,7 +260,6 @@ pub async fn run(
     urgent: CancellationToken,
     cfg: WriterConfig,
     flags: Arc<SessionFlags>,
-    close_clients: CancellationToken,
     metrics: Arc<BrokerMetrics>,
 ) -> Exit {
     let mut batch = TakenBatch::default();
@@ -275,16 +269,7 @@ pub async fn run(
     let mut timers = Timers {
         next_beat: start + cfg.ping_interval,
         first_deadline: cfg.first_message_timeout.map(|t| start + t),
-        close_at: None,
     };
-
-    // One timer and one drain watch for the connection's life, re-armed only when the
-    // deadline moves: waking for a message costs no timer-wheel or token-list work.
-    let mut armed = timers.next_wake(&cfg, &flags);
-    let sleep = tokio::time::sleep_until(armed.into());
-    tokio::pin!(sleep);
-    let drain = close_clients.clone().cancelled_owned();
-    tokio::pin!(drain);
 
     loop {
         outbox.take_batch(&mut batch);
@@ -292,20 +277,11 @@ pub async fn run(
             // Idle: hold no batch buffers while waiting; publish what was counted.
             batch = TakenBatch::default();
             sent.flush(&latency);
-            let wake = timers.next_wake(&cfg, &flags);
-            if wake != armed {
-                sleep.as_mut().reset(wake.into());
-                armed = wake;
-            }
+            // The timer lives only inside this wait: a persistent one would sit in every
+            // idle connection's task (the memory budget is tighter than its CPU saving).
             tokio::select! {
                 _ = outbox.wait() => {}
-                _ = &mut sleep => {
-                    // Fired: force a re-arm next time, even to the same instant.
-                    armed = start;
-                }
-                _ = &mut drain, if timers.close_at.is_none() => {
-                    timers.close_at = Some(Instant::now() + spread(cfg.close_window));
-                }
+                _ = tokio::time::sleep_until(timers.next_wake(&cfg, &flags).into()) => {}
             }
         } else {
             let mut cursor = Cursor::default();
@@ -316,16 +292,16 @@ pub async fn run(
                     let waited = tokio::select! {
                         biased;
                         _ = urgent.cancelled() => None,
-                        // Boxed: the waiting write's state (an iovec array) exists only while
-                        // a socket is full, not in every idle connection's task.
-                        r = tokio::time::timeout(cfg.write_timeout, Box::pin(write_rest(&mut w, &batch, &mut cursor))) => Some(r),
+                        // Boxed, with its timeout: the waiting write's state (an iovec array and
+                        // a timer) exists only while a socket is full, not in every idle task.
+                        r = Box::pin(tokio::time::timeout(cfg.write_timeout, write_rest(&mut w, &batch, &mut cursor))) => Some(r),
                     };
                     match waited {
                         Some(r) => r,
                         None => {
                             // The slow-consumer policy fired while this socket was full.
                             sent.flush(&latency);
-                            return last_words(&mut w, &batch, cursor, &outbox).await;
+                            return Box::pin(last_words(&mut w, &batch, cursor, &outbox)).await;
                         }
                     }
                 }
@@ -355,46 +331,25 @@ pub async fn run(
                 let frame = close_frame(close.code, &close.reason);
                 sent.add(&frame);
                 sent.flush(&latency);
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                // Boxed: a once-per-connection path, kept out of the idle task's size.
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
                     w.write_all(&frame).await?;
                     w.flush().await?;
                     w.shutdown().await
-                })
+                }))
                 .await;
                 return Exit::new(close.code, close.reason, close.label);
             }
             batch.clear();
         }
-        check_timers(&mut timers, &cfg, &flags, &outbox, &close_clients);
-    }
-}
-
-/// A random moment within `window`, so a drain's closes are spread out.
-fn spread(window: Duration) -> Duration {
-    if window.is_zero() {
-        Duration::ZERO
-    } else {
-        window.mul_f64(rand::random::<f64>())
+        check_timers(&mut timers, &cfg, &flags, &outbox);
     }
 }
 
 /// Applies whatever deadline has passed: a close goes through the outbox, so queued
 /// frames and the close frame leave in order on the next iteration.
-fn check_timers(
-    timers: &mut Timers,
-    cfg: &WriterConfig,
-    flags: &SessionFlags,
-    outbox: &Outbox,
-    close_clients: &CancellationToken,
-) {
+fn check_timers(timers: &mut Timers, cfg: &WriterConfig, flags: &SessionFlags, outbox: &Outbox) {
     let now = Instant::now();
-    if timers.close_at.is_none() && close_clients.is_cancelled() {
-        timers.close_at = Some(now + spread(cfg.close_window));
-    }
-    if timers.close_at.is_some_and(|t| now >= t) {
-        outbox.close_as(1001, "server shutting down", false, "shutdown");
-        return;
-    }
     if let Some(deadline) = timers.first_deadline {
         if flags.engaged.load(Ordering::Relaxed) {
             timers.first_deadline = None;
