@@ -276,6 +276,10 @@ async fn close_spread(state: Arc<AppState>) {
         .iter()
         .map(|e| (rand::random::<u64>(), e.outbox.clone()))
         .collect();
+    if outboxes.is_empty() {
+        // Nobody to close (upgrades are refused while draining): do not hold the drain.
+        return;
+    }
     outboxes.sort_unstable_by_key(|(k, _)| *k);
     let start = tokio::time::Instant::now();
     let n = outboxes.len().max(1) as u32;
