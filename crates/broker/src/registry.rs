@@ -157,11 +157,6 @@ impl Registry {
         self.topics.len()
     }
 
-    /// Every topic name with its subscriber count (locks shards in turn; for admin use).
-    pub fn snapshot(&self) -> Vec<(Arc<str>, usize)> {
-        self.topics.iter().map(|e| (e.key().clone(), e.value().len())).collect()
-    }
-
     /// Calls `f` with every topic and its subscriber count, one shard's read lock at a time,
     /// without collecting them: the admin API pages through 100k topics keeping only a
     /// page's worth. `f` must not block or touch the registry.

@@ -10,6 +10,7 @@
 //! Keeping the timers in the writer, which wakes for its heartbeat anyway, keeps the idle
 //! connection small: the session task waits on two futures only.
 
+mod counts;
 mod handler;
 mod reader;
 mod writer;

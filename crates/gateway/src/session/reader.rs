@@ -16,10 +16,11 @@
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
 use tokio::net::tcp::OwnedReadHalf;
 
+use super::counts::{kind_of, FrameCounts};
 use super::{handler, Exit, Session};
 use crate::clock::coarse_ms;
 
@@ -30,58 +31,6 @@ const READ_CHUNK: usize = 4096;
 pub enum Message {
     Text(Bytes),
     Binary(Bytes),
-}
-
-/// Frame and byte counts not yet added to the shared metrics.
-#[derive(Default)]
-struct LocalCounts {
-    frames: [u64; 5],
-    bytes: [u64; 5],
-    pending: u32,
-    last_flush_ms: u64,
-}
-
-impl LocalCounts {
-    fn add(&mut self, kind: usize, len: usize) {
-        self.frames[kind] += 1;
-        self.bytes[kind] += len as u64;
-        self.pending += 1;
-    }
-
-    fn maybe_flush(&mut self, session: &Session) {
-        let now = coarse_ms();
-        if self.pending >= 64 || now != self.last_flush_ms {
-            self.flush(session);
-            self.last_flush_ms = now;
-        }
-    }
-
-    fn flush(&mut self, session: &Session) {
-        if self.pending == 0 {
-            return;
-        }
-        let m = &session.state.metrics;
-        for (i, kind) in herald_broker::metrics::FRAME_KINDS.iter().enumerate() {
-            if self.frames[i] > 0 {
-                m.frames_in.with_label_values(&[kind]).inc_by(self.frames[i]);
-                m.bytes_in.with_label_values(&[kind]).inc_by(self.bytes[i]);
-            }
-        }
-        *self = LocalCounts {
-            last_flush_ms: self.last_flush_ms,
-            ..Default::default()
-        };
-    }
-}
-
-fn kind_index(op: u8) -> usize {
-    match op {
-        OP_TEXT => 0,
-        OP_BINARY | OP_CONTINUATION => 1,
-        OP_PING => 2,
-        OP_PONG => 3,
-        _ => 4,
-    }
 }
 
 fn map_error(e: FrameError) -> Exit {
@@ -125,7 +74,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> E
     // `prefix` is a slice of hyper's whole read buffer: holding it would keep that buffer
     // (8 KiB or more) alive for the connection's life.
     drop(prefix);
-    let mut counts = LocalCounts::default();
+    let mut counts = FrameCounts::new(&session.state.metrics.frames_in, &session.state.metrics.bytes_in);
     let mut fragments: Option<(u8, BytesMut)> = None;
     let exit = 'conn: loop {
         loop {
@@ -135,8 +84,8 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> E
                 Err(e) => break 'conn map_error(e),
             };
             session.flags.last_seen_ms.store(coarse_ms(), Ordering::Relaxed);
-            counts.add(kind_index(frame.opcode), frame.payload.len());
-            counts.maybe_flush(session);
+            counts.add(kind_of(frame.opcode), frame.payload.len());
+            counts.maybe_flush();
             // Boxed: handling a request needs more state than waiting for bytes does, and
             // only while it runs; idle connections should not carry it.
             if let Some(exit) = Box::pin(on_frame(session, frame, &mut fragments, max)).await {
@@ -159,7 +108,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> E
             Err(_) => break Exit::silent("client_gone"),
         }
     };
-    counts.flush(session);
+    counts.flush();
     exit
 }
 

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 use herald_broker::{BrokerMetrics, Outbox, TakenBatch};
 use herald_protocol::ws_frame::{close_frame, ping_frame};
 use prometheus::local::LocalHistogram;
-use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
+use super::counts::{kind_of, FrameCounts};
 use super::{Exit, SessionFlags};
 use crate::clock::coarse_ms;
 use crate::config::Config;
@@ -57,67 +57,29 @@ impl WriterConfig {
     }
 }
 
-/// Sent-frame counts not yet added to the shared metrics, with the labelled counters
-/// resolved once per connection (a label lookup is a hash-map lookup under a lock).
+/// Sent-frame counts plus the write-latency histogram, flushed together.
 struct SentCounts {
-    frames: [u64; 5],
-    bytes: [u64; 5],
-    pending: u32,
-    last_flush_ms: u64,
-    frames_out: [IntCounter; 5],
-    bytes_out: [IntCounter; 5],
+    counts: FrameCounts,
+    latency: LocalHistogram,
 }
 
 impl SentCounts {
-    fn new(m: &BrokerMetrics) -> Self {
-        let kinds = herald_broker::metrics::FRAME_KINDS;
-        Self {
-            frames: [0; 5],
-            bytes: [0; 5],
-            pending: 0,
-            last_flush_ms: 0,
-            frames_out: std::array::from_fn(|i| m.frames_out.with_label_values(&[kinds[i]])),
-            bytes_out: std::array::from_fn(|i| m.bytes_out.with_label_values(&[kinds[i]])),
-        }
-    }
-
     fn add(&mut self, frame: &[u8]) {
-        let i = match frame.first().map(|b| b & 0x0f) {
-            Some(0x1) => 0,
-            Some(0x2) => 1,
-            Some(0x9) => 2,
-            Some(0xA) => 3,
-            _ => 4,
-        };
-        self.frames[i] += 1;
-        self.bytes[i] += frame.len() as u64;
-        self.pending += 1;
+        self.counts
+            .add(kind_of(frame.first().copied().unwrap_or(0x8)), frame.len());
     }
 
-    /// Flushes at most once per coarse-clock tick (20 ms) or every 1024 frames, so a
-    /// connection receiving one message at a time does not touch shared counters per frame.
-    fn maybe_flush(&mut self, latency: &LocalHistogram) {
-        let now = coarse_ms();
-        if self.pending >= 1024 || now != self.last_flush_ms {
-            self.flush(latency);
-            self.last_flush_ms = now;
+    fn maybe_flush(&mut self) {
+        if self.counts.maybe_flush() {
+            self.latency.flush();
         }
     }
 
-    fn flush(&mut self, latency: &LocalHistogram) {
-        if self.pending == 0 {
-            return;
+    fn flush(&mut self) {
+        if self.counts.is_pending() {
+            self.counts.flush();
+            self.latency.flush();
         }
-        for i in 0..5 {
-            if self.frames[i] > 0 {
-                self.frames_out[i].inc_by(self.frames[i]);
-                self.bytes_out[i].inc_by(self.bytes[i]);
-            }
-        }
-        self.frames = [0; 5];
-        self.bytes = [0; 5];
-        self.pending = 0;
-        latency.flush();
     }
 }
 
@@ -263,8 +225,10 @@ pub async fn run(
     metrics: Arc<BrokerMetrics>,
 ) -> Exit {
     let mut batch = TakenBatch::default();
-    let mut sent = SentCounts::new(&metrics);
-    let latency = metrics.frame_write_latency.local();
+    let mut sent = SentCounts {
+        counts: FrameCounts::new(&metrics.frames_out, &metrics.bytes_out),
+        latency: metrics.frame_write_latency.local(),
+    };
     let start = Instant::now();
     let mut timers = Timers {
         next_beat: start + cfg.ping_interval,
@@ -276,7 +240,7 @@ pub async fn run(
         if batch.is_empty() {
             // Idle: hold no batch buffers while waiting; publish what was counted.
             batch = TakenBatch::default();
-            sent.flush(&latency);
+            sent.flush();
             // The timer lives only inside this wait: a persistent one would sit in every
             // idle connection's task (the memory budget is tighter than its CPU saving).
             tokio::select! {
@@ -300,7 +264,7 @@ pub async fn run(
                         Some(r) => r,
                         None => {
                             // The slow-consumer policy fired while this socket was full.
-                            sent.flush(&latency);
+                            sent.flush();
                             return Box::pin(last_words(&mut w, &batch, cursor, &outbox)).await;
                         }
                     }
@@ -310,11 +274,11 @@ pub async fn run(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "write failed");
-                    sent.flush(&latency);
+                    sent.flush();
                     return Exit::silent("client_gone");
                 }
                 Err(_) => {
-                    sent.flush(&latency);
+                    sent.flush();
                     return Exit::silent("slow_consumer");
                 }
             }
@@ -324,13 +288,14 @@ pub async fn run(
             }
             for (f, queued) in &batch.frames {
                 sent.add(f);
-                latency.observe(now.saturating_duration_since(*queued).as_secs_f64());
+                sent.latency
+                    .observe(now.saturating_duration_since(*queued).as_secs_f64());
             }
-            sent.maybe_flush(&latency);
+            sent.maybe_flush();
             if let Some(close) = batch.close.take() {
                 let frame = close_frame(close.code, &close.reason);
                 sent.add(&frame);
-                sent.flush(&latency);
+                sent.flush();
                 // Boxed: a once-per-connection path, kept out of the idle task's size.
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
                     w.write_all(&frame).await?;

@@ -37,18 +37,7 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server on a fresh free port and waits until it answers PING.
     pub fn start() -> Self {
-        let port = free_port();
-        assert_ne!(port, 6379, "never the system Redis port");
-        let dir = std::env::temp_dir().join(format!("herald-redis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Self {
-            port,
-            child: None,
-            paused: false,
-            dir,
-        };
-        s.spawn();
-        s
+        Self::start_on(free_port())
     }
 
     /// A port nothing listens on (for "Redis is down at start").
@@ -58,6 +47,7 @@ impl RedisServer {
 
     /// Starts a server on a given port (after [`unused_port`](Self::unused_port)).
     pub fn start_on(port: u16) -> Self {
+        assert_ne!(port, 6379, "never the system Redis port");
         let dir = std::env::temp_dir().join(format!("herald-redis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = Self {
