@@ -6,7 +6,14 @@
 //!
 //! Nothing here awaits, so a publish never waits for a subscriber. What the relay says about
 //! a publication comes back as a [`PublishTicket`] the caller may await.
+//!
+//! A subscriber whose writer is idle is not woken: its outbox is listed for the flusher
+//! (`flusher.rs`), which sends to it directly. The list is gathered in a per-thread buffer
+//! while the topic's registry shard is read, and handed over after, so no socket is
+//! written while the shard is locked.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +21,9 @@ use bytes::Bytes;
 use herald_protocol::server_msg::{json_delivery, raw_delivery};
 use herald_protocol::{Envelope, Payload};
 
+use crate::flusher::FlushQueue;
 use crate::metrics::{BrokerMetrics, Source};
-use crate::outbox::PushOutcome;
+use crate::outbox::{Outbox, PushOutcome};
 use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
 use crate::relay::{PublishTicket, Relay, RelaySink, RelayState};
 
@@ -43,6 +51,40 @@ pub struct Broker {
     registry: Registry,
     relay: Arc<dyn Relay>,
     metrics: Arc<BrokerMetrics>,
+    flush: Arc<FlushQueue>,
+}
+
+thread_local! {
+    /// The outboxes a fan-out on this thread lists for the flusher (kept for its capacity).
+    static LISTED: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A fan-out's listed outboxes; handed to the flusher when dropped, so that even a panic
+/// mid fan-out leaves no listed outbox behind unseen.
+struct Listed<'a> {
+    outboxes: Vec<Arc<Outbox>>,
+    queue: &'a FlushQueue,
+}
+
+impl<'a> Listed<'a> {
+    fn new(queue: &'a FlushQueue) -> Self {
+        // Taken out of the thread-local (not borrowed), so a nested fan-out is harmless.
+        let outboxes = LISTED.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        Self { outboxes, queue }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.queue.enqueue(&mut self.outboxes);
+        let v = std::mem::take(&mut self.outboxes);
+        LISTED.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.capacity() < v.capacity() {
+                *l = v;
+            }
+        });
+    }
 }
 
 /// Microseconds since the Unix epoch, the envelope's clock.
@@ -61,6 +103,7 @@ impl Broker {
             registry: Registry::new(),
             relay,
             metrics,
+            flush: Arc::new(FlushQueue::default()),
         });
         let sink: Arc<dyn RelaySink> = broker.clone();
         let weak: Weak<dyn RelaySink> = Arc::downgrade(&sink);
@@ -82,6 +125,17 @@ impl Broker {
 
     pub fn relay_state(&self) -> RelayState {
         self.relay.state()
+    }
+
+    /// One flusher, running until `stop` is cancelled; spawn one per runtime worker. Until
+    /// one runs, every delivery wakes the subscriber's writer.
+    pub fn flusher(&self, stop: tokio_util::sync::CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        self.flush.clone().run(self.metrics.clone(), stop)
+    }
+
+    /// The flusher's list (for tests).
+    pub fn flush_queue(&self) -> &FlushQueue {
+        &self.flush
     }
 
     /// Subscribes; tells the relay when the topic is new on this node.
@@ -135,6 +189,8 @@ impl Broker {
         let mut json: Option<Bytes> = None;
         let mut raw: Option<Bytes> = None;
         let mut out = FanOut::default();
+        let direct = self.flush.is_running();
+        let mut listed = Listed::new(&self.flush);
         let visited = self.registry.for_each_subscriber(topic, |s| {
             if !s.echo && origin == Some(s.conn) {
                 return;
@@ -143,13 +199,23 @@ impl Broker {
                 SubscriberMode::Json => json.get_or_insert_with(|| json_delivery(topic, payload)).clone(),
                 SubscriberMode::Raw => raw.get_or_insert_with(|| raw_delivery(payload)).clone(),
             };
-            match s.outbox.push(frame, started) {
+            let outcome = if direct {
+                let (outcome, list) = s.outbox.push_listed(frame, started);
+                if list {
+                    listed.outboxes.push(s.outbox.clone());
+                }
+                outcome
+            } else {
+                s.outbox.push(frame, started)
+            };
+            match outcome {
                 PushOutcome::Queued => out.delivered += 1,
                 PushOutcome::Dropped => out.dropped_slow += 1,
                 PushOutcome::Disconnected => out.dropped_slow += 1,
                 PushOutcome::Closed => out.dropped_closed += 1,
             }
         });
+        drop(listed);
         if visited > 0 {
             let m = &self.metrics;
             m.delivered.inc_by(out.delivered as u64);

@@ -1,22 +1,26 @@
 //! Herald's broker core: which connection listens to which topic, and how one published
-//! message reaches all of them. No sockets live here; the gateway owns those and hands the
-//! broker an [`Outbox`] per connection.
+//! message reaches all of them. No socket types live here; the gateway owns the sockets,
+//! hands the broker an [`Outbox`] per connection and attaches its socket to it as a
+//! [`DirectSocket`].
 //!
 //! - [`Registry`]: topics to subscribers, sharded (dashmap); guards never leave it.
 //! - [`Outbox`]: a connection's bounded queue of pre-framed WebSocket frames, with the
 //!   slow-consumer policy applied at push time so a publisher never waits.
 //! - [`Broker`]: encode once, fan out to local subscribers, hand to the [`Relay`].
+//! - [`FlushQueue`]: direct sends to subscribers whose writer is idle, without waking it.
 //! - [`Relay`]: how messages reach other nodes; [`MemoryRelay`] is the in-process one
 //!   (single node by default, or a hub joining many brokers in one process for tests).
 
 pub mod broker;
+pub mod flusher;
 pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod relay;
 
 pub use broker::{Broker, PublishReport};
+pub use flusher::FlushQueue;
 pub use metrics::{BrokerMetrics, Source};
-pub use outbox::{CloseRequest, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch};
+pub use outbox::{CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch};
 pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
 pub use relay::{MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState};

@@ -11,10 +11,20 @@
 //! close is requested no more frames are accepted; the writer sends the close frame and
 //! stops. The writer takes the whole queue at once (`take_batch`), which is what makes its
 //! writes batched.
+//!
+//! Direct sends: a connection whose writer is idle need not be woken for a frame. The
+//! broker's flusher (`flusher.rs`) writes the queue straight to the attached socket
+//! ([`DirectSocket`]) without waiting, under this outbox's lock, so it never interleaves
+//! with the writer: the writer marks the time it holds a taken batch (`writing`), and a
+//! direct send happens only when nothing is in flight, no control frame or close waits,
+//! and the socket takes bytes now. Whatever it cannot send (a full socket, a frame cut
+//! short) is left queued for the writer, which is woken for it; a frame cut short is
+//! finished first (`TakenBatch::head_skip`).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -74,6 +84,16 @@ pub enum PushOutcome {
     Closed,
 }
 
+/// The write side of a connection's socket, for direct sends.
+pub trait DirectSocket: Send + Sync {
+    /// Writes as much of `bufs` as the socket takes now, without waiting: the bytes written,
+    /// or `WouldBlock` when it takes none.
+    fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+/// Frames gathered into one direct send.
+const DIRECT_IOV: usize = 128;
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<(Bytes, Instant)>,
@@ -82,6 +102,27 @@ struct State {
     close: Option<CloseRequest>,
     /// The close request has been handed to the writer.
     close_taken: bool,
+    /// Bytes of the head frame a direct send already wrote (the rest must go next).
+    head_sent: usize,
+    /// The writer holds a taken batch it has not finished writing.
+    writing: bool,
+    /// Waiting in the flusher's list for a direct send.
+    listed: bool,
+    socket: Option<Arc<dyn DirectSocket>>,
+}
+
+impl State {
+    /// Drops the queued data frames, but not a head frame already partly written: a frame
+    /// cannot be cut short.
+    fn discard_queued(&mut self) {
+        if self.head_sent > 0 {
+            self.frames.truncate(1);
+            self.bytes = self.frames.front().map_or(0, |f| f.0.len());
+        } else {
+            self.frames.clear();
+            self.bytes = 0;
+        }
+    }
 }
 
 /// What the writer takes in one go.
@@ -93,6 +134,9 @@ pub struct TakenBatch {
     pub frames: VecDeque<(Bytes, Instant)>,
     /// Set once: send this close frame after the data and stop.
     pub close: Option<CloseRequest>,
+    /// When non-zero, a direct send already wrote this many bytes of `frames[0]` (and
+    /// counted it): its rest goes first, before the control frames.
+    pub head_skip: usize,
 }
 
 impl TakenBatch {
@@ -104,6 +148,7 @@ impl TakenBatch {
         self.control.clear();
         self.frames.clear();
         self.close = None;
+        self.head_skip = 0;
     }
 }
 
@@ -139,9 +184,20 @@ impl Outbox {
 
     /// Offers a data frame queued at `at`. Never blocks on the consumer.
     pub fn push(&self, frame: Bytes, at: Instant) -> PushOutcome {
+        self.offer(frame, at, false).0
+    }
+
+    /// Like [`Outbox::push`], but when the writer is idle and a socket is attached the
+    /// writer is not woken: the second value is true and the caller must hand this outbox
+    /// to [`Outbox::flush_now`] (the flusher does) or [`Outbox::wake`] it.
+    pub fn push_listed(&self, frame: Bytes, at: Instant) -> (PushOutcome, bool) {
+        self.offer(frame, at, true)
+    }
+
+    fn offer(&self, frame: Bytes, at: Instant, may_list: bool) -> (PushOutcome, bool) {
         let mut st = self.lock();
         if st.close.is_some() {
-            return PushOutcome::Closed;
+            return (PushOutcome::Closed, false);
         }
         let len = frame.len();
         // One frame larger than the byte bound is still accepted into an empty queue;
@@ -150,10 +206,9 @@ impl Outbox {
             || (!st.frames.is_empty() && st.bytes + len > self.limits.max_bytes);
         if full {
             return match self.limits.policy {
-                SlowConsumerPolicy::Drop => PushOutcome::Dropped,
+                SlowConsumerPolicy::Drop => (PushOutcome::Dropped, false),
                 SlowConsumerPolicy::Disconnect => {
-                    st.frames.clear();
-                    st.bytes = 0;
+                    st.discard_queued();
                     st.close = Some(CloseRequest {
                         code: 1013,
                         reason: "slow consumer: outbox full".into(),
@@ -162,18 +217,92 @@ impl Outbox {
                     drop(st);
                     self.notify.notify_one();
                     self.cancel.cancel();
-                    PushOutcome::Disconnected
+                    (PushOutcome::Disconnected, false)
                 }
             };
         }
         let was_empty = st.frames.is_empty() && st.control.is_empty();
         st.bytes += len;
         st.frames.push_back((frame, at));
+        if may_list && was_empty && !st.writing && !st.listed && st.socket.is_some() {
+            st.listed = true;
+            return (PushOutcome::Queued, true);
+        }
         drop(st);
         if was_empty {
             self.notify.notify_one();
         }
-        PushOutcome::Queued
+        (PushOutcome::Queued, false)
+    }
+
+    /// Wakes the writer (for an outbox [`Outbox::push_listed`] listed that will not be
+    /// flushed directly).
+    pub fn wake(&self) {
+        self.lock().listed = false;
+        self.notify.notify_one();
+    }
+
+    /// Sends what is queued straight to the attached socket, without waiting, when the
+    /// writer is idle; wakes the writer for whatever is left. `on_sent` sees each frame
+    /// the send began, once, with how long it waited in the queue.
+    pub fn flush_now(&self, mut on_sent: impl FnMut(&[u8], Duration)) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.listed = false;
+        if st.frames.is_empty() || st.writing {
+            // Nothing to do, or the writer has a batch in flight and takes the rest next.
+            return;
+        }
+        let socket = match &st.socket {
+            Some(s) if st.close.is_none() && st.control.is_empty() && st.head_sent == 0 => s,
+            _ => {
+                drop(guard);
+                self.notify.notify_one();
+                return;
+            }
+        };
+        // Like the writer: whole gathers while the socket takes them all.
+        while !st.frames.is_empty() && st.head_sent == 0 {
+            let sent = {
+                let mut slices = [IoSlice::new(&[]); DIRECT_IOV];
+                let n = st.frames.len().min(DIRECT_IOV);
+                for (slot, (f, _)) in slices.iter_mut().zip(st.frames.iter()) {
+                    *slot = IoSlice::new(f);
+                }
+                socket.try_send(&slices[..n])
+            };
+            // A full socket is the writer's to wait for; another error is the writer's to
+            // find and report.
+            let Ok(mut written) = sent else { break };
+            let now = Instant::now();
+            while written > 0 {
+                let Some((f, at)) = st.frames.front() else { break };
+                on_sent(f, now.saturating_duration_since(*at));
+                let len = f.len();
+                if written < len {
+                    st.head_sent = written;
+                    break;
+                }
+                written -= len;
+                st.bytes -= len;
+                st.frames.pop_front();
+            }
+        }
+        let rest = !st.frames.is_empty();
+        drop(guard);
+        if rest {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Attaches the connection's socket for direct sends (the writer does, when it starts).
+    pub fn attach(&self, socket: Arc<dyn DirectSocket>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// Detaches the socket (the writer does, before it ends).
+    pub fn detach(&self) {
+        self.lock().socket = None;
     }
 
     /// Queues a control frame (a pong, ping, ack or error answer). Ignored once a close was
@@ -187,8 +316,7 @@ impl Outbox {
             return;
         }
         if st.control.len() >= MAX_CONTROL_FRAMES {
-            st.frames.clear();
-            st.bytes = 0;
+            st.discard_queued();
             st.control.clear();
             st.close = Some(CloseRequest {
                 code: 1013,
@@ -219,8 +347,7 @@ impl Outbox {
             return;
         }
         if discard_queued {
-            st.frames.clear();
-            st.bytes = 0;
+            st.discard_queued();
         }
         st.close = Some(CloseRequest {
             code,
@@ -238,15 +365,18 @@ impl Outbox {
 
     /// Moves everything queued into `batch` (which must be empty), swapping buffers so
     /// neither side allocates in the steady state.
+    /// The writer owns the socket from a non-empty take until its next, empty, one.
     pub fn take_batch(&self, batch: &mut TakenBatch) {
         let mut st = self.lock();
         std::mem::swap(&mut st.frames, &mut batch.frames);
         std::mem::swap(&mut st.control, &mut batch.control);
         st.bytes = 0;
+        batch.head_skip = std::mem::take(&mut st.head_sent);
         if st.close.is_some() && !st.close_taken {
             st.close_taken = true;
             batch.close = st.close.clone();
         }
+        st.writing = !batch.is_empty();
     }
 
     /// Waits until something may be queued. Spurious wake-ups are possible.

@@ -193,6 +193,10 @@ impl Node {
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
         tasks.spawn(relay_gauge(state.clone()));
+        // One flusher per worker: direct sends to idle subscribers spread over the cores.
+        for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
+            tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
+        }
         let st = state.clone();
         tasks.spawn(http_server::accept_loop(
             ws_listener,

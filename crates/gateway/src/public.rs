@@ -208,8 +208,7 @@ fn upgrade(
                 return;
             }
         };
-        let (read, write) = parts.io.into_inner().into_split();
-        session::run(prepared, slot, parts.read_buf, read, write).await;
+        session::run(prepared, slot, parts.read_buf, parts.io.into_inner()).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

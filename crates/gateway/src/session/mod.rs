@@ -13,6 +13,7 @@
 mod counts;
 mod handler;
 mod reader;
+mod socket;
 mod writer;
 
 use std::net::SocketAddr;
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use herald_broker::{ConnId, Outbox, Subscriber, SubscriberMode};
 use herald_protocol::server_msg;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use self::socket::Socket;
 
 use crate::node::{AppState, ConnInfo, ConnSlot};
 
@@ -210,13 +213,8 @@ impl Drop for Prepared {
 }
 
 /// Runs a session to its end. `slot` is released when it returns.
-pub async fn run(
-    mut prepared: Prepared,
-    slot: ConnSlot,
-    prefix: bytes::Bytes,
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
-) {
+pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, stream: TcpStream) {
+    let socket = Arc::new(Socket::new(stream));
     let state = prepared.session.state.clone();
     let metrics = state.metrics.clone();
     let outbox = prepared.session.outbox.clone();
@@ -226,7 +224,7 @@ pub async fn run(
     let session = &mut prepared.session;
 
     let mut writer = tokio::spawn(writer::run(
-        write,
+        socket.clone(),
         outbox.clone(),
         urgent,
         writer::WriterConfig::from_config(&state.config),
@@ -235,7 +233,7 @@ pub async fn run(
     ));
     let mut writer_done = false;
     let mut exit = tokio::select! {
-        e = reader::run(session, prefix, read) => e,
+        e = reader::run(session, prefix, socket.stream()) => e,
         w = &mut writer => {
             writer_done = true;
             w.unwrap_or_else(|_| Exit::silent("internal"))

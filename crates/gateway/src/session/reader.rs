@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 
 use super::counts::{kind_of, FrameCounts};
 use super::{handler, Exit, Session};
@@ -65,7 +65,7 @@ fn close_reply(payload: &[u8]) -> Result<u16, Exit> {
 
 /// Reads until the connection must end; returns why. `prefix` holds bytes that arrived
 /// with the upgrade request.
-pub async fn run(session: &mut Session, prefix: Bytes, read: OwnedReadHalf) -> Exit {
+pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit {
     let max = session.state.config.limits.max_message_bytes;
     let mut buf = BytesMut::new();
     if !prefix.is_empty() {

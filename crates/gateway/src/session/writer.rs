@@ -2,9 +2,11 @@
 //!
 //! It takes everything queued in the outbox at once and writes it as one batch: control
 //! frames first, then data frames, gathered into vectored writes of up to [`MAX_IOV`]
-//! frames each. The batch is first offered to the socket without waiting
-//! (`try_write_vectored`), which in the common case sends it whole with no future or
-//! allocation; only a full socket makes the writer wait. Frames are pre-built (header included) and
+//! frames each. The batch is first offered to the socket without waiting, which in the
+//! common case sends it whole with no future or allocation; only a full socket makes the
+//! writer wait. While the writer is idle the broker's flusher may send data frames to the
+//! socket directly (see the outbox); the writer attaches the socket for that when it
+//! starts and detaches it before it ends. Frames are pre-built (header included) and
 //! shared with other subscribers, so the batch is written without copying or encoding.
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
@@ -24,11 +26,10 @@ use std::time::{Duration, Instant};
 use herald_broker::{BrokerMetrics, Outbox, TakenBatch};
 use herald_protocol::ws_frame::{close_frame, ping_frame};
 use prometheus::local::LocalHistogram;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
 use super::counts::{kind_of, FrameCounts};
+use super::socket::Socket;
 use super::{Exit, SessionFlags};
 use crate::clock::coarse_ms;
 use crate::config::Config;
@@ -83,9 +84,14 @@ impl SentCounts {
     }
 }
 
-/// The `i`-th frame of a batch: control frames first, then data frames.
+/// The `i`-th frame of a batch: control frames first, then data frames; but the rest of a
+/// data frame a direct send began comes before everything.
 fn nth_frame(batch: &TakenBatch, i: usize) -> &[u8] {
-    match batch.control.get(i) {
+    let lead = usize::from(batch.head_skip > 0);
+    if i < lead {
+        return &batch.frames[0].0[batch.head_skip..];
+    }
+    match batch.control.get(i - lead) {
         Some(f) => f,
         None => &batch.frames[i - batch.control.len()].0,
     }
@@ -129,15 +135,12 @@ impl Cursor {
 
 /// Writes what the socket takes right now, without waiting. In the common case (a socket
 /// with room) this sends the whole batch with no future, allocation or task switch.
-fn try_write_now(w: &OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
+fn try_write_now(w: &Socket, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
     let total = batch.control.len() + batch.frames.len();
     while cursor.frame < total {
         let mut slices = [IoSlice::new(&[]); MAX_IOV];
         let n = fill_slices(batch, cursor.frame, cursor.skip, &mut slices);
-        // `sendmsg` on the socket rather than tokio's `writev`: the same bytes without the VFS
-        // layer's file lookup and position lock (measurable at one send per delivery). If it
-        // would block, the async path below waits through tokio's readiness as usual.
-        match socket2::SockRef::from(w.as_ref()).send_vectored(&slices[..n]) {
+        match w.try_write(&slices[..n]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(written) => cursor.advance(batch, written),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -148,13 +151,13 @@ fn try_write_now(w: &OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) ->
 }
 
 /// Writes the rest of the batch, waiting for the socket as needed.
-async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
+async fn write_rest(w: &Socket, batch: &TakenBatch, cursor: &mut Cursor) -> std::io::Result<()> {
     let total = batch.control.len() + batch.frames.len();
     while cursor.frame < total {
         let written = {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let n = fill_slices(batch, cursor.frame, cursor.skip, &mut slices);
-            w.write_vectored(&slices[..n]).await?
+            w.write_some(&slices[..n]).await?
         };
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -167,7 +170,7 @@ async fn write_rest(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: &mut Cur
 /// After the slow-consumer policy fired mid-write: finish the frame in flight (a frame
 /// cannot be cut short) and send the 1013 close, giving a slow but live client a second to
 /// take them; a stalled one is simply dropped.
-async fn last_words(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: Cursor, outbox: &Outbox) -> Exit {
+async fn last_words(w: &Socket, batch: &TakenBatch, cursor: Cursor, outbox: &Outbox) -> Exit {
     let mut close = TakenBatch::default();
     outbox.take_batch(&mut close);
     let (code, reason) = close
@@ -184,7 +187,7 @@ async fn last_words(w: &mut OwnedWriteHalf, batch: &TakenBatch, cursor: Cursor, 
     let sent = tokio::time::timeout(Duration::from_secs(1), async {
         w.write_all(rest).await?;
         w.write_all(&frame).await?;
-        w.shutdown().await
+        w.shutdown_write()
     })
     .await;
     match sent {
@@ -217,8 +220,23 @@ impl Timers {
 
 /// Runs until the connection must end; returns why.
 pub async fn run(
-    mut w: OwnedWriteHalf,
+    w: Arc<Socket>,
     outbox: Arc<Outbox>,
+    urgent: CancellationToken,
+    cfg: WriterConfig,
+    flags: Arc<SessionFlags>,
+    metrics: Arc<BrokerMetrics>,
+) -> Exit {
+    outbox.attach(w.clone());
+    let exit = serve(&w, &outbox, urgent, cfg, flags, metrics).await;
+    // The outbox lets go of the socket, which closes when the session drops it.
+    outbox.detach();
+    exit
+}
+
+async fn serve(
+    w: &Socket,
+    outbox: &Outbox,
     urgent: CancellationToken,
     cfg: WriterConfig,
     flags: Arc<SessionFlags>,
@@ -258,14 +276,14 @@ pub async fn run(
                         _ = urgent.cancelled() => None,
                         // Boxed, with its timeout: the waiting write's state (an iovec array and
                         // a timer) exists only while a socket is full, not in every idle task.
-                        r = Box::pin(tokio::time::timeout(cfg.write_timeout, write_rest(&mut w, &batch, &mut cursor))) => Some(r),
+                        r = Box::pin(tokio::time::timeout(cfg.write_timeout, write_rest(w, &batch, &mut cursor))) => Some(r),
                     };
                     match waited {
                         Some(r) => r,
                         None => {
                             // The slow-consumer policy fired while this socket was full.
                             sent.flush();
-                            return Box::pin(last_words(&mut w, &batch, cursor, &outbox)).await;
+                            return Box::pin(last_words(w, &batch, cursor, outbox)).await;
                         }
                     }
                 }
@@ -286,7 +304,8 @@ pub async fn run(
             for f in &batch.control {
                 sent.add(f);
             }
-            for (f, queued) in &batch.frames {
+            // A head frame a direct send began was counted by it.
+            for (f, queued) in batch.frames.iter().skip(usize::from(batch.head_skip > 0)) {
                 sent.add(f);
                 sent.latency
                     .observe(now.saturating_duration_since(*queued).as_secs_f64());
@@ -299,15 +318,14 @@ pub async fn run(
                 // Boxed: a once-per-connection path, kept out of the idle task's size.
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
                     w.write_all(&frame).await?;
-                    w.flush().await?;
-                    w.shutdown().await
+                    w.shutdown_write()
                 }))
                 .await;
                 return Exit::new(close.code, close.reason, close.label);
             }
             batch.clear();
         }
-        check_timers(&mut timers, &cfg, &flags, &outbox);
+        check_timers(&mut timers, &cfg, &flags, outbox);
     }
 }
 
