@@ -267,7 +267,7 @@ async fn serve(
             }
         } else {
             let mut cursor = Cursor::default();
-            let written = match try_write_now(&w, &batch, &mut cursor) {
+            let written = match try_write_now(w, &batch, &mut cursor) {
                 Err(e) => Ok(Err(e)),
                 Ok(()) if cursor.frame == batch.control.len() + batch.frames.len() => Ok(Ok(())),
                 Ok(()) => {
