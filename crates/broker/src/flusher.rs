@@ -32,24 +32,19 @@ use crate::outbox::Outbox;
 /// Outboxes one flusher takes before yielding.
 const CHUNK: usize = 128;
 
-#[derive(Default)]
-struct List {
-    /// First listed, first sent: a connection listed long ago has gathered the most.
-    outboxes: VecDeque<Arc<Outbox>>,
-    /// No flusher runs: hand everything to the writers.
-    stopped: bool,
-}
-
 /// The list of outboxes waiting for a direct send, shared by the fan-outs and the flushers.
 #[derive(Default)]
 pub struct FlushQueue {
-    list: Mutex<List>,
+    /// First listed, first sent: a connection listed long ago has gathered the most.
+    list: Mutex<VecDeque<Arc<Outbox>>>,
     notify: Notify,
+    /// Flushers running; changed only under the list's lock, so a fan-out that finds none
+    /// there cannot leave outboxes behind a flusher that has just stopped.
     running: AtomicUsize,
 }
 
 impl FlushQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, List> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Outbox>>> {
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -65,21 +60,21 @@ impl FlushQueue {
             return;
         }
         let mut list = self.lock();
-        if list.stopped || self.running.load(Ordering::Relaxed) == 0 {
+        if self.running.load(Ordering::Relaxed) == 0 {
             drop(list);
             for ob in listed.drain(..) {
                 ob.wake();
             }
             return;
         }
-        list.outboxes.extend(listed.drain(..));
+        list.extend(listed.drain(..));
         drop(list);
         self.notify.notify_one();
     }
 
     /// Outboxes listed now (for tests).
     pub fn len(&self) -> usize {
-        self.lock().outboxes.len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,19 +83,15 @@ impl FlushQueue {
 
     /// Runs one flusher until `stop` is cancelled. Spawn one per runtime worker.
     pub async fn run(self: Arc<Self>, metrics: Arc<BrokerMetrics>, stop: CancellationToken) {
-        {
-            let mut list = self.lock();
-            list.stopped = false;
-            self.running.fetch_add(1, Ordering::Relaxed);
-        }
+        let _running = Running::start(&self);
         let mut tally = Tally::new(&metrics);
         let mut chunk: Vec<Arc<Outbox>> = Vec::new();
         loop {
             let more = {
                 let mut list = self.lock();
-                let n = list.outboxes.len().min(CHUNK);
-                chunk.extend(list.outboxes.drain(..n));
-                !list.outboxes.is_empty()
+                let n = list.len().min(CHUNK);
+                chunk.extend(list.drain(..n));
+                !list.is_empty()
             };
             if chunk.is_empty() {
                 tokio::select! {
@@ -118,11 +109,29 @@ impl FlushQueue {
             tally.flush();
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// One running flusher. Dropped however the flusher ends (stopped, aborted with its
+/// runtime, or a panic), the last one hands everything still listed to the writers.
+struct Running<'a>(&'a FlushQueue);
+
+impl<'a> Running<'a> {
+    fn start(queue: &'a FlushQueue) -> Self {
+        let list = queue.lock();
+        queue.running.fetch_add(1, Ordering::Relaxed);
+        drop(list);
+        Self(queue)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let queue = self.0;
         let left = {
-            let mut list = self.lock();
-            if self.running.fetch_sub(1, Ordering::Relaxed) == 1 {
-                list.stopped = true;
-                std::mem::take(&mut list.outboxes)
+            let mut list = queue.lock();
+            if queue.running.fetch_sub(1, Ordering::Relaxed) == 1 {
+                std::mem::take(&mut *list)
             } else {
                 VecDeque::new()
             }
@@ -131,7 +140,7 @@ impl FlushQueue {
             ob.wake();
         }
         // Another flusher may still be parked with work listed after our last take.
-        self.notify.notify_one();
+        queue.notify.notify_one();
     }
 }
 
@@ -173,5 +182,82 @@ impl Tally {
         self.frames = [0; 2];
         self.bytes = [0; 2];
         self.latency.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use herald_protocol::server_msg::json_delivery;
+    use herald_protocol::Payload;
+
+    use super::*;
+    use crate::outbox::OutboxLimits;
+    use crate::registry::{Subscriber, SubscriberMode};
+    use crate::relay::MemoryRelay;
+    use crate::testing::{read_exactly, socket_pair};
+    use crate::{Broker, Source};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fan_out_reaches_idle_subscribers_with_no_writer_running() {
+        let metrics = Arc::new(BrokerMetrics::new());
+        let broker = Broker::new("n1", Arc::new(MemoryRelay::standalone("n1")), metrics.clone());
+        let stop = CancellationToken::new();
+        let flusher = tokio::spawn(broker.flusher(stop.clone()));
+        while !broker.flush_queue().is_running() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let mut peers = Vec::new();
+        let mut outboxes = Vec::new();
+        for id in 0..3 {
+            let ob = Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new()));
+            let (sock, peer) = socket_pair();
+            ob.attach(sock);
+            let sub = Subscriber {
+                conn: id,
+                outbox: ob.clone(),
+                mode: SubscriberMode::Json,
+                echo: true,
+            };
+            broker.subscribe("t", sub);
+            peers.push(peer);
+            outboxes.push(ob);
+        }
+        let expected = json_delivery("t", &Payload::json(Bytes::from_static(b"42")));
+        for _ in 0..2 {
+            broker.publish("t", Payload::json(Bytes::from_static(b"42")), None, Source::Http);
+        }
+        // No writer task exists here: only the flusher can have sent these.
+        let whole = [&expected[..], &expected[..]].concat();
+        for peer in &mut peers {
+            let got = tokio::task::block_in_place(|| read_exactly(peer, whole.len()));
+            assert_eq!(got, whole);
+        }
+        for ob in &outboxes {
+            assert_eq!(ob.queued(), (0, 0));
+        }
+        // Counted once per chunk, right after its sends.
+        let sent = || metrics.frames_out.with_label_values(&["text"]).get();
+        for _ in 0..5000 {
+            if sent() >= 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(sent(), 6);
+        assert_eq!(metrics.frame_write_latency.get_sample_count(), 6);
+
+        // Without a flusher, frames wait for the writers (none here) and nothing is listed.
+        stop.cancel();
+        flusher.await.unwrap();
+        assert!(!broker.flush_queue().is_running());
+        broker.publish("t", Payload::json(Bytes::from_static(b"42")), None, Source::Http);
+        assert!(broker.flush_queue().is_empty());
+        for ob in &outboxes {
+            assert_eq!(ob.queued(), (1, expected.len()));
+        }
     }
 }

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod relay;
+#[cfg(test)]
+mod testing;
 
 pub use broker::{Broker, PublishReport};
 pub use flusher::FlushQueue;

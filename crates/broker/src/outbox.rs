@@ -394,6 +394,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{read_exactly, socket_pair};
 
     fn frame(n: usize) -> Bytes {
         Bytes::from(vec![b'x'; n])
@@ -475,5 +476,113 @@ mod tests {
         b.clear();
         ob.take_batch(&mut b);
         assert!(b.close.is_none(), "the close is handed out once");
+    }
+
+    #[test]
+    fn an_idle_outbox_is_listed_once_and_flushed_straight_to_its_socket() {
+        let ob = Outbox::new(OutboxLimits::default(), CancellationToken::new());
+        let now = Instant::now();
+        assert_eq!(
+            ob.push_listed(frame(3), now),
+            (PushOutcome::Queued, false),
+            "no socket yet"
+        );
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        b.clear();
+        ob.take_batch(&mut b); // the writer's empty take: idle again
+
+        let (sock, mut peer) = socket_pair();
+        ob.attach(sock);
+        assert_eq!(
+            ob.push_listed(Bytes::from_static(b"one"), now),
+            (PushOutcome::Queued, true)
+        );
+        assert_eq!(
+            ob.push_listed(Bytes::from_static(b"two"), now),
+            (PushOutcome::Queued, false)
+        );
+        let mut seen = Vec::new();
+        ob.flush_now(|f, _| seen.push(f.to_vec()));
+        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(ob.queued(), (0, 0));
+        assert_eq!(read_exactly(&mut peer, 6), b"onetwo");
+        // Idle again: the next frame is listed again.
+        assert_eq!(ob.push_listed(frame(1), now), (PushOutcome::Queued, true));
+    }
+
+    #[test]
+    fn the_writer_keeps_the_socket_while_it_holds_a_batch_or_answers_wait() {
+        let ob = Outbox::new(OutboxLimits::default(), CancellationToken::new());
+        let (sock, _peer) = socket_pair();
+        ob.attach(sock);
+        let now = Instant::now();
+        // A batch in flight: no listing, and a flush sends nothing.
+        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert_eq!(ob.push_listed(frame(2), now), (PushOutcome::Queued, false));
+        ob.flush_now(|_, _| panic!("the writer holds the socket"));
+        assert_eq!(ob.queued(), (1, 2));
+        b.clear();
+        ob.take_batch(&mut b);
+        b.clear();
+        ob.take_batch(&mut b);
+        assert!(b.is_empty());
+
+        // A listed frame with an answer queued after it: the writer sends both, answer first.
+        assert_eq!(ob.push_listed(frame(3), now), (PushOutcome::Queued, true));
+        ob.push_control(frame(4));
+        ob.flush_now(|_, _| panic!("an answer waits: the writer's turn"));
+        ob.take_batch(&mut b);
+        assert_eq!((b.control.len(), b.frames.len()), (1, 1));
+        b.clear();
+        ob.take_batch(&mut b);
+
+        // After a close request nothing more is sent directly.
+        assert_eq!(ob.push_listed(frame(5), now), (PushOutcome::Queued, true));
+        ob.close(1000, "", false);
+        ob.flush_now(|_, _| panic!("closing: the writer sends what is left, then the close"));
+        ob.detach();
+        assert_eq!(ob.push_listed(frame(6), now), (PushOutcome::Closed, false));
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_finished_first_and_survives_a_discard() {
+        let limits = OutboxLimits {
+            max_bytes: 64 << 20,
+            ..OutboxLimits::default()
+        };
+        let ob = Outbox::new(limits, CancellationToken::new());
+        let (sock, mut peer) = socket_pair();
+        ob.attach(sock);
+        // Far more than a loopback socket buffers while the peer does not read.
+        let big = Bytes::from((0..16 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let now = Instant::now();
+        assert_eq!(ob.push_listed(big.clone(), now), (PushOutcome::Queued, true));
+        let mut began = 0;
+        ob.flush_now(|f, _| {
+            assert_eq!(f.len(), big.len());
+            began += 1;
+        });
+        assert_eq!(began, 1, "counted once, when the send began");
+        assert_eq!(ob.push(frame(7), now), PushOutcome::Queued);
+        ob.close(1001, "going away", true);
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert!(
+            b.head_skip > 0 && b.head_skip < big.len(),
+            "cut short at {}",
+            b.head_skip
+        );
+        assert_eq!(
+            b.frames.len(),
+            1,
+            "the discard kept the frame already begun, and only it"
+        );
+        assert_eq!(b.close.as_ref().map(|c| c.code), Some(1001));
+        // What the peer got is exactly the frame's beginning.
+        let got = read_exactly(&mut peer, b.head_skip);
+        assert_eq!(&got[..], &big[..b.head_skip]);
     }
 }
