@@ -173,6 +173,7 @@ impl Tally {
     }
 
     fn flush(&mut self) {
+        self.latency.flush();
         for k in 0..2 {
             if self.frames[k] > 0 {
                 self.frames_total[k].inc_by(self.frames[k]);
@@ -181,7 +182,6 @@ impl Tally {
         }
         self.frames = [0; 2];
         self.bytes = [0; 2];
-        self.latency.flush();
     }
 }
 

@@ -208,7 +208,8 @@ fn upgrade(
                 return;
             }
         };
-        session::run(prepared, slot, parts.read_buf, parts.io.into_inner()).await;
+        let socket = Arc::new(session::Socket::new(parts.io.into_inner()));
+        session::run(prepared, slot, parts.read_buf, socket).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 
 use herald_broker::{ConnId, Outbox, Subscriber, SubscriberMode};
 use herald_protocol::server_msg;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use self::socket::Socket;
+pub use self::socket::Socket;
 
 use crate::node::{AppState, ConnInfo, ConnSlot};
 
@@ -213,8 +212,7 @@ impl Drop for Prepared {
 }
 
 /// Runs a session to its end. `slot` is released when it returns.
-pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, stream: TcpStream) {
-    let socket = Arc::new(Socket::new(stream));
+pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, socket: Arc<Socket>) {
     let state = prepared.session.state.clone();
     let metrics = state.metrics.clone();
     let outbox = prepared.session.outbox.clone();

@@ -196,6 +196,23 @@ async fn last_words(w: &Socket, batch: &TakenBatch, cursor: Cursor, outbox: &Out
     }
 }
 
+/// The socket attached to the outbox for direct sends while the writer runs; detached
+/// however the writer ends, so the outbox does not keep the socket open.
+struct Attached<'a>(&'a Outbox);
+
+impl<'a> Attached<'a> {
+    fn new(outbox: &'a Outbox, socket: Arc<Socket>) -> Self {
+        outbox.attach(socket);
+        Self(outbox)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
 /// The connection's timers, as deadlines.
 struct Timers {
     next_beat: Instant,
@@ -227,21 +244,10 @@ pub async fn run(
     flags: Arc<SessionFlags>,
     metrics: Arc<BrokerMetrics>,
 ) -> Exit {
-    outbox.attach(w.clone());
-    let exit = serve(&w, &outbox, urgent, cfg, flags, metrics).await;
-    // The outbox lets go of the socket, which closes when the session drops it.
-    outbox.detach();
-    exit
-}
-
-async fn serve(
-    w: &Socket,
-    outbox: &Outbox,
-    urgent: CancellationToken,
-    cfg: WriterConfig,
-    flags: Arc<SessionFlags>,
-    metrics: Arc<BrokerMetrics>,
-) -> Exit {
+    // One async fn, not a wrapper around another: a wrapper's own copies of the arguments
+    // would sit in every idle connection's task.
+    let attached = Attached::new(&outbox, w.clone());
+    let (w, outbox) = (&*w, attached.0);
     let mut batch = TakenBatch::default();
     let mut sent = SentCounts {
         counts: FrameCounts::new(&metrics.frames_out, &metrics.bytes_out),
