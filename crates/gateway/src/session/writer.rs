@@ -1,4 +1,5 @@
-//! The session's writer task: the only code that writes to the socket.
+//! The session's writer task: it writes everything the connection sends, except data frames
+//! the broker's flusher sends directly while the writer is idle (ADR 003).
 //!
 //! It takes everything queued in the outbox at once and writes it as one batch: control
 //! frames first, then data frames, gathered into vectored writes of up to [`MAX_IOV`]
