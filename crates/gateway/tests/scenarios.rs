@@ -221,6 +221,63 @@ async fn a_stalled_subscriber_never_slows_the_publisher_or_others() {
     node.shutdown().await;
 }
 
+/// A big binary message numbered `i`: its index, then bytes that depend on it and on their
+/// position, so a frame cut, shifted or spliced with another is caught.
+fn numbered(i: u32, len: usize) -> Vec<u8> {
+    let mut v = i.to_be_bytes().to_vec();
+    v.extend((4..len).map(|k| (k as u32).wrapping_mul(31).wrapping_add(i) as u8));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_big_frame_whole_and_in_order() {
+    // Messages far larger than the socket buffers, to a reader that pauses: direct sends to
+    // an idle connection get cut short by a full socket and its writer must finish each
+    // frame before anything else (ADR 003).
+    const LEN: usize = 200 * 1024;
+    const N: u32 = 60;
+    let node = TestNode::start_with(|c| {
+        c.limits.max_message_bytes = 256 * 1024;
+        c.outbox.max_bytes = 64 << 20;
+    })
+    .await
+    .unwrap();
+    let mut sub = WireClient::connect(node.ws_addr(), "/raw/big").await.unwrap();
+    let mut publisher = RawClient::connect(&node.url("/raw/big?echo=false")).await.unwrap();
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            publisher.send_binary(numbered(i, LEN)).await.unwrap();
+            // Spaced, so the subscriber's writer goes idle between messages now and then.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        publisher
+    });
+    for i in 0..N {
+        if i < 20 {
+            // Slow at first: the socket fills up behind the reader.
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        let f = sub.read_frame(WAIT).await.unwrap();
+        assert_eq!((f.fin, f.opcode), (true, 2), "message {i}");
+        assert_eq!(f.payload.len(), LEN, "message {i}");
+        assert!(f.payload == numbered(i, LEN), "message {i} arrived whole and in order");
+    }
+    let publisher = sending.await.unwrap();
+    // Counters are flushed a moment after the write; never more than once per frame.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sent = node.metric(r#"herald_frames_sent_total{kind="binary"}"#).await.unwrap();
+        assert!(sent <= f64::from(N), "counted twice: {sent}");
+        if sent == f64::from(N) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {sent} of {N} frames counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(publisher);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_policy_closes_a_slow_consumer_with_1013() {
     let node = TestNode::start_with(|c| {
