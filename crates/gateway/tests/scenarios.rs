@@ -243,7 +243,7 @@ async fn a_slow_reader_gets_every_big_frame_whole_and_in_order() {
     .await
     .unwrap();
     let mut sub = WireClient::connect(node.ws_addr(), "/raw/big").await.unwrap();
-    let mut publisher = RawClient::connect(&node.url("/raw/big?echo=false")).await.unwrap();
+    let publisher = RawClient::connect(&node.url("/raw/big?echo=false")).await.unwrap();
     let sending = tokio::spawn(async move {
         for i in 0..N {
             publisher.send_binary(numbered(i, LEN)).await.unwrap();
