@@ -271,9 +271,12 @@ impl Outbox {
                 }
                 socket.try_send(&slices[..n])
             };
-            // A full socket is the writer's to wait for; another error is the writer's to
-            // find and report.
-            let Ok(mut written) = sent else { break };
+            // A full socket is the writer's to wait for; another error (or a socket that
+            // takes nothing) is the writer's to find and report.
+            let mut written = match sent {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
             let now = Instant::now();
             while written > 0 {
                 let Some((f, at)) = st.frames.front() else { break };

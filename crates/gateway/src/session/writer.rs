@@ -172,14 +172,20 @@ async fn write_rest(w: &Socket, batch: &TakenBatch, cursor: &mut Cursor) -> std:
 /// cannot be cut short) and send the 1013 close, giving a slow but live client a second to
 /// take them; a stalled one is simply dropped.
 async fn last_words(w: &Socket, batch: &TakenBatch, cursor: Cursor, outbox: &Outbox) -> Exit {
-    let mut close = TakenBatch::default();
-    outbox.take_batch(&mut close);
+    // The close request came with this batch, or after it.
+    let close = batch.close.clone().or_else(|| {
+        let mut later = TakenBatch::default();
+        outbox.take_batch(&mut later);
+        later.close
+    });
     let (code, reason) = close
-        .close
         .map(|c| (c.code, c.reason))
         .unwrap_or((1013, "slow consumer".into()));
     let total = batch.control.len() + batch.frames.len();
-    let rest: &[u8] = if cursor.skip > 0 && cursor.frame < total {
+    // The frame in flight was begun by this writer (`skip`), or by a direct send before the
+    // batch was taken (the head's rest, not yet touched by the writer).
+    let begun = cursor.skip > 0 || (cursor.frame == 0 && batch.head_skip > 0);
+    let rest: &[u8] = if begun && cursor.frame < total {
         &nth_frame(batch, cursor.frame)[cursor.skip..]
     } else {
         &[]
@@ -364,5 +370,74 @@ fn check_timers(timers: &mut Timers, cfg: &WriterConfig, flags: &SessionFlags, o
         if silent >= cfg.ping_interval {
             outbox.push_control(ping_frame(b""));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use herald_broker::{OutboxLimits, PushOutcome, SlowConsumerPolicy};
+    use herald_protocol::ws_frame::binary_frame;
+
+    use super::*;
+
+    /// Our side of a real loopback connection as the session's socket, and the peer.
+    fn socket_pair() -> (Arc<Socket>, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let stream = tokio::net::TcpStream::from_std(ours).unwrap();
+        (Arc::new(Socket::new(stream)), peer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_a_direct_send_cut_short_is_finished_before_the_1013_close() {
+        let (sock, mut peer) = socket_pair();
+        let urgent = CancellationToken::new();
+        let limits = OutboxLimits {
+            max_frames: 2,
+            max_bytes: 64 << 20,
+            policy: SlowConsumerPolicy::Disconnect,
+        };
+        let outbox = Arc::new(Outbox::new(limits, urgent.clone()));
+        outbox.attach(sock.clone());
+        // A frame far larger than the socket buffers: the direct send is cut short.
+        let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 253) as u8).collect();
+        let big = binary_frame(&payload);
+        let now = Instant::now();
+        assert_eq!(outbox.push_listed(big.clone(), now), (PushOutcome::Queued, true));
+        outbox.flush_now(|_, _| {});
+        assert_eq!(outbox.queued().0, 1, "cut short: the head frame waits for the writer");
+        // The client falls behind: the slow-consumer policy closes it while the frame is
+        // half sent (its rest and the close must still follow, in that order).
+        assert_eq!(outbox.push(binary_frame(b"a"), now), PushOutcome::Queued);
+        assert_eq!(outbox.push(binary_frame(b"b"), now), PushOutcome::Disconnected);
+
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).unwrap();
+            all
+        });
+        let cfg = WriterConfig {
+            ping_interval: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(10),
+            first_message_timeout: None,
+        };
+        let flags = Arc::new(SessionFlags::default());
+        flags.last_seen_ms.store(coarse_ms(), Ordering::Relaxed);
+        let exit = run(sock, outbox, urgent, cfg, flags, Arc::new(BrokerMetrics::new())).await;
+        assert_eq!(exit, Exit::new(1013, "slow consumer: outbox full", "slow_consumer"));
+
+        let got = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        let close = close_frame(1013, "slow consumer: outbox full");
+        assert_eq!(got.len(), big.len() + close.len(), "the whole frame, then the close");
+        assert!(got[..big.len()] == big[..], "the frame arrived intact");
+        assert_eq!(&got[big.len()..], &close[..]);
     }
 }
