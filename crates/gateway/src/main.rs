@@ -1,5 +1,6 @@
 //! The `herald` binary: parse the command line, load and validate the configuration (exit
-//! 64 on any problem, listing all of them), start a node, and drain it on SIGINT/SIGTERM.
+//! 64 on any problem, listing all of them), start a node, and drain it on SIGINT/SIGTERM (a
+//! second one during the drain stops the process at once, with status 1).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let node = match Node::start(config).await {
             Ok(n) => n,
             Err(e) => {
@@ -89,12 +90,21 @@ fn main() -> ExitCode {
             node.admin_addr()
         );
         tokio::select! {
-            _ = shutdown_signal() => tracing::info!("signal received; draining"),
+            _ = shutdown_signal() => tracing::info!("signal received; draining (a second signal stops at once)"),
             _ = node.stopped() => {}
         }
-        node.shutdown().await;
-        ExitCode::SUCCESS
-    })
+        // An operator who does not want to wait for the drain sends the signal again.
+        tokio::select! {
+            _ = node.shutdown() => ExitCode::SUCCESS,
+            _ = shutdown_signal() => {
+                tracing::warn!("second signal: stopping now, without finishing the drain");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // After a forced stop, tasks still running are not waited for.
+    runtime.shutdown_background();
+    code
 }
 
 async fn shutdown_signal() {

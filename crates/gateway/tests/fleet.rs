@@ -7,7 +7,8 @@
 //!   receiving, and each one's messages missed in its reconnect gaps are reported (the
 //!   at-most-once baseline recorded in docs/operations.md);
 //! - a drain with 2,000 connected clients spreads their 1001 closes over the close window
-//!   and leaves no task behind.
+//!   and leaves no task behind;
+//! - a second SIGTERM during a drain stops the process at once (status 1).
 //!
 //! Both are timing-heavy, so they take turns (`SERIAL`) instead of sharing the CPUs.
 
@@ -499,6 +500,56 @@ async fn drain_spread() -> Result<()> {
     ensure!(
         by_reason == [("shutdown", CLIENTS as u64)],
         "closes counted by reason: {by_reason:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_a_draining_node_at_once() {
+    tokio::time::timeout(Duration::from_secs(30), second_signal())
+        .await
+        .expect("the second-signal test must finish within 30 s")
+        .unwrap();
+}
+
+async fn second_signal() -> Result<()> {
+    let dir = TempDir::new("second-signal")?;
+    // A drain that would take 30 s before it even closes a client.
+    let env = [
+        ("HERALD_SHUTDOWN__DRAIN_DELAY_MS", "30000"),
+        ("HERALD_LOG__LEVEL", "info"),
+    ];
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
+    let mut node = HeraldProcess::start(bin, NodeSpec::new("second-signal", &env)?, &dir).await?;
+    let mut client = WireClient::connect(node.spec.ws_addr(), "/ws?topics=t").await?;
+    let welcome = client.read_json(Duration::from_secs(5)).await?;
+    ensure!(welcome["type"] == "welcome", "{welcome}");
+
+    node.terminate()?;
+    herald_testkit::fleet::wait_http_status(node.spec.admin_addr(), "/readyz", 503, Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        herald_testkit::fleet::http_status(node.spec.admin_addr(), "/healthz").await == Some(200),
+        "the first signal only starts the drain: the node still answers"
+    );
+
+    let t0 = Instant::now();
+    node.terminate()?;
+    let status = node.wait_exit(Duration::from_secs(5)).await?;
+    let took = t0.elapsed();
+    ensure!(
+        status.code() == Some(1),
+        "a forced stop exits with status 1, not {status}"
+    );
+    ensure!(took < Duration::from_secs(3), "stopped only after {took:?}");
+    ensure!(
+        node.log_text().contains("second signal: stopping now"),
+        "the log says why:\n{}",
+        node.log_text()
+    );
+    ensure!(
+        client.closed_within(Duration::from_secs(5)).await,
+        "the client's connection ended with the process"
     );
     Ok(())
 }
