@@ -173,6 +173,8 @@ impl Tally {
     }
 
     fn flush(&mut self) {
+        // The latency first: a reader that sees the frame counters move finds the latency
+        // observations of those frames already there.
         self.latency.flush();
         for k in 0..2 {
             if self.frames[k] > 0 {

@@ -20,7 +20,7 @@ use crate::error::{ClientError, CloseInfo};
 use crate::event::{Event, Message};
 use crate::options::ClientOptions;
 use crate::router::{self, Reply, Shared};
-use crate::transport::{next_data, spawn_writer, Out};
+use crate::transport::{self, next_data, spawn_writer, Out};
 
 /// What the node said in its welcome frame.
 #[derive(Debug)]
@@ -227,11 +227,8 @@ impl ClientHandle {
     /// (up to the request timeout) for the node's Close reply. Closing a closed connection
     /// is not an error.
     pub async fn close(&self, code: u16, reason: &str) -> Result<(), ClientError> {
-        let _ = self.data.send(Out::Close(code, reason.to_owned())).await;
-        tokio::time::timeout(self.request_timeout, self.closed())
-            .await
-            .map_err(|_| ClientError::Timeout)?;
-        Ok(())
+        let close = self.shared.watch_close();
+        transport::close_and_wait(&self.data, code, reason, self.request_timeout, close).await
     }
 
     /// How the connection ended, or `None` while it is open.
@@ -246,15 +243,7 @@ impl ClientHandle {
 
     /// Waits until the connection ends (for example until a draining node closes it).
     pub async fn closed(&self) -> CloseInfo {
-        let mut rx = self.shared.watch_close();
-        let waited = rx.wait_for(Option::is_some).await.map(|c| c.clone());
-        match waited {
-            Ok(Some(info)) => info,
-            _ => self
-                .shared
-                .close_info()
-                .unwrap_or_else(|| CloseInfo::abnormal("connection dropped")),
-        }
+        transport::wait_closed(self.shared.watch_close()).await
     }
 
     async fn send(&self, out: Out) -> Result<(), ClientError> {

@@ -14,7 +14,7 @@ use crate::error::{ClientError, CloseInfo};
 use crate::event::RawFrame;
 use crate::handshake::WsRead;
 use crate::options::ClientOptions;
-use crate::transport::{next_data, spawn_writer, CtrlTx, Out};
+use crate::transport::{self, next_data, spawn_writer, CtrlTx, Out};
 
 /// A raw-mode connection. Dropping it closes the connection with code 1000.
 pub struct RawClient {
@@ -72,11 +72,7 @@ impl RawClient {
     /// Sends Close with `code` and `reason` after everything queued before it and waits (up
     /// to the request timeout) for the node's reply.
     pub async fn close(&self, code: u16, reason: &str) -> Result<(), ClientError> {
-        let _ = self.data.send(Out::Close(code, reason.to_owned())).await;
-        tokio::time::timeout(self.request_timeout, self.closed())
-            .await
-            .map_err(|_| ClientError::Timeout)?;
-        Ok(())
+        transport::close_and_wait(&self.data, code, reason, self.request_timeout, self.close.clone()).await
     }
 
     /// How the connection ended, or `None` while it is open.
@@ -86,14 +82,7 @@ impl RawClient {
 
     /// Waits until the connection ends.
     pub async fn closed(&self) -> CloseInfo {
-        let mut rx = self.close.clone();
-        let waited = rx.wait_for(Option::is_some).await.map(|c| c.clone());
-        match waited {
-            Ok(Some(info)) => info,
-            _ => self
-                .close_reason()
-                .unwrap_or_else(|| CloseInfo::abnormal("connection dropped")),
-        }
+        transport::wait_closed(self.close.clone()).await
     }
 
     async fn send(&self, out: Out) -> Result<(), ClientError> {

@@ -12,11 +12,13 @@
 //! Reading is never raced in a `select!` (fastwebsockets' `read_frame` is not cancel-safe):
 //! each connection has one reader task that alone calls [`next_data`].
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::error::CloseInfo;
+use crate::error::{ClientError, CloseInfo};
 use crate::handshake::{WsRead, WsWrite};
 
 /// Most frames written before a flush.
@@ -53,6 +55,34 @@ impl Out {
             }
         }
     }
+}
+
+/// Waits until the connection's close state (`close`) is set and returns it.
+pub(crate) async fn wait_closed(mut close: watch::Receiver<Option<CloseInfo>>) -> CloseInfo {
+    match close.wait_for(Option::is_some).await.map(|c| c.clone()) {
+        Ok(Some(info)) => info,
+        _ => close
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| CloseInfo::abnormal("connection dropped")),
+    }
+}
+
+/// Queues a Close frame and waits up to `within` for the connection to end (the closing
+/// handshake of `Client::close` and `RawClient::close`).
+pub(crate) async fn close_and_wait(
+    data: &mpsc::Sender<Out>,
+    code: u16,
+    reason: &str,
+    within: Duration,
+    close: watch::Receiver<Option<CloseInfo>>,
+) -> Result<(), ClientError> {
+    // A writer already gone means the connection has ended: the wait returns at once.
+    let _ = data.send(Out::Close(code, reason.to_owned())).await;
+    tokio::time::timeout(within, wait_closed(close))
+        .await
+        .map_err(|_| ClientError::Timeout)?;
+    Ok(())
 }
 
 /// Sending side of the obligation queue, held by the reader.

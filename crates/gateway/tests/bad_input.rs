@@ -156,7 +156,7 @@ async fn expect_close(
         "the node closes the TCP connection after the close frame"
     );
     let sample = format!(r#"herald_connections_closed_total{{reason="{label}"}}"#);
-    assert!(node.metric(&sample).await.unwrap() >= 1.0, "{sample}");
+    node.metric_reaches(&sample, 1.0).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,12 +381,8 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
     assert_eq!(close.0, 1001, "{close:?}");
     assert!(close.1.contains("idle"), "{close:?}");
     assert!(pings >= 2, "pinged before giving up ({pings})");
-    assert_eq!(
-        node.metric(r#"herald_connections_closed_total{reason="idle_timeout"}"#)
-            .await
-            .unwrap(),
-        1.0
-    );
+    let idle = r#"herald_connections_closed_total{reason="idle_timeout"}"#;
+    assert_eq!(node.metric_reaches(idle, 1.0).await.unwrap(), 1.0);
     // A client that answers pings stays.
     let mut d = WireClient::connect(node.ws_addr(), "/ws?topics=x").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_millis(900);

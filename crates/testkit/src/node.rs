@@ -78,6 +78,23 @@ impl TestNode {
         Ok(parse_metric(&self.metrics_text().await?, sample))
     }
 
+    /// Polls one sample until it is at least `at_least` and returns it; fails after 5 s.
+    /// For counters that move just after what a client sees: a connection's close is
+    /// counted when its session ends, a moment after its close frame left.
+    pub async fn metric_reaches(&self, sample: &str, at_least: f64) -> Result<f64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(sample).await?;
+            if v >= at_least {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{sample} is {v} after 5 s, not at least {at_least}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Drains the node and waits until it has stopped.
     pub async fn shutdown(self) {
         self.node.shutdown().await

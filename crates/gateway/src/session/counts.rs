@@ -53,6 +53,11 @@ impl FrameCounts {
         self.pending > 0
     }
 
+    /// True when [`FrameCounts::maybe_flush`] would flush now.
+    pub fn flush_due(&self) -> bool {
+        self.pending >= 1024 || coarse_ms() != self.last_flush_ms
+    }
+
     /// Flushes if the coarse clock moved since the last flush, or 1024 frames wait.
     /// Returns whether it flushed.
     pub fn maybe_flush(&mut self) -> bool {

@@ -71,16 +71,19 @@ impl SentCounts {
             .add(kind_of(frame.first().copied().unwrap_or(0x8)), frame.len());
     }
 
+    // The latency first: a reader that sees the frame counters move finds the latency
+    // observations of those frames already there.
     fn maybe_flush(&mut self) {
-        if self.counts.maybe_flush() {
+        if self.counts.flush_due() {
             self.latency.flush();
+            self.counts.maybe_flush();
         }
     }
 
     fn flush(&mut self) {
         if self.counts.is_pending() {
-            self.counts.flush();
             self.latency.flush();
+            self.counts.flush();
         }
     }
 }
