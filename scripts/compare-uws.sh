@@ -50,23 +50,27 @@ wait_port() {
     return 1
 }
 
+# measure LABEL PORT ARGS...: runs the generator against the server just started on PORT
+# (pid $PID), prints the report's key lines, stops the server.
+measure() {
+    local label="$1" port="$2"
+    shift 2
+    wait_port "$port"
+    echo "== $label (pid $PID)"
+    taskset -c 1 "$LOADTEST_BIN" "$@" -u "ws://127.0.0.1:$port/ws" --server-pid "$PID" -q |
+        grep -E "deliveries|lost|latency|generator|cpu .* of a core" || true
+    cleanup
+}
+
 for round in $(seq 1 "$ROUNDS"); do
     port="$(free_port)"
     admin="$(free_port)"
     taskset -c 0 "$HERALD_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" >/dev/null 2>&1 &
     PID=$!
-    wait_port "$port"
-    echo "== round $round: herald (pid $PID)"
-    taskset -c 1 "$LOADTEST_BIN" "$@" -u "ws://127.0.0.1:$port/ws" --server-pid "$PID" -q |
-        grep -E "deliveries|lost|latency|generator|cpu .* of a core" || true
-    cleanup
+    measure "round $round: herald" "$port" "$@"
 
     port="$(free_port)"
     taskset -c 0 node "$PEER_DIR/server.mjs" "$port" >/dev/null 2>&1 &
     PID=$!
-    wait_port "$port"
-    echo "== round $round: uWebSockets.js (pid $PID)"
-    taskset -c 1 "$LOADTEST_BIN" "$@" -u "ws://127.0.0.1:$port/ws" --server-pid "$PID" -q |
-        grep -E "deliveries|lost|latency|generator|cpu .* of a core" || true
-    cleanup
+    measure "round $round: uWebSockets.js" "$port" "$@"
 done
