@@ -3,8 +3,9 @@
 //! Server-to-client frames are never masked (RFC 6455 §5.1), so a frame's bytes are the same
 //! for every recipient. Herald therefore builds the whole frame, header included, once per
 //! message and queues the resulting `Bytes` in every subscriber's outbox; a connection's
-//! writer sends a batch of them with one vectored write. This module builds those frames.
-//! Reading and validating client frames is the gateway's job (through fastwebsockets).
+//! writer sends a batch of them with one vectored write. This module builds those frames,
+//! and (for tests, benches and load generators) masked client frames; reading and validating
+//! client frames is `ws_parse`'s job.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -60,6 +61,20 @@ pub fn encode_frame(opcode: u8, parts: &[&[u8]]) -> Bytes {
         buf.put_slice(p);
     }
     buf.freeze()
+}
+
+/// A client frame as a client sends it: first byte `b0` as given (FIN, reserved bits,
+/// opcode), the mask bit set, and `payload` masked with `mask`.
+pub fn masked_client_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut head = [0u8; MAX_SERVER_HEADER];
+    let h = write_header(0, payload.len(), &mut head);
+    head[0] = b0;
+    head[1] |= 0x80;
+    let mut out = Vec::with_capacity(h + 4 + payload.len());
+    out.extend_from_slice(&head[..h]);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
 }
 
 /// A text frame carrying `payload`.
