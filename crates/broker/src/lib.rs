@@ -25,4 +25,6 @@ pub use flusher::FlushQueue;
 pub use metrics::{BrokerMetrics, Source};
 pub use outbox::{CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch};
 pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
-pub use relay::{MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState};
+pub use relay::{
+    InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
+};

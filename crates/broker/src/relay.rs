@@ -1,11 +1,14 @@
 //! How a message reaches the other nodes: the [`Relay`] trait, the [`RelaySink`] a relay
 //! delivers into, and the in-process relay.
 //!
-//! A relay is told three things by its broker: publish this (and say whether it reached
+//! A relay is told four things by its broker: publish this (and say whether it reached
 //! the other nodes), the local interest in a topic may have changed (the relay compares
 //! with [`RelaySink::has_interest`] when it gets round to it, so hints can be batched and
-//! reordered freely), and, through [`RelaySink::deliver`], it hands in what other nodes
-//! published. Inbound messages from the node itself must never be delivered.
+//! reordered freely), confirm that it listens to a topic (a [`Ticket`] that resolves once
+//! every message another node publishes from then on will reach this node: what makes a
+//! subscribe acknowledgement a cluster-wide promise), and, through [`RelaySink::deliver`],
+//! it hands in what other nodes published. Inbound messages from the node itself must
+//! never be delivered.
 //!
 //! [`MemoryRelay`] without a hub is the single-node default: nothing to relay, always up.
 //! With a [`MemoryHub`] many brokers in one process form a cluster, for fast tests; the
@@ -48,13 +51,20 @@ pub enum RelayError {
     ShuttingDown,
 }
 
-/// The answer to [`Relay::publish`]: known at once, or when the backend confirms.
-pub enum PublishTicket {
+/// A relay's answer to come: to [`Relay::publish`] (the other nodes got it) or to
+/// [`Relay::confirm_interest`] (the relay listens for the topic). Known at once, or when
+/// the backend confirms.
+pub enum Ticket {
     Done(Result<(), RelayError>),
     Pending(oneshot::Receiver<Result<(), RelayError>>),
 }
 
-impl PublishTicket {
+/// The answer to [`Relay::publish`].
+pub type PublishTicket = Ticket;
+/// The answer to [`Relay::confirm_interest`].
+pub type InterestTicket = Ticket;
+
+impl Ticket {
     pub fn ok() -> Self {
         Self::Done(Ok(()))
     }
@@ -65,6 +75,38 @@ impl PublishTicket {
         match self {
             Self::Done(r) => r,
             Self::Pending(rx) => rx.await.unwrap_or(Err(RelayError::ShuttingDown)),
+        }
+    }
+
+    /// The outcome if it is known already (a pending ticket that has resolved counts),
+    /// without waiting; `None` while pending.
+    pub fn try_outcome(&mut self) -> Option<Result<(), RelayError>> {
+        match self {
+            Self::Done(r) => Some(r.clone()),
+            Self::Pending(rx) => match rx.try_recv() {
+                Ok(r) => {
+                    *self = Self::Done(r.clone());
+                    Some(r)
+                }
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    *self = Self::Done(Err(RelayError::ShuttingDown));
+                    Some(Err(RelayError::ShuttingDown))
+                }
+            },
+        }
+    }
+
+    /// Waits for the outcome without consuming the ticket (cancel-safe: dropping the
+    /// future loses nothing, the ticket can be awaited again).
+    pub async fn wait(&mut self) -> Result<(), RelayError> {
+        if let Self::Pending(rx) = self {
+            let r = rx.await.unwrap_or(Err(RelayError::ShuttingDown));
+            *self = Self::Done(r);
+        }
+        match self {
+            Self::Done(r) => r.clone(),
+            Self::Pending(_) => unreachable!("resolved above"),
         }
     }
 }
@@ -87,6 +129,14 @@ pub trait Relay: Send + Sync {
     fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket;
     /// The local interest in `topic` may have changed.
     fn interest_changed(&self, topic: &str);
+    /// Resolves `Ok` once the relay listens for `topic` (at once when it already does), so
+    /// every message another node publishes to `topic` after that reaches
+    /// [`RelaySink::deliver`]. Called after the local interest was registered (the
+    /// broker's subscribe did that, and called `interest_changed` when the topic was new).
+    /// `Err` when the relay cannot listen now (down, shutting down); the local
+    /// subscription holds regardless and is extended to the cluster when the relay
+    /// recovers. Must not block.
+    fn confirm_interest(&self, topic: &str) -> InterestTicket;
     fn state(&self) -> RelayState;
 }
 
@@ -178,12 +228,22 @@ impl Relay for MemoryRelay {
                 published_at_micros,
                 topic: topic.to_owned(),
                 payload: payload.clone(),
+                stream: None,
             });
         }
         PublishTicket::ok()
     }
 
     fn interest_changed(&self, _topic: &str) {}
+
+    fn confirm_interest(&self, _topic: &str) -> InterestTicket {
+        // Delivery between hub members is synchronous: a registered subscriber is reached
+        // by the next publish of any member. A hub that is down is the relay being down.
+        match &self.hub {
+            Some(h) if !h.is_up() => Ticket::Done(Err(RelayError::Unavailable("in-process hub is down".into()))),
+            _ => Ticket::ok(),
+        }
+    }
 
     fn state(&self) -> RelayState {
         match &self.hub {

@@ -32,6 +32,16 @@ pub struct Envelope {
     pub published_at_micros: u64,
     pub topic: String,
     pub payload: Payload,
+    /// The message's place in its topic's stream, for topics with history (version 2).
+    pub stream: Option<StreamPos>,
+}
+
+/// A message's place in its topic's stream: the offset (1 for the first message) and the
+/// epoch of the stream it was counted in (a new epoch means the past was lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPos {
+    pub offset: u64,
+    pub epoch: String,
 }
 
 /// Why an envelope was refused.
@@ -119,6 +129,7 @@ pub fn decode(buf: Bytes, rules: TopicRules) -> Result<Envelope, EnvelopeError> 
         published_at_micros,
         topic,
         payload: Payload { kind, bytes },
+        stream: None,
     })
 }
 
