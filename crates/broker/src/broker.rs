@@ -1,16 +1,16 @@
-//! The broker: one per node. It ties the registry, the metrics and the relay together and
-//! implements the data path's middle step: a message is encoded once per wire format that
-//! some local subscriber uses, the same `Bytes` is queued to every local subscriber, and the
-//! payload is handed to the relay for the other nodes. Messages arriving from the relay go
-//! through the same local fan-out.
+//! The broker: one per node. It ties the registry, the encodings, the metrics and the relay
+//! together and implements the data path's middle step: a message is encoded once per
+//! encoding that some local subscriber uses (`encoding.rs`), the same `Bytes` is queued to
+//! every local subscriber, and the payload is handed to the relay for the other nodes.
+//! Messages arriving from the relay go through the same local fan-out.
 //!
 //! Nothing here awaits, so a publish never waits for a subscriber. What the relay says about
 //! a publication comes back as a [`PublishTicket`] the caller may await.
 //!
 //! A subscriber whose writer is idle is not woken: its outbox is listed for the flusher
 //! (`flusher.rs`), which sends to it directly. The list is gathered in a per-thread buffer
-//! while the topic's registry shard is read, and handed over after, so no socket is
-//! written while the shard is locked.
+//! while the topic's subscribers are walked, and handed over after, so no socket is
+//! written while the topic is locked.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -18,14 +18,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_protocol::server_msg::{json_delivery, raw_delivery};
 use herald_protocol::{Envelope, Payload};
 
+use crate::encoding::{Delivery, Encodings, FrameCache};
 use crate::flusher::FlushQueue;
 use crate::metrics::{BrokerMetrics, Source};
 use crate::outbox::{Outbox, PushOutcome};
-use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
-use crate::relay::{PublishTicket, Relay, RelaySink, RelayState};
+use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, UnsubscribeOutcome};
+use crate::relay::{InterestTicket, PublishTicket, Relay, RelaySink, RelayState};
 
 /// What one local fan-out did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub struct PublishReport {
 pub struct Broker {
     node_id: Arc<str>,
     registry: Registry,
+    encodings: Encodings,
     relay: Arc<dyn Relay>,
     metrics: Arc<BrokerMetrics>,
     flush: Arc<FlushQueue>,
@@ -96,11 +97,23 @@ pub fn now_micros() -> u64 {
 }
 
 impl Broker {
-    /// Creates the broker and attaches it to `relay`.
+    /// Creates the broker with the built-in encodings (JSON v1, raw) and attaches it to
+    /// `relay`.
     pub fn new(node_id: &str, relay: Arc<dyn Relay>, metrics: Arc<BrokerMetrics>) -> Arc<Self> {
+        Self::with_encodings(node_id, relay, metrics, Encodings::default())
+    }
+
+    /// Like [`Broker::new`], with the caller's table of encodings.
+    pub fn with_encodings(
+        node_id: &str,
+        relay: Arc<dyn Relay>,
+        metrics: Arc<BrokerMetrics>,
+        encodings: Encodings,
+    ) -> Arc<Self> {
         let broker = Arc::new(Self {
             node_id: node_id.into(),
             registry: Registry::new(),
+            encodings,
             relay,
             metrics,
             flush: Arc::new(FlushQueue::default()),
@@ -123,8 +136,19 @@ impl Broker {
         &self.registry
     }
 
+    pub fn encodings(&self) -> &Encodings {
+        &self.encodings
+    }
+
     pub fn relay_state(&self) -> RelayState {
         self.relay.state()
+    }
+
+    /// Resolves once the relay listens for `topic`, so that every message another node
+    /// publishes to it from then on reaches this node's subscribers (at once on a single
+    /// node). Call after [`Broker::subscribe`].
+    pub fn confirm_interest(&self, topic: &str) -> InterestTicket {
+        self.relay.confirm_interest(topic)
     }
 
     /// One flusher, running until `stop` is cancelled; spawn one per runtime worker. Until
@@ -183,11 +207,11 @@ impl Broker {
     }
 
     /// Queues `payload` to every local subscriber of `topic`, encoding at most once per
-    /// wire format.
+    /// encoding in use.
     pub fn fan_out(&self, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
         let started = Instant::now();
-        let mut json: Option<Bytes> = None;
-        let mut raw: Option<Bytes> = None;
+        let delivery = Delivery { topic, payload };
+        let mut frames = FrameCache::default();
         let mut out = FanOut::default();
         let direct = self.flush.is_running();
         let mut listed = Listed::new(&self.flush);
@@ -195,10 +219,7 @@ impl Broker {
             if !s.echo && origin == Some(s.conn) {
                 return;
             }
-            let frame = match s.mode {
-                SubscriberMode::Json => json.get_or_insert_with(|| json_delivery(topic, payload)).clone(),
-                SubscriberMode::Raw => raw.get_or_insert_with(|| raw_delivery(payload)).clone(),
-            };
+            let frame: Bytes = frames.get(&self.encodings, s.encoding, &delivery);
             let outcome = if direct {
                 let (outcome, list) = s.outbox.push_listed(frame, started);
                 if list {
@@ -265,17 +286,19 @@ impl RelaySink for Broker {
 mod tests {
     use super::*;
     use crate::outbox::{Outbox, OutboxLimits, TakenBatch};
+    use crate::registry::SubscriberMode;
     use crate::relay::{MemoryHub, MemoryRelay};
     use tokio_util::sync::CancellationToken;
 
     fn conn(broker: &Broker, id: ConnId, topic: &str, mode: SubscriberMode, echo: bool) -> Arc<Outbox> {
+        let encoding = mode.encoding();
         let ob = Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new()));
         broker.subscribe(
             topic,
             Subscriber {
                 conn: id,
                 outbox: ob.clone(),
-                mode,
+                encoding,
                 echo,
             },
         );

@@ -197,7 +197,7 @@ mod tests {
 
     use super::*;
     use crate::outbox::OutboxLimits;
-    use crate::registry::{Subscriber, SubscriberMode};
+    use crate::registry::Subscriber;
     use crate::relay::MemoryRelay;
     use crate::testing::{read_exactly, socket_pair};
     use crate::{Broker, Source};
@@ -221,7 +221,7 @@ mod tests {
             let sub = Subscriber {
                 conn: id,
                 outbox: ob.clone(),
-                mode: SubscriberMode::Json,
+                encoding: crate::EncodingId::JSON,
                 echo: true,
             };
             broker.subscribe("t", sub);

@@ -3,7 +3,10 @@
 //! hands the broker an [`Outbox`] per connection and attaches its socket to it as a
 //! [`DirectSocket`].
 //!
-//! - [`Registry`]: topics to subscribers, sharded (dashmap); guards never leave it.
+//! - [`Registry`]: topics (objects holding their subscribers), sharded (dashmap); guards
+//!   never leave it.
+//! - [`Encodings`]: the wire encodings of deliveries, by id; fan-out caches one frame per
+//!   encoding in use.
 //! - [`Outbox`]: a connection's bounded queue of pre-framed WebSocket frames, with the
 //!   slow-consumer policy applied at push time so a publisher never waits.
 //! - [`Broker`]: encode once, fan out to local subscribers, hand to the [`Relay`].
@@ -12,6 +15,7 @@
 //!   (single node by default, or a hub joining many brokers in one process for tests).
 
 pub mod broker;
+pub mod encoding;
 pub mod flusher;
 pub mod metrics;
 pub mod outbox;
@@ -21,10 +25,13 @@ pub mod relay;
 mod testing;
 
 pub use broker::{Broker, PublishReport};
+pub use encoding::{Delivery, DeliveryEncoder, EncodingId, Encodings};
 pub use flusher::FlushQueue;
 pub use metrics::{BrokerMetrics, Source};
-pub use outbox::{CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch};
-pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, UnsubscribeOutcome};
+pub use outbox::{
+    CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch, CONTROL_HIGH_WATER,
+};
+pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, UnsubscribeOutcome};
 pub use relay::{
     InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
 };

@@ -1,34 +1,36 @@
 //! A connection's outbox: the bounded queue between publishers (any task, any thread) and
-//! the connection's single writer task.
+//! the connection's writer task.
 //!
 //! Entries are complete, pre-framed WebSocket frames (`Bytes` shared with every other
 //! subscriber of the same message), so pushing is a refcount increment plus a short,
-//! never-awaited mutex. The queue is bounded by frame count and by bytes; when a push would
-//! pass either bound the [`SlowConsumerPolicy`] decides: drop the new frame (and count it),
-//! or close the connection with 1013. Either way the publisher returns at once.
+//! never-awaited mutex. The queue is bounded by frame count and by bytes, counting what the
+//! writer has taken and not yet written too, so the bound is what one connection may hold;
+//! when a push would pass either bound the [`SlowConsumerPolicy`] decides: drop the new
+//! frame (and count it), or close the connection with 1013. Either way the publisher
+//! returns at once.
 //!
-//! Control frames (pongs, the close frame) bypass the data bounds and go first. After a
-//! close is requested no more frames are accepted; the writer sends the close frame and
-//! stops. The writer takes the whole queue at once (`take_batch`), which is what makes its
-//! writes batched.
+//! Control frames (answers, pongs, the close frame) bypass the data bounds and go first.
+//! Answers are the reader's to pace: [`Outbox::push_control`] returns the backlog and the
+//! reader stops reading while it is at [`CONTROL_HIGH_WATER`] ([`Outbox::control_room`]
+//! wakes it when the writer takes them), so a client that pipelines thousands of requests
+//! is served at the speed it reads, and only one whose socket stops taking bytes is
+//! dropped (by the writer's write timeout). After a close is requested no more frames are
+//! accepted; the writer sends the close frame and stops. The writer takes the whole queue
+//! at once (`take_batch`), which is what makes its writes batched.
 //!
-//! Direct sends: a connection whose writer is idle need not be woken for a frame. The
-//! broker's flusher (`flusher.rs`) writes the queue straight to the attached socket
-//! ([`DirectSocket`]) without waiting, under this outbox's lock, so it never interleaves
-//! with the writer: the writer marks the time it holds a taken batch (`writing`), and a
-//! direct send happens only when nothing is in flight, no control frame or close waits,
-//! and the socket takes bytes now. Whatever it cannot send (a full socket, a frame cut
-//! short) is left queued for the writer, which is woken for it; a frame cut short is
-//! finished first (`TakenBatch::head_skip`).
+//! Direct sends to the socket of an idle writer are `direct.rs`'s part of this type.
+
+mod direct;
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub use self::direct::DirectSocket;
 
 /// What to do when a subscriber's outbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,9 +42,14 @@ pub enum SlowConsumerPolicy {
     Disconnect,
 }
 
-/// Answers (pongs, acks, errors) a connection may have waiting before it counts as a slow
-/// consumer of its own replies.
-pub const MAX_CONTROL_FRAMES: usize = 256;
+/// Answers waiting to be taken by the writer at which the reader stops reading requests
+/// until the writer takes them (backpressure on a client that pipelines).
+pub const CONTROL_HIGH_WATER: usize = 128;
+
+/// Control frames past which a connection is closed as a slow consumer of its own replies.
+/// The reader pauses long before (at [`CONTROL_HIGH_WATER`]), so this is a guard against a
+/// producer that does not pace itself, never the fate of a client that reads.
+pub const MAX_CONTROL_FRAMES: usize = 8 * CONTROL_HIGH_WATER;
 
 /// Bounds of one outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,16 +91,6 @@ pub enum PushOutcome {
     Closed,
 }
 
-/// The write side of a connection's socket, for direct sends.
-pub trait DirectSocket: Send + Sync {
-    /// Writes as much of `bufs` as the socket takes now, without waiting: the bytes written,
-    /// or `WouldBlock` when it takes none.
-    fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
-}
-
-/// Frames gathered into one direct send.
-const DIRECT_IOV: usize = 128;
-
 #[derive(Default)]
 struct State {
     frames: VecDeque<(Bytes, Instant)>,
@@ -106,6 +103,10 @@ struct State {
     head_sent: usize,
     /// The writer holds a taken batch it has not finished writing.
     writing: bool,
+    /// Data frames and bytes of the batch the writer holds (taken, not yet written): they
+    /// count against the bounds until its next take.
+    taken_frames: usize,
+    taken_bytes: usize,
     /// Waiting in the flusher's list for a direct send.
     listed: bool,
     socket: Option<Arc<dyn DirectSocket>>,
@@ -156,6 +157,8 @@ impl TakenBatch {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Wakes a reader paused at [`CONTROL_HIGH_WATER`] when the writer takes answers.
+    room: Notify,
     limits: OutboxLimits,
     /// Cancelled when the slow-consumer policy disconnects the connection, so a writer
     /// blocked on a stalled socket gives up at once.
@@ -167,6 +170,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            room: Notify::new(),
             limits,
             cancel,
         }
@@ -202,8 +206,10 @@ impl Outbox {
         let len = frame.len();
         // One frame larger than the byte bound is still accepted into an empty queue;
         // otherwise a single big message could never reach anyone.
-        let full = st.frames.len() >= self.limits.max_frames
-            || (!st.frames.is_empty() && st.bytes + len > self.limits.max_bytes);
+        // What the writer took and has not written yet is still this connection's.
+        let frames = st.frames.len() + st.taken_frames;
+        let bytes = st.bytes + st.taken_bytes;
+        let full = frames >= self.limits.max_frames || (frames > 0 && bytes + len > self.limits.max_bytes);
         if full {
             return match self.limits.policy {
                 SlowConsumerPolicy::Drop => (PushOutcome::Dropped, false),
@@ -235,88 +241,14 @@ impl Outbox {
         (PushOutcome::Queued, false)
     }
 
-    /// Wakes the writer (for an outbox [`Outbox::push_listed`] listed that will not be
-    /// flushed directly).
-    pub fn wake(&self) {
-        self.lock().listed = false;
-        self.notify.notify_one();
-    }
-
-    /// Sends what is queued straight to the attached socket, without waiting, when the
-    /// writer is idle; wakes the writer for whatever is left. `on_sent` sees each frame
-    /// the send began, once, with how long it waited in the queue.
-    pub fn flush_now(&self, mut on_sent: impl FnMut(&[u8], Duration)) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        st.listed = false;
-        if st.frames.is_empty() || st.writing {
-            // Nothing to do, or the writer has a batch in flight and takes the rest next.
-            return;
-        }
-        let socket = match &st.socket {
-            Some(s) if st.close.is_none() && st.control.is_empty() && st.head_sent == 0 => s,
-            _ => {
-                drop(guard);
-                self.notify.notify_one();
-                return;
-            }
-        };
-        // Like the writer: whole gathers while the socket takes them all.
-        while !st.frames.is_empty() && st.head_sent == 0 {
-            let sent = {
-                let mut slices = [IoSlice::new(&[]); DIRECT_IOV];
-                let n = st.frames.len().min(DIRECT_IOV);
-                for (slot, (f, _)) in slices.iter_mut().zip(st.frames.iter()) {
-                    *slot = IoSlice::new(f);
-                }
-                socket.try_send(&slices[..n])
-            };
-            // A full socket is the writer's to wait for; another error (or a socket that
-            // takes nothing) is the writer's to find and report.
-            let mut written = match sent {
-                Ok(n) if n > 0 => n,
-                _ => break,
-            };
-            let now = Instant::now();
-            while written > 0 {
-                let Some((f, at)) = st.frames.front() else { break };
-                on_sent(f, now.saturating_duration_since(*at));
-                let len = f.len();
-                if written < len {
-                    st.head_sent = written;
-                    break;
-                }
-                written -= len;
-                st.bytes -= len;
-                st.frames.pop_front();
-            }
-        }
-        let rest = !st.frames.is_empty();
-        drop(guard);
-        if rest {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Attaches the connection's socket for direct sends (the writer does, when it starts).
-    pub fn attach(&self, socket: Arc<dyn DirectSocket>) {
-        self.lock().socket = Some(socket);
-    }
-
-    /// Detaches the socket (the writer does, before it ends).
-    pub fn detach(&self) {
-        self.lock().socket = None;
-    }
-
-    /// Queues a control frame (a pong, ping, ack or error answer). Ignored once a close was
-    /// requested. Answers are bounded too: a client that keeps sending requests (or pings)
-    /// but never reads the answers is a slow consumer of its own replies, and is closed
-    /// with 1013 once [`MAX_CONTROL_FRAMES`] are waiting, so it cannot grow the node's
-    /// memory.
-    pub fn push_control(&self, frame: Bytes) {
+    /// Queues a control frame (a pong, ping, ack or error answer) and returns how many
+    /// wait now (0 once a close was requested, when it is ignored). The reader paces
+    /// itself with the count (see [`CONTROL_HIGH_WATER`]); past [`MAX_CONTROL_FRAMES`] the
+    /// connection is closed with 1013, so no producer can grow the node's memory.
+    pub fn push_control(&self, frame: Bytes) -> usize {
         let mut st = self.lock();
         if st.close.is_some() {
-            return;
+            return 0;
         }
         if st.control.len() >= MAX_CONTROL_FRAMES {
             st.discard_queued();
@@ -329,11 +261,33 @@ impl Outbox {
             drop(st);
             self.notify.notify_one();
             self.cancel.cancel();
-            return;
+            return 0;
         }
         st.control.push(frame);
+        let waiting = st.control.len();
         drop(st);
         self.notify.notify_one();
+        waiting
+    }
+
+    /// Control frames waiting for the writer.
+    pub fn control_backlog(&self) -> usize {
+        self.lock().control.len()
+    }
+
+    /// Waits until the backlog is under [`CONTROL_HIGH_WATER`] or a close was requested.
+    /// Cancel-safe.
+    pub async fn control_room(&self) {
+        loop {
+            let room = self.room.notified();
+            {
+                let st = self.lock();
+                if st.control.len() < CONTROL_HIGH_WATER || st.close.is_some() {
+                    return;
+                }
+            }
+            room.await;
+        }
     }
 
     /// Asks the writer to send what is queued, then a close frame, then stop; counted as
@@ -371,15 +325,21 @@ impl Outbox {
     /// The writer owns the socket from a non-empty take until its next, empty, one.
     pub fn take_batch(&self, batch: &mut TakenBatch) {
         let mut st = self.lock();
+        let answers = !st.control.is_empty();
         std::mem::swap(&mut st.frames, &mut batch.frames);
         std::mem::swap(&mut st.control, &mut batch.control);
-        st.bytes = 0;
+        st.taken_frames = batch.frames.len();
+        st.taken_bytes = std::mem::take(&mut st.bytes);
         batch.head_skip = std::mem::take(&mut st.head_sent);
         if st.close.is_some() && !st.close_taken {
             st.close_taken = true;
             batch.close = st.close.clone();
         }
         st.writing = !batch.is_empty();
+        drop(st);
+        if answers {
+            self.room.notify_one();
+        }
     }
 
     /// Waits until something may be queued. Spurious wake-ups are possible.
@@ -387,7 +347,8 @@ impl Outbox {
         self.notify.notified().await
     }
 
-    /// Frames and bytes queued now (for inspection and tests).
+    /// Frames and bytes queued now, not counting a batch the writer holds (for
+    /// inspection and tests).
     pub fn queued(&self) -> (usize, usize) {
         let st = self.lock();
         (st.frames.len(), st.bytes)
@@ -397,7 +358,6 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{read_exactly, socket_pair};
 
     fn frame(n: usize) -> Bytes {
         Bytes::from(vec![b'x'; n])
@@ -420,8 +380,53 @@ mod tests {
         let mut b = TakenBatch::default();
         ob.take_batch(&mut b);
         assert_eq!(b.frames.len(), 2);
+        assert_eq!(
+            ob.push(frame(1), now),
+            PushOutcome::Dropped,
+            "the batch the writer holds still counts"
+        );
         b.clear();
+        ob.take_batch(&mut b); // the writer is done with it: empty take
         assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_the_taken_batch() {
+        let ob = Outbox::new(
+            OutboxLimits {
+                max_frames: 100,
+                max_bytes: 100,
+                policy: SlowConsumerPolicy::Drop,
+            },
+            CancellationToken::new(),
+        );
+        let now = Instant::now();
+        assert_eq!(ob.push(frame(60), now), PushOutcome::Queued);
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        assert_eq!(ob.push(frame(60), now), PushOutcome::Dropped, "60 held + 60 > 100");
+        assert_eq!(ob.push(frame(40), now), PushOutcome::Queued);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_room_and_is_woken_when_answers_are_taken() {
+        let ob = Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new()));
+        for i in 1..=CONTROL_HIGH_WATER {
+            assert_eq!(ob.push_control(frame(1)), i);
+        }
+        let waiter = tokio::spawn({
+            let ob = ob.clone();
+            async move { ob.control_room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "at the high-water mark: paused");
+        let mut b = TakenBatch::default();
+        ob.take_batch(&mut b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the take")
+            .unwrap();
+        assert!(!ob.is_closing(), "pacing is not a slow-consumer close");
     }
 
     #[test]
@@ -431,6 +436,7 @@ mod tests {
         for _ in 0..MAX_CONTROL_FRAMES {
             ob.push_control(frame(100));
         }
+        // Only a producer that ignores the high-water mark gets this far.
         assert!(!ob.is_closing());
         ob.push_control(frame(100));
         assert!(ob.is_closing() && cancel.is_cancelled());
@@ -479,113 +485,5 @@ mod tests {
         b.clear();
         ob.take_batch(&mut b);
         assert!(b.close.is_none(), "the close is handed out once");
-    }
-
-    #[test]
-    fn an_idle_outbox_is_listed_once_and_flushed_straight_to_its_socket() {
-        let ob = Outbox::new(OutboxLimits::default(), CancellationToken::new());
-        let now = Instant::now();
-        assert_eq!(
-            ob.push_listed(frame(3), now),
-            (PushOutcome::Queued, false),
-            "no socket yet"
-        );
-        let mut b = TakenBatch::default();
-        ob.take_batch(&mut b);
-        b.clear();
-        ob.take_batch(&mut b); // the writer's empty take: idle again
-
-        let (sock, mut peer) = socket_pair();
-        ob.attach(sock);
-        assert_eq!(
-            ob.push_listed(Bytes::from_static(b"one"), now),
-            (PushOutcome::Queued, true)
-        );
-        assert_eq!(
-            ob.push_listed(Bytes::from_static(b"two"), now),
-            (PushOutcome::Queued, false)
-        );
-        let mut seen = Vec::new();
-        ob.flush_now(|f, _| seen.push(f.to_vec()));
-        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
-        assert_eq!(ob.queued(), (0, 0));
-        assert_eq!(read_exactly(&mut peer, 6), b"onetwo");
-        // Idle again: the next frame is listed again.
-        assert_eq!(ob.push_listed(frame(1), now), (PushOutcome::Queued, true));
-    }
-
-    #[test]
-    fn the_writer_keeps_the_socket_while_it_holds_a_batch_or_answers_wait() {
-        let ob = Outbox::new(OutboxLimits::default(), CancellationToken::new());
-        let (sock, _peer) = socket_pair();
-        ob.attach(sock);
-        let now = Instant::now();
-        // A batch in flight: no listing, and a flush sends nothing.
-        assert_eq!(ob.push(frame(1), now), PushOutcome::Queued);
-        let mut b = TakenBatch::default();
-        ob.take_batch(&mut b);
-        assert_eq!(ob.push_listed(frame(2), now), (PushOutcome::Queued, false));
-        ob.flush_now(|_, _| panic!("the writer holds the socket"));
-        assert_eq!(ob.queued(), (1, 2));
-        b.clear();
-        ob.take_batch(&mut b);
-        b.clear();
-        ob.take_batch(&mut b);
-        assert!(b.is_empty());
-
-        // A listed frame with an answer queued after it: the writer sends both, answer first.
-        assert_eq!(ob.push_listed(frame(3), now), (PushOutcome::Queued, true));
-        ob.push_control(frame(4));
-        ob.flush_now(|_, _| panic!("an answer waits: the writer's turn"));
-        ob.take_batch(&mut b);
-        assert_eq!((b.control.len(), b.frames.len()), (1, 1));
-        b.clear();
-        ob.take_batch(&mut b);
-
-        // After a close request nothing more is sent directly.
-        assert_eq!(ob.push_listed(frame(5), now), (PushOutcome::Queued, true));
-        ob.close(1000, "", false);
-        ob.flush_now(|_, _| panic!("closing: the writer sends what is left, then the close"));
-        ob.detach();
-        assert_eq!(ob.push_listed(frame(6), now), (PushOutcome::Closed, false));
-    }
-
-    #[test]
-    fn a_frame_cut_short_is_finished_first_and_survives_a_discard() {
-        let limits = OutboxLimits {
-            max_bytes: 64 << 20,
-            ..OutboxLimits::default()
-        };
-        let ob = Outbox::new(limits, CancellationToken::new());
-        let (sock, mut peer) = socket_pair();
-        ob.attach(sock);
-        // Far more than a loopback socket buffers while the peer does not read.
-        let big = Bytes::from((0..16 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-        let now = Instant::now();
-        assert_eq!(ob.push_listed(big.clone(), now), (PushOutcome::Queued, true));
-        let mut began = 0;
-        ob.flush_now(|f, _| {
-            assert_eq!(f.len(), big.len());
-            began += 1;
-        });
-        assert_eq!(began, 1, "counted once, when the send began");
-        assert_eq!(ob.push(frame(7), now), PushOutcome::Queued);
-        ob.close(1001, "going away", true);
-        let mut b = TakenBatch::default();
-        ob.take_batch(&mut b);
-        assert!(
-            b.head_skip > 0 && b.head_skip < big.len(),
-            "cut short at {}",
-            b.head_skip
-        );
-        assert_eq!(
-            b.frames.len(),
-            1,
-            "the discard kept the frame already begun, and only it"
-        );
-        assert_eq!(b.close.as_ref().map(|c| c.code), Some(1001));
-        // What the peer got is exactly the frame's beginning.
-        let got = read_exactly(&mut peer, b.head_skip);
-        assert_eq!(&got[..], &big[..b.head_skip]);
     }
 }
