@@ -26,7 +26,7 @@ fn registry(c: &mut Criterion) {
     let sub = Subscriber {
         conn: 0,
         outbox: outbox(),
-        mode: SubscriberMode::Json,
+        encoding: SubscriberMode::Json.encoding(),
         echo: true,
     };
 

@@ -97,7 +97,7 @@ pub fn subscribe_many(
                 Subscriber {
                     conn: i as u64 + 1,
                     outbox: ob.clone(),
-                    mode: mode(i),
+                    encoding: mode(i).encoding(),
                     echo: true,
                 },
             );

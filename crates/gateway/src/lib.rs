@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod core;
 pub mod http_server;
 pub mod node;
 pub mod public;

@@ -10,17 +10,17 @@
 //! 5. whatever still runs after `shutdown.grace_ms` is abandoned and the process exits.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use herald_broker::{Broker, BrokerMetrics, ConnId, MemoryRelay, Outbox, Relay, RelayState};
+use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Outbox, Relay, RelayState};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::core::{Connections, Core, CoreLimits};
 use crate::{admin, clock, http_server, public, relay_setup};
 
 /// Why a node could not start.
@@ -47,62 +47,28 @@ pub struct Shutdown {
     pub finished: CancellationToken,
 }
 
-/// What the admin API and metrics know about one open connection.
-pub struct ConnInfo {
-    pub outbox: Arc<Outbox>,
-    pub peer: SocketAddr,
-    pub mode: &'static str,
-    pub opened: Instant,
-}
-
 /// State shared by every task of a node.
 pub struct AppState {
     pub config: Arc<Config>,
     pub node_id: Arc<str>,
     pub broker: Arc<Broker>,
+    /// Every way in (WebSocket, raw, HTTP) connects, subscribes and publishes through it.
+    pub core: Arc<Core>,
     pub metrics: Arc<BrokerMetrics>,
     pub shutdown: Shutdown,
     /// WebSocket sessions (closed in drain phase 3).
     pub sessions: TaskTracker,
     /// Listeners, HTTP connections and background tasks.
     pub tasks: TaskTracker,
-    pub connections: DashMap<ConnId, ConnInfo>,
+    pub connections: Arc<Connections>,
     pub started: Instant,
     /// False until the listeners are bound (and while the relay is down: see `ready`).
     pub started_up: AtomicBool,
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    next_conn: AtomicU64,
-    open: AtomicUsize,
-}
-
-/// A reserved connection slot; dropping it frees the slot.
-pub struct ConnSlot {
-    state: Arc<AppState>,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.state.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl AppState {
-    /// Reserves a connection slot, or `None` at `limits.max_connections`.
-    pub fn try_reserve(self: &Arc<Self>) -> Option<ConnSlot> {
-        let max = self.config.limits.max_connections;
-        let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if prev >= max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnSlot { state: self.clone() })
-    }
-
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     /// Ready to take new clients: started, not draining, relay not down.
     pub fn readiness(&self) -> (bool, &'static str) {
         if !self.started_up.load(Ordering::Acquire) {
@@ -174,21 +140,26 @@ impl Node {
             (None, _) => Arc::new(MemoryRelay::standalone(&node_id)),
         };
         let broker = Broker::new(&node_id, relay, metrics.clone());
+        let connections = Arc::new(Connections::new(config.limits.max_connections));
+        let limits = CoreLimits {
+            max_subscriptions: config.limits.max_subscriptions,
+            outbox: config.outbox_limits(),
+        };
+        let core = Core::new(broker.clone(), limits, connections.clone());
         let state = Arc::new(AppState {
             config: config.clone(),
             node_id: node_id.clone(),
             broker,
+            core,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             sessions: TaskTracker::new(),
             tasks: tasks.clone(),
-            connections: DashMap::new(),
+            connections,
             started: Instant::now(),
             started_up: AtomicBool::new(false),
             ws_addr,
             admin_addr,
-            next_conn: AtomicU64::new(0),
-            open: AtomicUsize::new(0),
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
@@ -277,8 +248,9 @@ async fn close_spread(state: Arc<AppState>) {
     let window = state.config.close_window();
     let mut outboxes: Vec<(u64, Arc<Outbox>)> = state
         .connections
-        .iter()
-        .map(|e| (rand::random::<u64>(), e.outbox.clone()))
+        .outboxes()
+        .into_iter()
+        .map(|o| (rand::random::<u64>(), o))
         .collect();
     if outboxes.is_empty() {
         // Nobody to close (upgrades are refused while draining): do not hold the drain.
@@ -292,8 +264,8 @@ async fn close_spread(state: Arc<AppState>) {
         outbox.close_as(1001, "server shutting down", false, "shutdown");
     }
     tokio::time::sleep_until(start + window).await;
-    for e in state.connections.iter() {
-        e.outbox.close_as(1001, "server shutting down", false, "shutdown");
+    for outbox in state.connections.outboxes() {
+        outbox.close_as(1001, "server shutting down", false, "shutdown");
     }
 }
 

@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
 use crate::node::AppState;
 use crate::query::{param, percent_decode};
@@ -35,11 +36,11 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
                 serde_json::json!({"status": "ok", "node": &*state.node_id}).to_string(),
             )
         }
-        "/ws" => upgrade(state, req, peer, SubscriberMode::Json, None),
+        "/ws" => upgrade(state, req, peer, SubscriberMode::Json, None).await,
         p if p.starts_with("/raw/") => {
             let raw = &p["/raw/".len()..];
             match percent_decode(raw, false) {
-                Some(topic) => upgrade(state, req, peer, SubscriberMode::Raw, Some(topic)),
+                Some(topic) => upgrade(state, req, peer, SubscriberMode::Raw, Some(topic)).await,
                 None => reject(
                     &state,
                     StatusCode::BAD_REQUEST,
@@ -59,6 +60,7 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
 fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let reason = match status {
         StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
+        StatusCode::SERVICE_UNAVAILABLE if code == "relay_unavailable" => "relay_unavailable",
         StatusCode::SERVICE_UNAVAILABLE => "not_ready",
         _ => "bad_request",
     };
@@ -66,7 +68,7 @@ fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Re
     json_error(status, code, message)
 }
 
-fn upgrade(
+async fn upgrade(
     state: Arc<AppState>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
@@ -157,14 +159,6 @@ fn upgrade(
             )
         }
     };
-    let Some(slot) = state.try_reserve() else {
-        return reject(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection_limit",
-            "this node is at its connection limit; try another node or later",
-        );
-    };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
@@ -182,16 +176,42 @@ fn upgrade(
         Err(e) => return reject(&state, StatusCode::BAD_REQUEST, "bad_handshake", &e.to_string()),
     };
     // Registered now, before the 101 goes out: the client is subscribed once it has the
-    // answer. If the upgrade never completes, dropping `prepared` undoes it.
-    let prepared = session::Prepared::new(
-        state.clone(),
-        SessionParams {
-            mode,
-            topics,
-            echo,
-            peer,
-        },
-    );
+    // answer, and on a cluster the 101 waits until the relay confirmed every topic, so
+    // whatever any node publishes after the client has the answer reaches it. If the
+    // upgrade never completes, dropping `prepared` undoes it.
+    let params = SessionParams {
+        mode,
+        topics,
+        echo,
+        peer,
+    };
+    let (prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
+        Ok(p) => p,
+        Err(session::PrepareError::Refused(r @ Refusal::ConnectionLimit { .. })) => {
+            return reject(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection_limit",
+                &r.to_string(),
+            )
+        }
+        Err(session::PrepareError::Refused(r)) => {
+            return reject(&state, StatusCode::BAD_REQUEST, r.code().as_str(), &r.to_string())
+        }
+    };
+    let deadline = tokio::time::Instant::now() + RELAY_ANSWER_TIMEOUT;
+    if let Err(e) = confirmation.wait(deadline).await {
+        drop(prepared);
+        let mut r = reject(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay_unavailable",
+            &format!("{e}; try again or connect to another node"),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        return r;
+    }
     let session_task = async move {
         let ws = match fut.await {
             Ok(ws) => ws,
@@ -209,7 +229,7 @@ fn upgrade(
             }
         };
         let socket = Arc::new(session::Socket::new(parts.io.into_inner()));
-        session::run(prepared, slot, parts.read_buf, socket).await;
+        session::run(prepared, parts.read_buf, socket).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

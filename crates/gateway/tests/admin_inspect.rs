@@ -280,7 +280,7 @@ async fn a_hundred_thousand_topics_page_without_trouble() {
         let sub = Subscriber {
             conn: u64::MAX,
             outbox: outbox.clone(),
-            mode: SubscriberMode::Json,
+            encoding: SubscriberMode::Json.encoding(),
             echo: true,
         };
         broker.subscribe(&format!("big/{i:06}"), sub);

@@ -209,8 +209,9 @@ async fn a_stalled_subscriber_never_slows_the_publisher_or_others() {
         .node
         .state()
         .connections
+        .outboxes()
         .iter()
-        .map(|c| c.outbox.queued())
+        .map(|o| o.queued())
         .max_by_key(|q| q.1)
         .unwrap();
     assert!(
@@ -331,35 +332,6 @@ async fn disconnect_policy_closes_a_slow_consumer_with_1013() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(counted, 1.0);
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_its_replies_is_bounded() {
-    let node = TestNode::start().await.unwrap();
-    let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
-    // Thousands of requests whose answers are never read: replies are bounded, the client
-    // is closed as a slow consumer instead of growing the node's memory.
-    let junk = "{".repeat(100);
-    for _ in 0..20_000 {
-        if c.send_text(&junk).await.is_err() {
-            break;
-        }
-    }
-    let mut closed = false;
-    for _ in 0..200 {
-        if node
-            .metric(r#"herald_connections_closed_total{reason="slow_consumer"}"#)
-            .await
-            .unwrap()
-            >= 1.0
-        {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(closed, "the flooding client was closed");
     node.shutdown().await;
 }
 

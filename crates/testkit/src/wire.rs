@@ -128,6 +128,13 @@ impl WireClient {
         Ok(())
     }
 
+    /// The socket's halves, for a test that writes and reads at once, and the bytes read
+    /// past the last frame returned (to be parsed before anything read from the half).
+    pub fn into_split(self) -> (Vec<u8>, tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
+        let (r, w) = self.stream.into_split();
+        (self.buf, r, w)
+    }
+
     /// A masked, final text frame.
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.send_frame(true, 1, text.as_bytes(), true, 0).await

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use herald_broker::{ConnId, SubscriberMode};
+use herald_broker::ConnId;
 use serde::Serialize;
 
 use super::error::{ApiError, ApiResult};
 use super::page::{PageParams, Smallest};
-use crate::node::{AppState, ConnInfo};
+use crate::core::ConnInfo;
+use crate::node::AppState;
 
 /// Counts by wire mode (`/ws` is `json`, `/raw/{topic}` is `raw`).
 #[derive(Debug, Default, Serialize)]
@@ -95,12 +96,11 @@ pub fn topics(state: &AppState, query: Option<&str>) -> ApiResult {
 /// is a name, not an object that exists or not).
 pub fn topic(state: &AppState, topic: &str) -> ApiResult {
     let mut by_mode = ByMode::default();
-    let subscribers = state.broker.registry().for_each_subscriber(topic, |s| {
-        by_mode.add(match s.mode {
-            SubscriberMode::Json => "json",
-            SubscriberMode::Raw => "raw",
-        })
-    });
+    let encodings = state.broker.encodings();
+    let subscribers = state
+        .broker
+        .registry()
+        .for_each_subscriber(topic, |s| by_mode.add(encodings.name(s.encoding)));
     let body = serde_json::json!({ "topic": topic, "subscribers": subscribers, "by_mode": by_mode });
     Ok(super::json(hyper::StatusCode::OK, &body))
 }
@@ -144,13 +144,13 @@ pub fn connections(state: &AppState, query: Option<&str>) -> ApiResult {
     let mut by_mode = ByMode::default();
     let mut best: Smallest<ConnId> = Smallest::new(page.limit);
     let mut total = 0usize;
-    for e in state.connections.iter() {
+    state.connections.for_each(|id, info| {
         total += 1;
-        by_mode.add(e.value().mode);
-        if cursor.is_none_or(|c| *e.key() > c) {
-            best.offer(*e.key());
+        by_mode.add(info.mode);
+        if cursor.is_none_or(|c| id > c) {
+            best.offer(id);
         }
-    }
+    });
     let (ids, more) = best.finish();
     let next_cursor = if more {
         ids.last().map(|id| id.to_string())
@@ -161,7 +161,7 @@ pub fn connections(state: &AppState, query: Option<&str>) -> ApiResult {
     // connection that ended meanwhile is simply left out.
     let list: Vec<ConnEntry> = ids
         .into_iter()
-        .filter_map(|id| state.connections.get(&id).map(|info| entry(id, &info)))
+        .filter_map(|id| state.connections.with(id, |info| entry(id, info)))
         .collect();
     let body = serde_json::json!({
         "total": total,
@@ -174,7 +174,7 @@ pub fn connections(state: &AppState, query: Option<&str>) -> ApiResult {
 
 /// `GET /api/connections/{id}`.
 pub fn connection(state: &AppState, id: ConnId) -> ApiResult {
-    let found = state.connections.get(&id).map(|info| entry(id, &info));
+    let found = state.connections.with(id, |info| entry(id, info));
     match found {
         Some(e) => Ok(super::json(hyper::StatusCode::OK, &e)),
         None => Err(ApiError::NotFound(format!("no connection {id} on this node"))),

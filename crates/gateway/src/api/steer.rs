@@ -77,8 +77,7 @@ pub async fn close_connection(state: &Arc<AppState>, id: u64, req: Request<Incom
     // Clone the outbox out of the map: no guard is held while closing.
     let outbox = state
         .connections
-        .get(&id)
-        .map(|c| c.outbox.clone())
+        .with(id, |c| c.outbox.clone())
         .ok_or_else(|| ApiError::NotFound(format!("no connection {id} on this node")))?;
     let closed = !outbox.is_closing();
     outbox.close(code, reason.clone(), true);

@@ -1,43 +1,47 @@
 //! Applying one complete client message: JSON protocol v1 requests on `/ws`, verbatim
-//! publishes on `/raw/{topic}`.
+//! publishes on `/raw/{topic}`. Every request goes through the core (`crate::core`), the
+//! one place where limits (and later permissions) apply.
 //!
 //! Bad requests get an error frame (`code` and `message`, echoing the `id` when it could be
-//! read) and the connection stays up; every error sent is counted by code. A publish with
-//! an `id` is acknowledged only after the relay confirmed it reached the other nodes (or
-//! there are none); if it could not, the answer is `relay_unavailable`, never an ack. The
-//! local subscribers have the message either way.
+//! read) and the connection stays up; every error sent is counted by code. Answers that
+//! depend on the relay (a subscribe, a publish with an `id`) are queued in request order
+//! (`answers.rs`) and the reader goes on reading: a subscribe is acknowledged once the
+//! cluster delivers its topics here, a publish once the relay has it (or there are no
+//! other nodes); if the relay cannot, the answer is `relay_unavailable`, never an ack.
 
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use herald_broker::{PublishTicket, Source, SubscriberMode};
+use herald_broker::{Source, SubscriberMode};
 use herald_protocol::server_msg::{self, ErrorCode};
 use herald_protocol::{decode_request, ClientRequest, Payload};
 
+use super::answers::error_frame;
 use super::reader::Message;
 use super::{Exit, Session};
+use crate::core::Publisher;
 
 /// Handles one message; `Some` ends the session.
-pub async fn handle(session: &mut Session, message: Message) -> Option<Exit> {
-    match session.mode {
+pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
+    match session.conn.mode {
         SubscriberMode::Raw => {
             let payload = match message {
                 Message::Text(b) => Payload::text(b),
                 Message::Binary(b) => Payload::binary(b),
             };
-            let topic = session.topics.first().cloned()?;
-            let report = session
-                .state
-                .broker
-                .publish(&topic, payload, Some(session.id), Source::Raw);
+            let topic = session.conn.topics().first().cloned()?;
+            let from = Publisher::Conn {
+                id: session.conn.id,
+                source: Source::Raw,
+            };
             // Raw mode has no acknowledgements; the relay counts what it could not send.
-            drop_ticket(report.relay);
+            drop(session.state.core.publish(from, &topic, payload).relay);
             None
         }
         SubscriberMode::Json => {
             session.flags.engaged.store(true, Ordering::Relaxed);
             match message {
-                Message::Text(text) => handle_request(session, text).await,
+                Message::Text(text) => handle_request(session, text),
                 Message::Binary(_) => {
                     send_error(
                         session,
@@ -52,28 +56,19 @@ pub async fn handle(session: &mut Session, message: Message) -> Option<Exit> {
     }
 }
 
-fn drop_ticket(ticket: PublishTicket) {
-    // A pending ticket's receiver is dropped: the relay still sends (or counts the failure).
-    drop(ticket);
-}
-
-fn send_error(session: &Session, id: Option<&str>, code: ErrorCode, message: &str) {
-    session
-        .state
-        .metrics
-        .client_errors
-        .with_label_values(&[code.as_str()])
-        .inc();
-    session.outbox.push_control(server_msg::error(id, code, message));
-}
-
-fn send_ack(session: &Session, id: Option<&str>) {
-    if let Some(id) = id {
-        session.outbox.push_control(server_msg::ack(id));
+/// Sends an answer known now (in order behind any that wait).
+fn send(session: &mut Session, frame: Bytes) {
+    if let Some(b) = session.answers.send(&session.conn.outbox, frame) {
+        session.backlog = b;
     }
 }
 
-async fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
+fn send_error(session: &mut Session, id: Option<&str>, code: ErrorCode, message: &str) {
+    let frame = error_frame(&session.state.metrics, id, code, message);
+    send(session, frame);
+}
+
+fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
     let rules = session.state.config.topic_rules();
     let request = match decode_request(&text, rules) {
         Ok(r) => r,
@@ -82,48 +77,46 @@ async fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             return None;
         }
     };
+    let state = session.state.clone();
+    let core = &state.core;
     match request {
-        ClientRequest::Ping { id } => {
-            session.outbox.push_control(server_msg::pong(id));
-        }
+        ClientRequest::Ping { id } => send(session, server_msg::pong(id)),
         ClientRequest::Subscribe { topics, id } => {
-            let max = session.state.config.limits.max_subscriptions;
-            let new = session.new_topics(topics.iter().map(|t| t.as_ref()));
-            if session.topics.len() + new > max {
-                let msg = format!(
-                    "subscribing to {new} more topic(s) would pass the limit of {max} per connection (holding {})",
-                    session.topics.len()
-                );
-                send_error(session, id, ErrorCode::TooManySubscriptions, &msg);
-                return None;
+            match core.subscribe(&mut session.conn, topics.iter().map(|t| t.as_ref())) {
+                Ok(confirmation) => {
+                    let s = &mut *session;
+                    if let Some(b) = s.answers.subscribe(&s.conn.outbox, &state.metrics, id, confirmation) {
+                        s.backlog = b;
+                    }
+                }
+                Err(refusal) => send_error(session, id, refusal.code(), &refusal.to_string()),
             }
-            for t in &topics {
-                session.subscribe(t);
-            }
-            send_ack(session, id);
         }
         ClientRequest::Unsubscribe { topics, id } => {
-            for t in &topics {
-                session.unsubscribe(t);
+            core.unsubscribe(&mut session.conn, topics.iter().map(|t| t.as_ref()));
+            if let Some(id) = id {
+                send(session, server_msg::ack(id));
             }
-            send_ack(session, id);
         }
         ClientRequest::Publish { topic, data, id } => {
             let payload = Payload::json(slice_of(&text, data));
-            let report = session
-                .state
-                .broker
-                .publish(&topic, payload, Some(session.id), Source::Websocket);
-            match id {
-                None => drop_ticket(report.relay),
-                Some(id) => match report.relay.outcome().await {
-                    Ok(()) => send_ack(session, Some(id)),
-                    Err(e) => {
-                        let msg = format!("{e}; delivered to {} local subscriber(s) only", report.local.delivered);
-                        send_error(session, Some(id), ErrorCode::RelayUnavailable, &msg);
-                    }
-                },
+            let from = Publisher::Conn {
+                id: session.conn.id,
+                source: Source::Websocket,
+            };
+            let report = core.publish(from, &topic, payload);
+            if let Some(id) = id {
+                let s = &mut *session;
+                let delivered = report.local.delivered;
+                if let Some(b) = s
+                    .answers
+                    .publish(&s.conn.outbox, &state.metrics, id, report.relay, delivered)
+                {
+                    s.backlog = b;
+                }
             }
+            // Without an `id` the ticket is dropped: the relay still sends (or counts the
+            // failure).
         }
     }
     None

@@ -10,8 +10,10 @@
 //! Keeping the timers in the writer, which wakes for its heartbeat anyway, keeps the idle
 //! connection small: the session task waits on two futures only.
 
+mod answers;
 mod counts;
 mod handler;
+mod linger;
 mod reader;
 mod socket;
 mod writer;
@@ -19,15 +21,17 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use herald_broker::{ConnId, Outbox, Subscriber, SubscriberMode};
+use herald_broker::SubscriberMode;
 use herald_protocol::server_msg;
 use tokio_util::sync::CancellationToken;
 
 pub use self::socket::Socket;
 
-use crate::node::{AppState, ConnInfo, ConnSlot};
+use self::answers::Answers;
+use crate::core::{Confirmation, Conn, ConnectRequest, Refusal};
+use crate::node::AppState;
 
 /// What the upgrade request asked for.
 pub struct SessionParams {
@@ -72,62 +76,15 @@ pub struct SessionFlags {
 /// Per-connection state owned by the session task.
 pub struct Session {
     pub state: Arc<AppState>,
-    pub id: ConnId,
-    pub mode: SubscriberMode,
-    pub echo: bool,
-    pub outbox: Arc<Outbox>,
-    /// Subscribed topics; a short list, searched linearly (at most
-    /// `limits.max_subscriptions`), sized exactly to save memory on idle connections.
-    pub topics: Vec<Arc<str>>,
+    /// The connection as the core knows it: id, outbox, subscriptions.
+    pub conn: Conn,
+    /// Answers in request order, some waiting for the relay (no allocation while none
+    /// waits).
+    pub answers: Answers,
+    /// The outbox's control backlog as last seen by a push: the reader pauses at
+    /// `CONTROL_HIGH_WATER` (see `reader.rs`).
+    pub backlog: usize,
     pub flags: Arc<SessionFlags>,
-}
-
-impl Session {
-    fn holds(&self, topic: &str) -> bool {
-        self.topics.iter().any(|t| &**t == topic)
-    }
-
-    /// How many distinct topics of `topics` this connection does not hold yet.
-    pub fn new_topics<'a>(&self, topics: impl Iterator<Item = &'a str>) -> usize {
-        let mut fresh: Vec<&str> = topics.filter(|t| !self.holds(t)).collect();
-        fresh.sort_unstable();
-        fresh.dedup();
-        fresh.len()
-    }
-
-    /// Subscribes to one topic (already validated); false when the limit is reached.
-    pub fn subscribe(&mut self, topic: &str) -> bool {
-        if self.holds(topic) {
-            return true;
-        }
-        if self.topics.len() >= self.state.config.limits.max_subscriptions {
-            return false;
-        }
-        let sub = Subscriber {
-            conn: self.id,
-            outbox: self.outbox.clone(),
-            mode: self.mode,
-            echo: self.echo,
-        };
-        self.state.broker.subscribe(topic, sub);
-        self.topics.reserve_exact(1);
-        self.topics.push(Arc::from(topic));
-        self.flags.engaged.store(true, std::sync::atomic::Ordering::Relaxed);
-        true
-    }
-
-    pub fn unsubscribe(&mut self, topic: &str) {
-        if let Some(i) = self.topics.iter().position(|t| &**t == topic) {
-            self.topics.swap_remove(i);
-            self.state.broker.unsubscribe(topic, self.id);
-        }
-    }
-
-    fn unsubscribe_all(&mut self) {
-        for t in std::mem::take(&mut self.topics) {
-            self.state.broker.unsubscribe(&t, self.id);
-        }
-    }
 }
 
 /// How long the writer gets to send the close frame at the end.
@@ -136,88 +93,79 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// A connection registered before its upgrade response is sent: outbox, welcome frame and
 /// subscriptions already in place, so that a client holding the 101 answer is subscribed
 /// (raw mode has no welcome frame to wait for). Frames published meanwhile wait in the
-/// outbox and follow the 101.
+/// outbox and follow the 101. Dropping it (the upgrade never completed) leaves, counted as
+/// `client_gone`.
 pub struct Prepared {
     session: Session,
     urgent: CancellationToken,
     peer: SocketAddr,
-    released: bool,
+}
+
+/// Why a connection could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl Prepared {
-    /// Registers the connection; call just before answering the upgrade.
-    pub fn new(state: Arc<AppState>, params: SessionParams) -> Self {
-        let id = state.next_conn_id();
+    /// Registers the connection and subscribes its topics; call before answering the
+    /// upgrade, and await the [`Confirmation`] before the 101 goes out, so that the
+    /// subscriptions hold cluster-wide once the client has the answer.
+    pub fn new(state: Arc<AppState>, params: SessionParams) -> Result<(Self, Confirmation), PrepareError> {
         let urgent = CancellationToken::new();
-        let outbox = Arc::new(Outbox::new(state.config.outbox_limits(), urgent.clone()));
-        let mode_label = match params.mode {
-            SubscriberMode::Json => "json",
-            SubscriberMode::Raw => "raw",
-        };
-        state.metrics.connections.inc();
-        state.metrics.connections_opened.with_label_values(&[mode_label]).inc();
-        state.connections.insert(
-            id,
-            ConnInfo {
-                outbox: outbox.clone(),
-                peer: params.peer,
-                mode: mode_label,
-                opened: Instant::now(),
-            },
-        );
-        let mut session = Session {
-            state: state.clone(),
-            id,
+        let request = ConnectRequest {
             mode: params.mode,
             echo: params.echo,
-            outbox: outbox.clone(),
-            topics: Vec::new(),
+            peer: params.peer,
+        };
+        let mut conn = state.core.connect(request, urgent.clone())?;
+        if params.mode == SubscriberMode::Json {
+            conn.outbox
+                .push_control(server_msg::welcome(&state.node_id, &conn.id.to_string()));
+        }
+        let confirmation = state
+            .core
+            .subscribe(&mut conn, params.topics.iter().map(String::as_str))?;
+        let engaged = params.mode == SubscriberMode::Raw || !conn.topics().is_empty();
+        let session = Session {
+            state,
+            conn,
+            answers: Answers::default(),
+            backlog: 0,
             flags: Arc::new(SessionFlags {
                 last_seen_ms: AtomicU64::new(crate::clock::coarse_ms()),
-                engaged: AtomicBool::new(params.mode == SubscriberMode::Raw),
+                engaged: AtomicBool::new(engaged),
             }),
         };
-        if params.mode == SubscriberMode::Json {
-            outbox.push_control(server_msg::welcome(&state.node_id, &id.to_string()));
-        }
-        for t in params.topics {
-            session.subscribe(&t);
-        }
-        Self {
-            session,
-            urgent,
-            peer: params.peer,
-            released: false,
-        }
-    }
-
-    /// Undoes the registration (the upgrade never completed); counted as `client_gone`.
-    fn release(&mut self, label: &'static str) {
-        if self.released {
-            return;
-        }
-        self.released = true;
-        let s = &mut self.session;
-        s.unsubscribe_all();
-        s.state.metrics.connections.dec();
-        s.state.metrics.connections_closed.with_label_values(&[label]).inc();
-        s.state.connections.remove(&s.id);
+        Ok((
+            Self {
+                session,
+                urgent,
+                peer: params.peer,
+            },
+            confirmation,
+        ))
     }
 }
 
-impl Drop for Prepared {
+/// Aborts the writer task however the session ends, a panic included, so no writer is left
+/// holding the socket.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.release("client_gone");
+        self.0.abort();
     }
 }
 
-/// Runs a session to its end. `slot` is released when it returns.
-pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, socket: Arc<Socket>) {
+/// Runs a session to its end. The connection's slot is freed when it returns.
+pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socket>) {
     let state = prepared.session.state.clone();
     let metrics = state.metrics.clone();
-    let outbox = prepared.session.outbox.clone();
+    let outbox = prepared.session.conn.outbox.clone();
     let urgent = prepared.urgent.clone();
-    let id = prepared.session.id;
+    let id = prepared.session.conn.id;
     let peer = prepared.peer;
     let session = &mut prepared.session;
 
@@ -229,6 +177,7 @@ pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, s
         session.flags.clone(),
         metrics.clone(),
     ));
+    let _abort = AbortOnDrop(writer.abort_handle());
     let mut writer_done = false;
     let mut exit = tokio::select! {
         e = reader::run(session, prefix, socket.stream()) => e,
@@ -238,7 +187,8 @@ pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, s
         }
     };
 
-    session.unsubscribe_all();
+    let core = session.conn.core().clone();
+    core.unsubscribe_all(&mut session.conn);
     if !writer_done {
         // A close the node already asked for (drain, timers, an operator) is why the client
         // hung up, which is what the reader saw: count the writer's reason, not the hang-up.
@@ -253,7 +203,12 @@ pub async fn run(mut prepared: Prepared, slot: ConnSlot, prefix: bytes::Bytes, s
             Err(_) => writer.abort(),
         }
     }
+    // The close frame is out and our side is shut for writing: read what the peer still
+    // sends until it closes too (briefly), so its last bytes do not earn it a TCP reset.
+    if exit.close.is_some() {
+        // Boxed: a once-per-connection path, kept out of the idle session task's size.
+        Box::pin(linger::drain(socket.stream())).await;
+    }
     tracing::debug!(conn = id, %peer, reason = exit.label, "connection closed");
-    prepared.release(exit.label);
-    drop(slot);
+    core.leave(&mut session.conn, exit.label);
 }

@@ -11,11 +11,20 @@
 //! Memory: the buffer is allocated when the socket becomes readable and released whenever
 //! it is empty, so an idle connection holds no receive buffer at all.
 //!
+//! Pacing: the reader stops taking requests while the answers it produced are not taken by
+//! the writer (the outbox's control backlog is at `CONTROL_HIGH_WATER`) or while too many
+//! answers wait for the relay (`answers::MAX_WAITING`). It then reads nothing more from
+//! the socket, so a client that pipelines thousands of requests is served as fast as it
+//! reads its answers, TCP pushes back on it, and it is disconnected only if its socket
+//! stops taking bytes (the writer's write timeout). While waiting for bytes it also
+//! releases answers whose relay verdict came in.
+//!
 //! Frame counters are accumulated locally and flushed on a coarse clock, not per frame.
 
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
+use herald_broker::CONTROL_HIGH_WATER;
 use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
 use tokio::net::TcpStream;
@@ -77,7 +86,8 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
     let mut counts = FrameCounts::new(&session.state.metrics.frames_in, &session.state.metrics.bytes_in);
     let mut fragments: Option<(u8, BytesMut)> = None;
     let exit = 'conn: loop {
-        loop {
+        // Apply what is buffered, while the answers keep up.
+        while !paused(session) {
             let frame = match parse_client_frame(&mut buf, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -86,9 +96,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
             session.flags.last_seen_ms.store(coarse_ms(), Ordering::Relaxed);
             counts.add(kind_of(frame.opcode), frame.payload.len());
             counts.maybe_flush();
-            // Boxed: handling a request needs more state than waiting for bytes does, and
-            // only while it runs; idle connections should not carry it.
-            if let Some(exit) = Box::pin(on_frame(session, frame, &mut fragments, max)).await {
+            if let Some(exit) = on_frame(session, frame, &mut fragments, max) {
                 break 'conn exit;
             }
         }
@@ -96,8 +104,27 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
             // Idle: hold no buffer until the next bytes arrive.
             buf = BytesMut::new();
         }
-        if read.readable().await.is_err() {
-            break Exit::silent("client_gone");
+        let backlogged = session.backlog >= CONTROL_HIGH_WATER;
+        let reading = !paused(session);
+        let outbox = session.conn.outbox.clone();
+        tokio::select! {
+            // Answers whose relay verdict came in (or whose deadline passed) go out.
+            _ = session.answers.head_known(), if !session.answers.is_empty() => {
+                if let Some(b) = session.answers.flush(&outbox, &session.state.metrics) {
+                    session.backlog = b;
+                }
+                continue;
+            }
+            // The writer took the answers: read on.
+            _ = outbox.control_room(), if backlogged => {
+                session.backlog = outbox.control_backlog();
+                continue;
+            }
+            r = read.readable(), if reading => {
+                if r.is_err() {
+                    break Exit::silent("client_gone");
+                }
+            }
         }
         let pending = frame_len_hint(&buf).map(|n| n.saturating_sub(buf.len())).unwrap_or(0);
         buf.reserve(pending.max(READ_CHUNK).min((max + 14).max(READ_CHUNK)));
@@ -112,8 +139,13 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
     exit
 }
 
+/// True while the reader must not take more requests (see the module docs).
+fn paused(session: &Session) -> bool {
+    session.backlog >= CONTROL_HIGH_WATER || session.answers.full()
+}
+
 /// Applies one frame; `Some` ends the session.
-async fn on_frame(
+fn on_frame(
     session: &mut Session,
     frame: ClientFrame,
     fragments: &mut Option<(u8, BytesMut)>,
@@ -122,7 +154,9 @@ async fn on_frame(
     let ClientFrame { fin, opcode, payload } = frame;
     let message = match opcode {
         OP_PING => {
-            session.outbox.push_control(pong_frame(&payload));
+            // A protocol-level pong: not ordered with the JSON answers (RFC 6455 lets it
+            // go first), but paced with them.
+            session.backlog = session.conn.outbox.push_control(pong_frame(&payload));
             return None;
         }
         OP_PONG => return None,
@@ -179,5 +213,5 @@ async fn on_frame(
             }
         }
     };
-    handler::handle(session, message).await
+    handler::handle(session, message)
 }

@@ -17,7 +17,9 @@
 //! be written within `write_timeout` means the peer stalled: the connection is dropped.
 //! When the slow-consumer policy disconnects the client while a write is in flight, the
 //! write is abandoned (the peer is not reading, a close frame could not reach it anyway).
-//! After writing a close frame the writer stops: it never sends a second one.
+//! After writing a close frame the writer stops: it never sends a second one. Between
+//! batches it spends a unit of tokio's cooperative budget, so a writer that always finds
+//! more to send still yields to other tasks on its worker.
 
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
@@ -340,6 +342,10 @@ pub async fn run(
                 return Exit::new(close.code, close.reason, close.label);
             }
             batch.clear();
+            // Under sustained load every write may complete at once and this loop would
+            // never await: give the runtime its turn when the task's budget is spent, so
+            // one busy subscriber cannot pin a worker thread.
+            tokio::task::coop::consume_budget().await;
         }
         check_timers(&mut timers, &cfg, &flags, outbox);
     }

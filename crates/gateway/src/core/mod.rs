@@ -1,0 +1,336 @@
+//! The one core every way in goes through: the JSON WebSocket, raw WebSocket and HTTP
+//! publish paths (and later SSE) connect, subscribe, publish and leave here, and nowhere
+//! else touch the broker's registry or relay.
+//!
+//! It is the one place where per-request rules apply: today the connection limit and the
+//! per-connection subscription limit; permissions, rate limits and presence hooks belong
+//! here too, beside them, so that every transport gets them at once. It answers with
+//! tickets for what the cluster confirms later ([`Confirmation`] for subscribes,
+//! `PublishTicket` for publishes), which each transport awaits in its own way: the
+//! WebSocket session queues them in request order (`session/answers.rs`), the upgrade
+//! waits before its 101, the HTTP API before its response.
+//!
+//! What it does not do: parse wire formats (the transports and `herald-protocol` do),
+//! own sockets or timers (the session does), route or encode messages (the broker does).
+
+mod confirm;
+mod connections;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_broker::{
+    Broker, BrokerMetrics, ConnId, EncodingId, Outbox, OutboxLimits, PublishReport, Source, Subscriber, SubscriberMode,
+};
+use herald_protocol::server_msg::ErrorCode;
+use herald_protocol::Payload;
+use tokio_util::sync::CancellationToken;
+
+pub use self::confirm::{ConfirmError, Confirmation};
+pub use self::connections::{ConnInfo, Connections};
+
+/// Longest wait for the relay's verdict on a publish or a subscribe. Past it the caller is
+/// told the relay did not answer: the safe side of "unknown".
+pub const RELAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rules the core applies.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreLimits {
+    /// Topics one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bounds of each connection's outbox.
+    pub outbox: OutboxLimits,
+}
+
+/// Why the core refused a request. Each maps to one error code (and HTTP status, for the
+/// refusals that can happen before an upgrade).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this node is at its connection limit ({max}); try another node or later")]
+    ConnectionLimit { max: usize },
+    #[error("subscribing to {new} more topic(s) would pass the limit of {max} per connection (holding {holding})")]
+    TooManySubscriptions { new: usize, max: usize, holding: usize },
+}
+
+impl Refusal {
+    /// The error code clients see.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::ConnectionLimit { .. } => ErrorCode::Internal,
+            Self::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
+        }
+    }
+}
+
+/// Who publishes: a connection (its echo setting is honoured, and the source is counted)
+/// or a backend over HTTP.
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher {
+    Conn { id: ConnId, source: Source },
+    Http,
+}
+
+/// What a connection asks for when it connects.
+pub struct ConnectRequest {
+    pub mode: SubscriberMode,
+    /// Receive one's own publications.
+    pub echo: bool,
+    pub peer: SocketAddr,
+}
+
+/// A connection registered with the core: its slot, outbox and subscriptions. Dropping it
+/// leaves (unsubscribes everything, frees the slot) if [`Core::leave`] was not called.
+pub struct Conn {
+    core: Arc<Core>,
+    pub id: ConnId,
+    pub mode: SubscriberMode,
+    encoding: EncodingId,
+    echo: bool,
+    pub outbox: Arc<Outbox>,
+    /// Subscribed topics; a short list, searched linearly (at most
+    /// `limits.max_subscriptions`), sized exactly to save memory on idle connections.
+    topics: Vec<Arc<str>>,
+    left: bool,
+}
+
+impl Conn {
+    fn holds(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| &**t == topic)
+    }
+
+    /// The topics held now.
+    pub fn topics(&self) -> &[Arc<str>] {
+        &self.topics
+    }
+
+    /// The core this connection belongs to.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.left {
+            let core = self.core.clone();
+            core.leave(self, "client_gone");
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Core {
+    broker: Arc<Broker>,
+    metrics: Arc<BrokerMetrics>,
+    limits: CoreLimits,
+    connections: Arc<Connections>,
+}
+
+impl Core {
+    pub fn new(broker: Arc<Broker>, limits: CoreLimits, connections: Arc<Connections>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics: broker.metrics().clone(),
+            broker,
+            limits,
+            connections,
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Registers a connection: a slot, a number, an outbox (whose slow-consumer policy
+    /// cancels `urgent`), an entry in the table. Refused at the connection limit.
+    pub fn connect(self: &Arc<Self>, req: ConnectRequest, urgent: CancellationToken) -> Result<Conn, Refusal> {
+        if !self.connections.take_slot() {
+            return Err(Refusal::ConnectionLimit {
+                max: self.connections.max(),
+            });
+        }
+        let id = self.connections.next_id();
+        let outbox = Arc::new(Outbox::new(self.limits.outbox, urgent));
+        let mode = req.mode.as_str();
+        self.metrics.connections.inc();
+        self.metrics.connections_opened.with_label_values(&[mode]).inc();
+        self.connections.insert(
+            id,
+            ConnInfo {
+                outbox: outbox.clone(),
+                peer: req.peer,
+                mode,
+                opened: Instant::now(),
+            },
+        );
+        Ok(Conn {
+            core: self.clone(),
+            id,
+            mode: req.mode,
+            encoding: req.mode.encoding(),
+            echo: req.echo,
+            outbox,
+            topics: Vec::new(),
+            left: false,
+        })
+    }
+
+    /// Subscribes `conn` to `topics` (already valid names; duplicates and topics held
+    /// already are fine): all of them, or none when the subscription limit would be
+    /// passed. The [`Confirmation`] resolves once the cluster delivers every one of them
+    /// to this node; the local subscriptions hold from now on.
+    pub fn subscribe<'a, I>(&self, conn: &mut Conn, topics: I) -> Result<Confirmation, Refusal>
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: Clone,
+    {
+        let topics = topics.into_iter();
+        let new = count_new(conn, topics.clone());
+        let max = self.limits.max_subscriptions;
+        if conn.topics.len() + new > max {
+            return Err(Refusal::TooManySubscriptions {
+                new,
+                max,
+                holding: conn.topics.len(),
+            });
+        }
+        conn.topics.reserve_exact(new);
+        let mut confirmation = Confirmation::default();
+        for topic in topics {
+            if !conn.holds(topic) {
+                let sub = Subscriber {
+                    conn: conn.id,
+                    outbox: conn.outbox.clone(),
+                    encoding: conn.encoding,
+                    echo: conn.echo,
+                };
+                self.broker.subscribe(topic, sub);
+                conn.topics.push(Arc::from(topic));
+            }
+            // Held already or not, the caller's promise is the same: confirmed when the
+            // relay listens (at once for a topic it already listens to).
+            confirmation.add(topic, self.broker.confirm_interest(topic));
+        }
+        Ok(confirmation)
+    }
+
+    /// Unsubscribes `conn` from `topics` (those it holds; the rest are ignored).
+    pub fn unsubscribe<'a>(&self, conn: &mut Conn, topics: impl IntoIterator<Item = &'a str>) {
+        for topic in topics {
+            if let Some(i) = conn.topics.iter().position(|t| &**t == topic) {
+                conn.topics.swap_remove(i);
+                self.broker.unsubscribe(topic, conn.id);
+            }
+        }
+    }
+
+    /// Unsubscribes `conn` from every topic it holds (it stays connected).
+    pub fn unsubscribe_all(&self, conn: &mut Conn) {
+        for t in std::mem::take(&mut conn.topics) {
+            self.broker.unsubscribe(&t, conn.id);
+        }
+    }
+
+    /// Publishes to `topic` (an already valid name): local fan-out now, the relay's
+    /// verdict in the report's ticket.
+    pub fn publish(&self, from: Publisher, topic: &str, payload: Payload) -> PublishReport {
+        let (origin, source) = match from {
+            Publisher::Conn { id, source } => (Some(id), source),
+            Publisher::Http => (None, Source::Http),
+        };
+        self.broker.publish(topic, payload, origin, source)
+    }
+
+    /// Ends `conn`: every subscription removed, the slot freed, the end counted under
+    /// `label`. Idempotent.
+    pub fn leave(&self, conn: &mut Conn, label: &'static str) {
+        if conn.left {
+            return;
+        }
+        conn.left = true;
+        self.unsubscribe_all(conn);
+        self.metrics.connections.dec();
+        self.metrics.connections_closed.with_label_values(&[label]).inc();
+        self.connections.remove(conn.id);
+        self.connections.release_slot();
+    }
+}
+
+/// How many distinct topics of `topics` `conn` does not hold yet, in linear time.
+fn count_new<'a>(conn: &Conn, topics: impl Iterator<Item = &'a str>) -> usize {
+    let mut fresh: Vec<&str> = topics.filter(|t| !conn.holds(t)).collect();
+    fresh.sort_unstable();
+    fresh.dedup();
+    fresh.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_broker::MemoryRelay;
+
+    fn core(max_subscriptions: usize, max_connections: usize) -> Arc<Core> {
+        let broker = Broker::new(
+            "n",
+            Arc::new(MemoryRelay::standalone("n")),
+            Arc::new(BrokerMetrics::new()),
+        );
+        let limits = CoreLimits {
+            max_subscriptions,
+            outbox: OutboxLimits::default(),
+        };
+        Core::new(broker, limits, Arc::new(Connections::new(max_connections)))
+    }
+
+    fn request() -> ConnectRequest {
+        ConnectRequest {
+            mode: SubscriberMode::Json,
+            echo: true,
+            peer: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_subscription_limit_is_all_or_nothing() {
+        let core = core(3, 10);
+        let mut c = core.connect(request(), CancellationToken::new()).unwrap();
+        assert!(core.subscribe(&mut c, ["a", "b", "a"]).is_ok());
+        assert_eq!(c.topics().len(), 2);
+        let refused = core.subscribe(&mut c, ["c", "d", "a"]).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::TooManySubscriptions {
+                new: 2,
+                max: 3,
+                holding: 2
+            }
+        );
+        assert_eq!(c.topics().len(), 2, "nothing subscribed");
+        assert!(!core.broker().registry().has_topic("c"));
+        assert!(core.subscribe(&mut c, ["c", "b"]).is_ok());
+        core.unsubscribe(&mut c, ["a", "zzz"]);
+        assert_eq!(c.topics().len(), 2);
+    }
+
+    #[test]
+    fn slots_are_freed_by_leave_or_drop() {
+        let core = core(3, 2);
+        let mut a = core.connect(request(), CancellationToken::new()).unwrap();
+        let b = core.connect(request(), CancellationToken::new()).unwrap();
+        assert!(matches!(
+            core.connect(request(), CancellationToken::new()),
+            Err(Refusal::ConnectionLimit { max: 2 })
+        ));
+        core.subscribe(&mut a, ["t"]).unwrap();
+        core.leave(&mut a, "client_close");
+        core.leave(&mut a, "client_close");
+        assert!(!core.broker().registry().has_topic("t"));
+        drop(b);
+        assert_eq!(core.connections().len(), 0);
+        assert!(core.connect(request(), CancellationToken::new()).is_ok());
+    }
+}

@@ -1,0 +1,107 @@
+//! An acknowledged subscribe holds cluster-wide: two nodes on a real `redis-server`, a
+//! subscriber on node B to a topic nobody listened to before, a publisher on node A right
+//! after B's acknowledgement (the ack frame, the welcome of `?topics=`, or the 101 of
+//! `/raw/{topic}`), and B must get every message. Before the relay confirmed interest, the
+//! ack went out while the SUBSCRIBE still waited in a 20 ms batch window and these were
+//! lost, 20 of 20.
+
+use std::time::Duration;
+
+use herald_testkit::node::RedisCluster;
+use herald_testkit::wire::WireClient;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn json_of(c: &mut WireClient) -> Value {
+    serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap()
+}
+
+/// Publishes `data` to `topic` from a client on `node` and waits for the ack.
+async fn publish(publisher: &mut WireClient, topic: &str, i: usize) {
+    let req = json!({"op":"publish","topic":topic,"data":{"i":i},"id":i}).to_string();
+    publisher.send_text(&req).await.unwrap();
+    assert_eq!(json_of(publisher).await, json!({"type":"ack","id":i}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_acknowledged_on_one_node_receives_what_another_publishes_next() {
+    let c = RedisCluster::start(2).await.unwrap();
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let mut publisher = WireClient::connect(a.ws_addr(), "/ws").await.unwrap();
+    json_of(&mut publisher).await;
+
+    // By op.
+    let mut sub = WireClient::connect(b.ws_addr(), "/ws").await.unwrap();
+    json_of(&mut sub).await;
+    for i in 0..20 {
+        let topic = format!("fresh-op-{i}");
+        let req = json!({"op":"subscribe","topics":[topic],"id":i}).to_string();
+        sub.send_text(&req).await.unwrap();
+        assert_eq!(json_of(&mut sub).await, json!({"type":"ack","id":i}));
+        publish(&mut publisher, &topic, i).await;
+        let m = json_of(&mut sub).await;
+        assert_eq!(m, json!({"type":"message","topic":topic,"data":{"i":i}}), "op {i}");
+    }
+
+    // By query: the welcome frame comes after the 101, which waited for the relay.
+    for i in 0..10 {
+        let topic = format!("fresh-query-{i}");
+        let mut s = WireClient::connect(b.ws_addr(), &format!("/ws?topics={topic}"))
+            .await
+            .unwrap();
+        assert_eq!(json_of(&mut s).await["type"], "welcome");
+        publish(&mut publisher, &topic, i).await;
+        assert_eq!(json_of(&mut s).await["data"], json!({"i": i}), "query {i}");
+    }
+
+    // By raw path: no welcome at all, the 101 is the promise.
+    for i in 0..10 {
+        let topic = format!("fresh-raw-{i}");
+        let mut s = WireClient::connect(b.ws_addr(), &format!("/raw/{topic}"))
+            .await
+            .unwrap();
+        publish(&mut publisher, &topic, i).await;
+        assert_eq!(s.read_text(WAIT).await.unwrap(), json!({"i": i}).to_string(), "raw {i}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_a_subscribe_says_relay_unavailable_and_the_upgrade_is_refused() {
+    let mut c = RedisCluster::start(1).await.unwrap();
+    let node = &c.nodes[0];
+    let mut s = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
+    json_of(&mut s).await;
+    c.redis.kill().unwrap();
+    // Wait until the relay noticed.
+    for _ in 0..200 {
+        if node.metric("herald_relay_up").await.unwrap() == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    s.send_text(r#"{"op":"subscribe","topics":["during-outage"],"id":"s"}"#)
+        .await
+        .unwrap();
+    let e = json_of(&mut s).await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "relay_unavailable", "{e}");
+    assert_eq!(e["id"], "s", "{e}");
+    // Local delivery still works for it: the subscription holds on this node.
+    let mut p = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
+    json_of(&mut p).await;
+    p.send_text(r#"{"op":"publish","topic":"during-outage","data":1}"#)
+        .await
+        .unwrap();
+    assert_eq!(json_of(&mut s).await["data"], 1);
+    // An upgrade that brings topics cannot be promised: 503 relay_unavailable.
+    let refused = WireClient::try_connect(node.ws_addr(), "/ws?topics=x")
+        .await
+        .unwrap()
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 503);
+    assert!(refused.body.contains("relay_unavailable"), "{}", refused.body);
+    c.shutdown().await;
+}
