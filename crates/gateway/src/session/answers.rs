@@ -45,7 +45,9 @@ enum Pending {
 /// See the module docs.
 #[derive(Default)]
 pub struct Answers {
-    /// `None` while nothing waits.
+    /// `None` while nothing waits. Boxed: 8 bytes in every idle session instead of a
+    /// `VecDeque`'s 32.
+    #[allow(clippy::box_collection)]
     queue: Option<Box<VecDeque<Pending>>>,
 }
 
