@@ -29,48 +29,30 @@ command -v node >/dev/null || { echo "compare-uws: node is needed for the uWS pe
 [[ -x "$HERALD_BIN" && -x "$LOADTEST_BIN" ]] || (cd "$ROOT" && cargo build --release -p herald-gateway -p herald-loadtest)
 [[ -d "$PEER_DIR/node_modules/uws-pack" ]] || (cd "$PEER_DIR" && npm ci --no-audit --no-fund >/dev/null)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-PID=""
-cleanup() {
-    if [[ -n "$PID" ]]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    PID=""
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "compare-uws: nothing listens on $1" >&2
-    return 1
-}
+# shellcheck source=scripts/lib/bench.sh
+. "$ROOT/scripts/lib/bench.sh"
+trap stop_all EXIT
 
 # measure LABEL PORT ARGS...: runs the generator against the server just started on PORT
-# (pid $PID), prints the report's key lines, stops the server.
+# (the first of PIDS), prints the report's key lines, stops the server.
 measure() {
     local label="$1" port="$2"
     shift 2
     wait_port "$port"
-    echo "== $label (pid $PID)"
-    taskset -c 1 "$LOADTEST_BIN" "$@" -u "ws://127.0.0.1:$port/ws" --server-pid "$PID" -q |
-        grep -E "deliveries|lost|latency|generator|cpu .* of a core" || true
-    cleanup
+    echo "== $label (pid ${PIDS[0]})"
+    generate "$LOADTEST_BIN" "$@" -u "ws://127.0.0.1:$port/ws" --server-pid "${PIDS[0]}"
+    stop_all
 }
 
 for round in $(seq 1 "$ROUNDS"); do
     port="$(free_port)"
     admin="$(free_port)"
     taskset -c 0 "$HERALD_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" >/dev/null 2>&1 &
-    PID=$!
+    PIDS=($!)
     measure "round $round: herald" "$port" "$@"
 
     port="$(free_port)"
     taskset -c 0 node "$PEER_DIR/server.mjs" "$port" >/dev/null 2>&1 &
-    PID=$!
+    PIDS=($!)
     measure "round $round: uWebSockets.js" "$port" "$@"
 done
