@@ -1,8 +1,8 @@
 //! Publishing over HTTP: `POST /api/publish` (`{"topic", "data"}`) and the raw-body
 //! `POST /api/topics/{topic}/publish`, plus the core the batch endpoints share.
 //!
-//! A publication goes through `Broker::publish` exactly like a WebSocket one (source
-//! `http`): local fan-out at once, then the relay. The answer waits for the relay's verdict
+//! A publication goes through the core (`Core::publish`) exactly like a WebSocket one
+//! (source `http`): local fan-out at once, then the relay. The answer waits for the relay's verdict
 //! (bounded by [`RELAY_ANSWER_TIMEOUT`]):
 //! - relayed to the other nodes: 200, `"relayed": true, "relay": "ok"`;
 //! - single node (in-process relay without peers): 200, `"relayed": false,
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_broker::{broker::FanOut, PublishTicket, RelayState, Source};
+use herald_broker::{broker::FanOut, PublishTicket, RelayState};
 use herald_protocol::Payload;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
@@ -29,12 +29,14 @@ use serde::Serialize;
 use super::body::{self, Media};
 use super::error::{ApiError, ApiResult};
 use super::message::{Limits, MessageIn};
+use crate::core::Publisher;
 use crate::http_server::Body;
 use crate::node::AppState;
 
-/// Longest wait for the relay's verdict. Past it the answer is 503: the message may or may
-/// not have reached the other nodes, and saying "unknown" as an error is the safe side.
-pub const RELAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the relay's verdict (the core's bound, the same as for a WebSocket
+/// publish). Past it the answer is 503: the message may or may not have reached the other
+/// nodes, and saying "unknown" as an error is the safe side.
+pub const RELAY_ANSWER_TIMEOUT: Duration = crate::core::RELAY_ANSWER_TIMEOUT;
 
 /// What one publication did, as reported to the caller (one batch item, or the whole
 /// answer of a single publish).
@@ -80,7 +82,7 @@ pub fn limits(state: &AppState) -> Limits {
 /// Publishes (local fan-out now, relay started); await [`InFlight::finish`] for the verdict.
 pub fn start(state: &AppState, topic: String, payload: Payload) -> InFlight {
     let standalone = state.broker.relay_state() == RelayState::Standalone;
-    let report = state.broker.publish(&topic, payload, None, Source::Http);
+    let report = state.core.publish(Publisher::Http, &topic, payload);
     InFlight {
         topic,
         local: report.local,
