@@ -69,8 +69,11 @@
 mod backoff;
 mod config;
 mod inbound;
+mod link;
+mod publish_link;
 mod publisher;
 mod relay;
+mod shared;
 mod subscriptions;
 mod supervisor;
 
