@@ -90,6 +90,10 @@ pub struct BrokerMetrics {
     pub fanout_duration: Histogram,
     pub relay_up: IntGauge,
     pub relay_reconnects: IntCounter,
+    /// Re-established relay connections by link (`publish`, `pubsub`), for relays whose
+    /// connections fail and reconnect independently (the Redis relay). A link's first
+    /// connection is not counted.
+    pub relay_link_reconnects: IntCounterVec,
     pub relay_messages: IntCounterVec,
     pub relay_invalid: IntCounter,
     pub relay_latency: Histogram,
@@ -254,6 +258,13 @@ impl BrokerMetrics {
                 &r,
                 "herald_relay_reconnects_total",
                 "Times the relay reconnected to its backend.",
+            ),
+            relay_link_reconnects: counter_vec(
+                &r,
+                "herald_relay_link_reconnects_total",
+                "Times one relay connection was re-established, by link (publish, pubsub).",
+                "link",
+                &["publish", "pubsub"],
             ),
             relay_messages: counter_vec(
                 &r,

@@ -31,6 +31,7 @@ pub fn start_redis(
     rc.reconnect_backoff_max = Duration::from_millis(r.reconnect_max_ms);
     rc.unsubscribe_delay = Duration::from_millis(r.unsubscribe_delay_ms);
     rc.publish_queue_capacity = r.publish_queue;
+    rc.max_payload_bytes = config.limits.max_message_bytes;
     let relay = RedisRelay::start(rc, metrics, stop.child_token()).map_err(|e| StartError::Relay(e.to_string()))?;
     let handle = relay.clone();
     tasks.spawn(async move {

@@ -15,6 +15,6 @@ pub mod ws_frame;
 pub mod ws_parse;
 
 pub use client_msg::{decode_request, ClientRequest, RequestError, RequestId};
-pub use envelope::{Envelope, EnvelopeError, StreamPos, ENVELOPE_VERSION};
+pub use envelope::{Envelope, EnvelopeError, StreamPos, ENVELOPE_VERSION, ENVELOPE_VERSION_STREAM};
 pub use payload::{Payload, PayloadKind};
 pub use topic::{validate_topic, TopicError, TopicRules};

@@ -55,6 +55,11 @@ pub struct RedisRelayConfig {
     /// How long interest changes are collected before SUBSCRIBE is sent (default 20 ms):
     /// a burst of first subscribers to many topics costs one SUBSCRIBE with many channels.
     pub subscribe_batch_window: Duration,
+    /// How long interest changes are collected before SUBSCRIBE is sent while a
+    /// `confirm_interest` waits (default 2 ms; capped at `subscribe_batch_window`): a
+    /// client's subscribe acknowledgement waits for the SUBSCRIBE, so it should not wait
+    /// out the whole batch window too. See the supervisor's docs on the batch window.
+    pub subscribe_confirm_window: Duration,
     /// Most channels named in one SUBSCRIBE/UNSUBSCRIBE, also when resubscribing every
     /// topic after a reconnect (default 1000), so one command never gets huge.
     pub subscribe_batch_max: usize,
@@ -66,6 +71,11 @@ pub struct RedisRelayConfig {
     /// Tasks that decode inbound envelopes and hand them to the broker (default 0: one
     /// per core). A topic always goes to the same worker, which keeps per-topic order.
     pub deliver_workers: usize,
+    /// Largest payload accepted from Redis, in bytes (default 64 KiB, the gateway's default
+    /// `limits.max_message_bytes`, which the gateway passes here). A larger one is counted
+    /// in `relay_invalid` and skipped before it is copied, decoded or validated: the limit
+    /// a node enforces on its own clients holds for what other publishers on Redis send.
+    pub max_payload_bytes: usize,
     /// Envelopes waiting per worker (default 1024). When full, the pub/sub reader waits
     /// (see the crate docs on back-pressure).
     pub deliver_queue_capacity: usize,
@@ -86,10 +96,12 @@ impl Default for RedisRelayConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             unsubscribe_delay: Duration::from_millis(500),
             subscribe_batch_window: Duration::from_millis(20),
+            subscribe_confirm_window: Duration::from_millis(2),
             subscribe_batch_max: 1000,
             publish_queue_capacity: 65536,
             publish_batch_max: 512,
             deliver_workers: 0,
+            max_payload_bytes: 64 * 1024,
             deliver_queue_capacity: 1024,
         }
     }
@@ -153,6 +165,7 @@ impl RedisRelayConfig {
             ("publish_queue_capacity", self.publish_queue_capacity),
             ("publish_batch_max", self.publish_batch_max),
             ("deliver_queue_capacity", self.deliver_queue_capacity),
+            ("max_payload_bytes", self.max_payload_bytes),
         ] {
             if n == 0 {
                 p.push(format!("{name} must be positive"));

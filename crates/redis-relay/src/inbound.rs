@@ -1,10 +1,13 @@
-//! The inbound path: the pub/sub reader task (one per connection) and the delivery workers
-//! (one per core, for the relay's lifetime).
+//! The inbound path: the pub/sub reader task and the delivery workers (one per core), all
+//! for the relay's lifetime. The reader reads one pub/sub connection's stream at a time,
+//! each handed over by the supervisor as a `Feed`.
 //!
 //! The reader does as little as possible per message, because redis-rs buffers the pub/sub
 //! stream in an unbounded channel and only our reading bounds it: skip our own envelopes
-//! with [`envelope::peek_origin`] (no decode, no copy), map the channel to its topic, copy
-//! the payload once into `Bytes`, and hand it to the worker that owns the topic
+//! with [`envelope::peek_origin`] (no decode, no copy), refuse a payload larger than
+//! `max_payload_bytes` from the header alone ([`envelope::payload_len`]: before the copy,
+//! the decoding and the validation), map the channel to its topic, copy the payload once
+//! into `Bytes`, and hand it to the worker that owns the topic
 //! (`fnv1a(topic) % workers`), so each topic is handled by exactly one worker and keeps its
 //! order. Workers decode and validate (JSON validation is the expensive part and runs on all
 //! cores), count and skip malformed envelopes, and call `RelaySink::deliver`, which never
@@ -19,13 +22,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_protocol::envelope::{self, EnvelopeError};
-use redis::aio::PubSubStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::relay::Shared;
+use crate::shared::{Feed, Shared};
 
 /// One message taken off the pub/sub connection, not yet decoded.
 pub(crate) struct Inbound {
@@ -61,11 +62,27 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Reads each pub/sub connection the supervisor hands over, one after the other, until the
+/// relay stops.
+pub(crate) async fn read_feeds(shared: Arc<Shared>, mut feeds: mpsc::Receiver<Feed>, workers: Workers) {
+    loop {
+        let feed = tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return,
+            feed = feeds.recv() => feed,
+        };
+        let Some(feed) = feed else { return };
+        read(&shared, feed, &workers).await;
+    }
+}
+
 /// Reads one pub/sub connection until it ends (then cancels `failed`, so the supervisor
 /// reconnects) or until `failed` is cancelled by someone else.
-pub(crate) async fn read(shared: Arc<Shared>, mut stream: PubSubStream, workers: Workers, failed: CancellationToken) {
+async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
+    let Feed { mut stream, failed } = feed;
     let node = shared.config.node_id.as_bytes();
     let prefix = shared.config.channel_prefix.as_str();
+    let max = shared.config.max_payload_bytes;
     let mut log = Throttle::default();
     loop {
         let msg = tokio::select! {
@@ -81,6 +98,19 @@ pub(crate) async fn read(shared: Arc<Shared>, mut stream: PubSubStream, workers:
         let payload = msg.get_payload_bytes();
         if envelope::peek_origin(payload) == Some(node) {
             continue; // Redis echoes our own publications to us: delivered locally already.
+        }
+        match envelope::payload_len(payload) {
+            Ok(n) if n <= max => {}
+            Ok(n) => {
+                shared.metrics.relay_invalid.inc();
+                log.note(|| tracing::debug!(bytes = n, max, "oversized relay message skipped"));
+                continue;
+            }
+            Err(e) => {
+                shared.metrics.relay_invalid.inc();
+                log.note(|| tracing::debug!(error = %e, "malformed relay message skipped"));
+                continue;
+            }
         }
         let Some(topic) = msg.get_channel_name().strip_prefix(prefix) else {
             shared.metrics.relay_invalid.inc();

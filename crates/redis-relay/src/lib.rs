@@ -10,24 +10,37 @@
 //! # Shape
 //! - Topic `t` travels on channel `{channel_prefix}t` (default `herald:t`) as one envelope
 //!   (version, kind, publish time, origin node id, topic, payload; see
-//!   `herald_protocol::envelope` for the byte layout).
+//!   `herald_protocol::envelope` for the byte layout). This relay writes version 1: it
+//!   carries no stream position.
 //! - `Relay::publish` never blocks: it encodes the envelope and pushes it into a bounded
-//!   queue (full: `Overloaded`; relay down: `Unavailable` at once). The publisher task
-//!   sends the queue as PUBLISH pipelines on a multiplexed connection, in queue order,
-//!   and answers each publication when Redis has replied.
-//! - A dedicated pub/sub connection is read by its own task; envelopes go to one of K
-//!   delivery workers (K = cores) chosen by topic hash, which decode, validate and call
+//!   queue (full: `Overloaded`; publish connection down: `Unavailable` at once). The
+//!   publisher task sends the queue as PUBLISH pipelines on a multiplexed connection, in
+//!   queue order, and answers each publication when Redis has replied.
+//! - A dedicated pub/sub connection is read by its own task; envelopes larger than
+//!   `max_payload_bytes` are refused from their header, the rest go to one of K delivery
+//!   workers (K = cores) chosen by topic hash, which decode, validate and call
 //!   `RelaySink::deliver`. Per-topic order is kept end to end.
 //! - `Relay::interest_changed` marks a topic dirty; the supervisor reconciles dirty topics
 //!   with `RelaySink::has_interest` after a 20 ms window (one SUBSCRIBE with many
 //!   channels), and unsubscribes a topic `unsubscribe_delay` (500 ms) after its last local
 //!   subscriber left. 10k subscribers joining one topic cost one SUBSCRIBE.
-//! - Faults: a PING on both connections every `heartbeat_interval`, answered within
-//!   `heartbeat_timeout`, catches a hung Redis (SIGSTOP) or a half-open socket. Any failure
-//!   turns the relay Down (`herald_relay_up` 0), drops both connections and reconnects
-//!   with exponential backoff and full jitter (100 ms .. 5 s), then resubscribes every topic
-//!   from `RelaySink::interested_topics`, turns Up and counts `herald_relay_reconnects_total`
-//!   (the first connection of a process is not counted as a reconnect).
+//! - `Relay::confirm_interest` answers `Ok` once the live pub/sub connection's SUBSCRIBE
+//!   for the topic was answered by Redis (at once when it already was), so a subscribe
+//!   acknowledged after it is a cluster-wide promise; `Unavailable` at once while the
+//!   pub/sub connection is down. While a confirmation waits the batch window shrinks to
+//!   `subscribe_confirm_window` (2 ms). A topic is withdrawn from the confirmed set before
+//!   the supervisor decides to unsubscribe it, so no confirmation is answered `Ok` for a
+//!   channel about to be dropped (see `subscriptions`, "The confirmation race").
+//! - Faults: the two connections fail and reconnect independently. Each is PINGed every
+//!   `heartbeat_interval` and must answer within `heartbeat_timeout`, which catches a hung
+//!   Redis (SIGSTOP) or a half-open socket. A failed or timed-out PUBLISH pipeline replaces
+//!   only the publish connection (subscriptions and inbound delivery go on); a pub/sub
+//!   failure (stream ended, PING failed) replaces only the pub/sub connection and
+//!   resubscribes every topic from `RelaySink::interested_topics`. Each reconnects with
+//!   exponential backoff and full jitter (100 ms .. 5 s). The relay is Up
+//!   (`herald_relay_up` 1) only while both are up; `herald_relay_reconnects_total` counts
+//!   the relay turning Up again, `herald_relay_link_reconnects_total{link}` each
+//!   connection's reconnects (first connections are not counted).
 //!
 //! # Why RESP2 `aio::PubSub` rather than RESP3 push messages
 //! redis 1.8.1 offers both. We use a dedicated RESP2 pub/sub connection because:
@@ -65,12 +78,25 @@
 //!   of it, so an `Err` can, rarely, have reached some nodes (at most once, never twice).
 //! - Redis pub/sub is at-most-once: messages published while a node is disconnected are
 //!   lost for that node. Ordering between different publishers is Redis's arrival order.
+//! - Once `confirm_interest` answered `Ok`, what other nodes publish to the topic reaches
+//!   this node until its pub/sub connection fails (then the gap above applies).
+//! - Not authenticated: envelopes are not signed. An envelope naming this node as origin
+//!   is skipped as our own echo, so whoever can PUBLISH on the relay's channels can
+//!   suppress a message on one chosen node, but the same client can already forge any
+//!   message, from any origin, to every node, which is worse. Tagging envelopes (a keyed
+//!   MAC with a per-process or per-cluster key) would only move the problem to key
+//!   distribution and cost every message a MAC; the boundary is Redis itself: give the
+//!   relay's Redis user (ACL) sole PUBLISH rights on `{channel_prefix}*`, and keep other
+//!   applications off those channels.
 
 mod backoff;
 mod config;
 mod inbound;
+mod link;
+mod publish_link;
 mod publisher;
 mod relay;
+mod shared;
 mod subscriptions;
 mod supervisor;
 

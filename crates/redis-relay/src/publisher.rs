@@ -10,16 +10,18 @@
 //! messages.
 //!
 //! This task never reconnects: on an I/O error or a timeout it fails the batch, cancels the
-//! session's `failed` token so the supervisor reconnects at once, and carries on (failing
-//! batches immediately while the relay is down). It does not decide when the relay is up.
+//! publish link's `failed` token so `publish_link` replaces that one connection at once
+//! (the pub/sub connection and its subscriptions are not affected), and carries on (failing
+//! batches immediately while the publish link is down). It does not decide when the relay
+//! is up.
 
 use std::sync::Arc;
 
 use herald_broker::RelayError;
-use redis::RedisError;
 use tokio::sync::mpsc;
 
-use crate::relay::{Outgoing, Shared};
+use crate::link::is_connection_failure;
+use crate::shared::{Outgoing, Shared};
 
 /// Runs until the relay is cancelled, then fails whatever is still queued with
 /// [`RelayError::ShuttingDown`].
@@ -50,8 +52,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
 
 /// Sends one pipeline and answers every entry of `batch` (which is left empty).
 async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
-    let session = shared.session.borrow().clone();
-    let Some(session) = session else {
+    let link = shared.publish_link.borrow().clone();
+    let Some(link) = link else {
         answer(
             shared,
             batch,
@@ -63,19 +65,19 @@ async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
     for item in batch.iter() {
         pipe.cmd("PUBLISH").arg(&item.channel).arg(&item.envelope[..]).ignore();
     }
-    let mut conn = session.conn.clone();
+    let mut conn = link.conn.clone();
     let timeout = shared.config.command_timeout;
     let result = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             if is_connection_failure(&e) {
-                session.failed.cancel();
+                link.failed.cancel();
             }
             tracing::debug!(error = %e, count = batch.len(), "PUBLISH pipeline failed");
             Err(RelayError::Unavailable(format!("redis: {e}")))
         }
         Err(_) => {
-            session.failed.cancel();
+            link.failed.cancel();
             tracing::debug!(count = batch.len(), "PUBLISH pipeline timed out");
             Err(RelayError::Unavailable("redis did not answer PUBLISH in time".into()))
         }
@@ -94,10 +96,4 @@ fn answer(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayEr
         // The caller may have stopped waiting; that is its business.
         let _ = item.done.send(result.clone());
     }
-}
-
-/// Errors after which the connection cannot be trusted any more (as opposed to an error
-/// reply from Redis, e.g. an ACL refusal, which leaves the connection usable).
-pub(crate) fn is_connection_failure(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }

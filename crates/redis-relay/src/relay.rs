@@ -1,78 +1,26 @@
-//! [`RedisRelay`]: the handle the broker holds, and the state its tasks share.
+//! [`RedisRelay`]: the handle the broker holds.
 //!
 //! This file owns the non-blocking side of the relay, the part the broker calls on its hot
 //! path: `publish` encodes the envelope and queues it (or fails at once), `interest_changed`
-//! marks a topic dirty, `state` reads an atomic. It also starts and stops the tasks. The
-//! tasks themselves live in `supervisor` (connections, heartbeat, subscriptions),
-//! `publisher` (PUBLISH pipelines) and `inbound` (pub/sub reader, delivery workers).
+//! marks a topic dirty, `confirm_interest` answers from the confirmed set or leaves a
+//! waiter, `state` reads an atomic. It also starts and stops the tasks. The state they
+//! share lives in `shared`; the tasks themselves in `supervisor` (pub/sub connection,
+//! subscriptions), `publish_link` (publish connection), `publisher` (PUBLISH pipelines) and
+//! `inbound` (pub/sub reader, delivery workers). Only this file imports the tasks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
-use herald_broker::{BrokerMetrics, PublishTicket, Relay, RelayError, RelaySink, RelayState};
+use herald_broker::{BrokerMetrics, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket};
 use herald_protocol::{envelope, Payload};
-use prometheus::IntCounter;
 use redis::io::tcp::TcpSettings;
 use redis::IntoConnectionInfo;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{RedisRelayConfig, RelayStartError};
-use crate::subscriptions::Interest;
-use crate::supervisor::Session;
-use crate::{inbound, publisher, supervisor};
-
-/// One queued publication: the channel, the encoded envelope, and who waits for Redis's
-/// answer.
-pub(crate) struct Outgoing {
-    pub(crate) channel: String,
-    pub(crate) envelope: Bytes,
-    pub(crate) done: oneshot::Sender<Result<(), RelayError>>,
-}
-
-/// State shared by the handle and every task of one relay.
-pub(crate) struct Shared {
-    pub(crate) config: RedisRelayConfig,
-    pub(crate) client: redis::Client,
-    pub(crate) metrics: Arc<BrokerMetrics>,
-    /// `relay_messages{direction="out"}`, resolved once.
-    pub(crate) sent: IntCounter,
-    /// `dropped{reason="relay_unavailable"}`, resolved once: every accepted publication that
-    /// then failed to reach Redis (failed pipeline, shutting down). Immediate refusals
-    /// (down, overloaded) are counted by the broker, so each failure is counted once.
-    pub(crate) unrelayed: IntCounter,
-    /// The truth behind [`Relay::state`]; only the supervisor writes it.
-    up: AtomicBool,
-    /// Set once by `attach`; weak because the broker owns the relay.
-    sink: OnceLock<Weak<dyn RelaySink>>,
-    pub(crate) interest: Interest,
-    /// Cancelled by `shutdown`, by dropping the handle, or by the caller's parent token.
-    pub(crate) cancel: CancellationToken,
-    /// The live connection, `None` while down. The publisher reads it per batch.
-    pub(crate) session: watch::Sender<Option<Arc<Session>>>,
-}
-
-impl Shared {
-    pub(crate) fn sink(&self) -> Option<Arc<dyn RelaySink>> {
-        self.sink.get()?.upgrade()
-    }
-
-    pub(crate) fn has_interest(&self, topic: &str) -> bool {
-        self.sink().is_some_and(|s| s.has_interest(topic))
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    /// Flips the state and the `relay_up` gauge together.
-    pub(crate) fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Release);
-        self.metrics.relay_up.set(i64::from(up));
-    }
-}
+use crate::shared::{Outgoing, Shared};
+use crate::{inbound, publish_link, publisher, supervisor};
 
 /// The relay over Redis pub/sub; see the crate docs. Dropping it stops its tasks.
 pub struct RedisRelay {
@@ -101,25 +49,15 @@ impl RedisRelay {
         let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info)?;
         let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue_capacity);
-        let unrelayed = metrics.dropped.with_label_values(&["relay_unavailable"]);
-        let sent = metrics.relay_messages.with_label_values(&["out"]);
-        metrics.relay_up.set(0);
-        let shared = Arc::new(Shared {
-            config,
-            client,
-            metrics,
-            sent,
-            unrelayed,
-            up: AtomicBool::new(false),
-            sink: OnceLock::new(),
-            interest: Interest::default(),
-            cancel: cancel.child_token(),
-            session: watch::Sender::new(None),
-        });
+        // One stream at a time: the supervisor hands over the next only after a reconnect.
+        let (feeds_tx, feeds_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared::new(config, client, metrics, cancel.child_token(), feeds_tx));
         let tracker = TaskTracker::new();
         let workers = inbound::spawn_workers(&shared, &tracker);
+        tracker.spawn(inbound::read_feeds(shared.clone(), feeds_rx, workers));
         tracker.spawn(publisher::run(shared.clone(), publish_rx));
-        tracker.spawn(supervisor::run(shared.clone(), workers, tracker.clone()));
+        tracker.spawn(publish_link::run(shared.clone()));
+        tracker.spawn(supervisor::run(shared.clone()));
         tracker.close();
         Ok(Arc::new(Self {
             shared,
@@ -139,6 +77,18 @@ impl RedisRelay {
     /// Waits until every task has stopped (after a cancellation from anywhere).
     pub async fn wait(&self) {
         self.tracker.wait().await;
+    }
+
+    /// Whether the publish connection is up: `publish` is refused at once while it is not.
+    /// The relay is [`RelayState::Up`] only while both connections are.
+    pub fn publish_link_up(&self) -> bool {
+        self.shared.is_publish_up()
+    }
+
+    /// Whether the pub/sub connection is up and resubscribed: `confirm_interest` is
+    /// refused at once while it is not.
+    pub fn pubsub_link_up(&self) -> bool {
+        self.shared.is_pubsub_up()
     }
 
     /// The node id this relay writes into envelopes.
@@ -166,7 +116,7 @@ impl Drop for RedisRelay {
 
 impl Relay for RedisRelay {
     fn attach(&self, sink: Weak<dyn RelaySink>) {
-        if self.shared.sink.set(sink).is_err() {
+        if !self.shared.set_sink(sink) {
             tracing::warn!("redis relay attached twice; keeping the first sink");
             return;
         }
@@ -183,8 +133,8 @@ impl Relay for RedisRelay {
         if self.shared.cancel.is_cancelled() {
             return self.refuse(RelayError::ShuttingDown);
         }
-        if !self.shared.is_up() {
-            return self.refuse(RelayError::Unavailable("redis relay is down".into()));
+        if !self.shared.is_publish_up() {
+            return self.refuse(RelayError::Unavailable("redis relay publish connection is down".into()));
         }
         let cfg = &self.shared.config;
         let envelope = envelope::encode(&cfg.node_id, published_at_micros, topic, payload);
@@ -205,9 +155,12 @@ impl Relay for RedisRelay {
         self.shared.interest.mark(topic);
     }
 
-    fn confirm_interest(&self, _topic: &str) -> herald_broker::InterestTicket {
-        // Not yet confirmed against Redis: see the interest-confirmation work in progress.
-        PublishTicket::ok()
+    /// See `subscriptions` ("The confirmation race") and `supervisor` (the batch window).
+    fn confirm_interest(&self, topic: &str) -> InterestTicket {
+        if self.shared.cancel.is_cancelled() {
+            return Ticket::Done(Err(RelayError::Unavailable("redis relay is shutting down".into())));
+        }
+        self.shared.interest.confirm(topic)
     }
 
     fn state(&self) -> RelayState {

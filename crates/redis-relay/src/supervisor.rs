@@ -1,126 +1,95 @@
-//! The supervisor task: owns the relay's connections and its Redis subscriptions.
+//! The supervisor task: owns the relay's pub/sub connection and its Redis subscriptions.
 //!
-//! One loop, one owner, no races: connect (multiplexed connection for PUBLISH plus a
-//! dedicated RESP2 pub/sub connection, each under `connect_timeout`), start the reader,
-//! SUBSCRIBE every topic the broker has local interest in (in batches), publish the session
-//! and flip the state to Up. While up it serves three things: the heartbeat (PING on both
-//! connections with `heartbeat_timeout`), interest hints (batched SUBSCRIBE after
-//! `subscribe_batch_window`, UNSUBSCRIBE after `unsubscribe_delay`), and failure signals
-//! from the reader (stream ended) and the publisher (I/O error, timeout). On any failure:
-//! state Down first (so `publish` fails fast), drop both connections, sleep a jittered
-//! exponential backoff, start over. Redis forgets a connection's subscriptions with the
-//! connection, so every reconnect resubscribes from scratch; nothing in the library
-//! reconnects or resubscribes on its own.
+//! One loop, one owner: connect a dedicated RESP2 pub/sub connection (within
+//! `connect_timeout`), hand its message stream to the reader, SUBSCRIBE every topic the
+//! broker has local interest in (in batches), confirm them, and mark the pub/sub link up.
+//! While up it serves three things: the heartbeat (PING on the pub/sub connection with
+//! `heartbeat_timeout`), interest hints (batched SUBSCRIBE after the batch window,
+//! UNSUBSCRIBE after `unsubscribe_delay`), and the reader's signal that the stream ended.
+//! On any failure: link down and confirmations refused first, drop the connection, sleep a
+//! jittered exponential backoff, start over. Redis forgets a connection's subscriptions
+//! with the connection, so every reconnect resubscribes from scratch; nothing in the
+//! library reconnects or resubscribes on its own.
 //!
-//! It does not touch publications or inbound messages; see `publisher` and `inbound`.
+//! The batch window: hints are collected for `subscribe_batch_window` (20 ms) before one
+//! SUBSCRIBE names every new channel. When a `confirm_interest` waits (a client's
+//! subscribe acknowledgement hangs on it), the window closes `subscribe_confirm_window`
+//! (2 ms) after it opened instead: hints that arrive together still share one SUBSCRIBE,
+//! and while one is in flight the next batch accumulates, so the batching adapts to load
+//! the way the PUBLISH pipelines do, without adding 20 ms to every subscribe
+//! acknowledgement. Many subscribers of one topic still cost one SUBSCRIBE: the first one's
+//! confirmation waits for it, the rest find the topic confirmed.
+//!
+//! It does not touch the publish connection (`publish_link`), publications (`publisher`) or
+//! inbound messages (`inbound`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
-use redis::{AsyncConnectionConfig, RedisError};
-use thiserror::Error;
+use herald_broker::RelayError;
+use redis::aio::{PubSub, PubSubSink};
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
-use crate::inbound::{self, Workers};
-use crate::relay::Shared;
+use crate::link::{LinkError, Retry};
+use crate::shared::{Feed, Link, Shared};
 use crate::subscriptions::Reconciler;
 
-/// A live pair of connections, as the publisher sees it.
-pub(crate) struct Session {
-    /// For PUBLISH pipelines; cloning shares the one socket.
-    pub(crate) conn: MultiplexedConnection,
-    /// Cancelled by whoever first sees the connection fail; ends the session.
-    pub(crate) failed: CancellationToken,
-}
-
-/// Why a session ended or never started.
-#[derive(Debug, Error)]
-pub(crate) enum SessionError {
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-    #[error("{0} timed out")]
-    Timeout(&'static str),
-    #[error("connection lost")]
-    Lost,
-    #[error("shutting down")]
-    Shutdown,
-}
-
 /// Runs until the relay is cancelled.
-pub(crate) async fn run(shared: Arc<Shared>, workers: Workers, tracker: TaskTracker) {
+pub(crate) async fn run(shared: Arc<Shared>) {
     let cfg = &shared.config;
-    let mut backoff = Backoff::new(cfg.reconnect_backoff_min, cfg.reconnect_backoff_max);
-    let mut was_up = false;
-    // Failed attempts since the relay was last up: the first is a warning, the rest debug.
-    let mut failures = 0u32;
+    let mut retry = Retry::new(Link::PubSub, cfg);
     loop {
         let connected = tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            c = connect(&shared) => c,
+            c = timeout(cfg.connect_timeout, shared.client.get_async_pubsub()) => c,
         };
         let result = match connected {
-            Ok((conn, pubsub)) => {
-                let started = Instant::now();
-                let r = session(&shared, conn, pubsub, &workers, &tracker, &mut was_up, &mut failures).await;
-                if started.elapsed() >= cfg.reconnect_backoff_max {
-                    backoff.reset();
-                }
-                r
-            }
-            Err(e) => Err(e),
+            Ok(Ok(pubsub)) => session(&shared, pubsub, &mut retry).await,
+            Ok(Err(e)) => e.into(),
+            Err(_) => LinkError::Timeout("pub/sub connect"),
         };
-        match result {
-            Err(SessionError::Shutdown) => break,
-            Err(e) if failures == 0 => tracing::warn!(error = %e, url = %cfg.url, "redis relay down; reconnecting"),
-            Err(e) => tracing::debug!(error = %e, failures, "redis relay reconnect failed"),
-            Ok(()) => {}
+        if matches!(result, LinkError::Shutdown) {
+            break;
         }
-        failures = failures.saturating_add(1);
-        let delay = backoff.next_delay();
-        tokio::select! {
-            biased;
-            _ = shared.cancel.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+        if retry.failures() > 0 {
+            // A reconnect attempt failed: whoever waits for a confirmation (a subscribe
+            // acknowledgement) is told now rather than after the whole outage. A session
+            // that just ended keeps its waiters for one attempt, which answers them when
+            // it resubscribes their topics.
+            shared
+                .interest
+                .fail_waiters(RelayError::Unavailable(format!("redis relay is down: {result}")));
+        }
+        retry.failed(&result, &cfg.url);
+        if !retry.pause(&shared.cancel).await {
+            break;
         }
     }
-    shared.set_up(false);
-    shared.session.send_replace(None);
+    shared.interest.disconnected();
+    shared
+        .interest
+        .fail_waiters(RelayError::Unavailable("redis relay is shutting down".into()));
+    shared.set_link(Link::PubSub, false);
 }
 
-/// Opens both connections, each within `connect_timeout`.
-async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, PubSub), SessionError> {
-    let cfg = &shared.config;
-    let conn_cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(cfg.connect_timeout))
-        .set_response_timeout(Some(cfg.command_timeout));
-    let conn = shared
-        .client
-        .get_multiplexed_async_connection_with_config(&conn_cfg)
-        .await?;
-    let pubsub = timeout(cfg.connect_timeout, shared.client.get_async_pubsub())
-        .await
-        .map_err(|_| SessionError::Timeout("pub/sub connect"))??;
-    Ok((conn, pubsub))
-}
-
-/// One connected period: resubscribe, go Up, serve until something fails, go Down.
-async fn session(
-    shared: &Arc<Shared>,
-    conn: MultiplexedConnection,
-    pubsub: PubSub,
-    workers: &Workers,
-    tracker: &TaskTracker,
-    was_up: &mut bool,
-    failures: &mut u32,
-) -> Result<(), SessionError> {
+/// One connected period: resubscribe, go up, serve until something fails, go down.
+/// Returns why it ended.
+async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> LinkError {
     let failed = shared.cancel.child_token();
     let (mut sink, stream) = pubsub.split();
-    tracker.spawn(inbound::read(shared.clone(), stream, workers.clone(), failed.clone()));
+    let feed = Feed {
+        stream,
+        failed: failed.clone(),
+    };
+    let handed = tokio::select! {
+        biased;
+        _ = shared.cancel.cancelled() => Err(LinkError::Shutdown),
+        sent = shared.feeds.send(feed) => sent.map_err(|_| LinkError::Shutdown),
+    };
+    if let Err(e) = handed {
+        return e;
+    }
     let mut rec = Reconciler::default();
     let result = async {
         // Hints that arrived until now are covered by the full snapshot taken next; hints
@@ -131,39 +100,36 @@ async fn session(
             None => Vec::new(),
         };
         subscribe(shared, &mut sink, &topics, "SUBSCRIBE").await?;
+        shared.interest.connected(&topics);
         let count = topics.len();
         rec.reset(topics);
-        shared.session.send_replace(Some(Arc::new(Session {
-            conn: conn.clone(),
-            failed: failed.clone(),
-        })));
-        shared.set_up(true);
-        if *was_up {
-            shared.metrics.relay_reconnects.inc();
-            tracing::info!(topics = count, "redis relay reconnected and resubscribed");
+        shared.set_link(Link::PubSub, true);
+        if retry.up() {
+            shared.count_link_reconnect(Link::PubSub);
+            tracing::info!(topics = count, "redis relay pub/sub reconnected and resubscribed");
         } else {
-            tracing::info!(topics = count, "redis relay connected");
+            tracing::info!(topics = count, "redis relay pub/sub connected");
         }
-        *was_up = true;
-        *failures = 0;
-        serve(shared, &mut sink, &conn, &mut rec, &failed).await
+        serve(shared, &mut sink, &mut rec, &failed).await
     }
     .await;
-    // Down before anything else, so `publish` fails fast instead of queueing.
-    shared.set_up(false);
-    shared.session.send_replace(None);
+    // Refuse confirmations and go down before anything else.
+    shared.interest.disconnected();
+    shared.set_link(Link::PubSub, false);
     failed.cancel();
-    result
+    match result {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
 }
 
-/// The Up state: heartbeat, interest changes, failure signals.
+/// The up state: heartbeat, interest changes, failure signals. Never returns `Ok`.
 async fn serve(
     shared: &Shared,
     sink: &mut PubSubSink,
-    conn: &MultiplexedConnection,
     rec: &mut Reconciler,
     failed: &CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<std::convert::Infallible, LinkError> {
     let cfg = &shared.config;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + cfg.heartbeat_interval, cfg.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -172,22 +138,23 @@ async fn serve(
         let deadline = rec.next_deadline();
         tokio::select! {
             biased;
-            _ = shared.cancel.cancelled() => return Err(SessionError::Shutdown),
-            _ = failed.cancelled() => return Err(SessionError::Lost),
-            _ = heartbeat.tick() => ping(cfg.heartbeat_timeout, sink, conn).await?,
+            _ = shared.cancel.cancelled() => return Err(LinkError::Shutdown),
+            _ = failed.cancelled() => return Err(LinkError::Lost),
+            _ = heartbeat.tick() => {
+                timeout(cfg.heartbeat_timeout, sink.ping::<redis::Value>())
+                    .await
+                    .map_err(|_| LinkError::Timeout("pub/sub heartbeat"))??;
+            }
             _ = shared.interest.changed() => {
-                // Let a burst of hints accumulate: one SUBSCRIBE for all of them.
-                tokio::select! {
-                    _ = shared.cancel.cancelled() => return Err(SessionError::Shutdown),
-                    _ = tokio::time::sleep(cfg.subscribe_batch_window) => {}
-                }
-                let now = Instant::now();
-                let new = rec.plan(shared.interest.take(), has_interest, now, cfg.unsubscribe_delay);
-                subscribe(shared, sink, &new, "SUBSCRIBE").await?;
-                rec.subscribed(&new);
+                batch_window(shared).await?;
+                let plan = rec.plan(shared.interest.take(), has_interest, Instant::now(), cfg.unsubscribe_delay);
+                shared.interest.abandon(&plan.abandoned);
+                subscribe(shared, sink, &plan.subscribe, "SUBSCRIBE").await?;
+                rec.subscribed(&plan.subscribe);
+                shared.interest.confirmed(&plan.subscribe);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                let gone = rec.due(Instant::now(), has_interest);
+                let gone = rec.due(Instant::now(), &shared.interest, has_interest);
                 subscribe(shared, sink, &gone, "UNSUBSCRIBE").await?;
                 rec.unsubscribed(&gone);
             }
@@ -195,26 +162,34 @@ async fn serve(
     }
 }
 
-/// PING on both connections at once; either failing or timing out ends the session.
-async fn ping(limit: Duration, sink: &mut PubSubSink, conn: &MultiplexedConnection) -> Result<(), SessionError> {
-    let mut conn = conn.clone();
-    let pubsub = timeout(limit, sink.ping::<redis::Value>());
-    let ping = redis::cmd("PING");
-    let command = timeout(limit, ping.query_async::<redis::Value>(&mut conn));
-    let (a, b) = tokio::join!(pubsub, command);
-    a.map_err(|_| SessionError::Timeout("pub/sub heartbeat"))??;
-    b.map_err(|_| SessionError::Timeout("heartbeat"))??;
-    Ok(())
+/// Lets a burst of hints accumulate: `subscribe_batch_window`, or
+/// `subscribe_confirm_window` while a confirmation waits (see the module docs).
+async fn batch_window(shared: &Shared) -> Result<(), LinkError> {
+    let cfg = &shared.config;
+    let opened = Instant::now();
+    let full = opened + cfg.subscribe_batch_window;
+    let short = opened + cfg.subscribe_confirm_window.min(cfg.subscribe_batch_window);
+    loop {
+        let until = if shared.interest.has_waiters() { short } else { full };
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return Err(LinkError::Shutdown),
+            _ = tokio::time::sleep_until(until) => return Ok(()),
+            _ = shared.interest.waiter_arrived() => {}
+        }
+    }
 }
 
 /// SUBSCRIBE or UNSUBSCRIBE `topics` in commands of at most `subscribe_batch_max`
-/// channels, each within `command_timeout`. Nothing is sent for an empty list.
+/// channels, each within `command_timeout`. Nothing is sent for an empty list. Redis runs
+/// a command whole before it answers, so the first reply means every channel of it is
+/// subscribed.
 async fn subscribe(
     shared: &Shared,
     sink: &mut PubSubSink,
     topics: &[Box<str>],
     verb: &'static str,
-) -> Result<(), SessionError> {
+) -> Result<(), LinkError> {
     let cfg = &shared.config;
     for chunk in topics.chunks(cfg.subscribe_batch_max) {
         let channels: Vec<String> = chunk.iter().map(|t| cfg.channel(t)).collect();
@@ -227,7 +202,7 @@ async fn subscribe(
         };
         timeout(cfg.command_timeout, op)
             .await
-            .map_err(|_| SessionError::Timeout(verb))??;
+            .map_err(|_| LinkError::Timeout(verb))??;
         tracing::debug!(verb, channels = chunk.len(), "redis subscriptions updated");
     }
     Ok(())

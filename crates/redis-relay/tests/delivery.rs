@@ -217,3 +217,30 @@ async fn garbage_is_counted_skipped_and_harmless() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payloads_over_the_limit_are_refused_before_decoding() {
+    init_logs();
+    let redis = RedisServer::start();
+    let a = Node::start(fast(&redis.url(), "node-a"));
+    let b = Node::start(herald_redis::RedisRelayConfig {
+        max_payload_bytes: 1000,
+        ..fast(&redis.url(), "node-b")
+    });
+    wait_until(LIMIT, "both relays up", || a.is_up() && b.is_up()).await;
+    b.join_confirmed("big").outcome().await.unwrap();
+
+    let at_limit = "x".repeat(1000);
+    a.publish("big", &"y".repeat(1001)).outcome().await.unwrap();
+    a.publish("big", &at_limit).outcome().await.unwrap();
+    // Over the limit and malformed: refused by its size, counted once.
+    let mut raw = encode("node-x", 1, "big", &Payload::json(vec![b'['; 5000])).to_vec();
+    redis.publish_raw("herald:big", &raw);
+    raw.truncate(raw.len() - 4001);
+    redis.publish_raw("herald:big", &raw); // 999 bytes of broken JSON: too small to refuse by size
+    a.publish("big", "after").outcome().await.unwrap();
+
+    wait_until(LIMIT, "the rest delivered", || b.sink.texts("big").len() == 2).await;
+    assert_eq!(b.sink.texts("big"), [at_limit, "after".to_owned()]);
+    wait_until(LIMIT, "refusals counted", || b.metrics.relay_invalid.get() == 3).await;
+}

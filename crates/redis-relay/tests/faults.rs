@@ -47,7 +47,10 @@ async fn delivery_works(a: &Node, b: &Node, topic: &str, tag: &str) {
 
 /// Publishing while down fails at once. An immediate refusal is counted by the broker
 /// (which sees every `PublishTicket::Done(Err)`), not by the relay, so it is counted once.
-fn publish_fails_while_down(n: &Node) {
+/// The relay is Down as soon as either connection is; publishing is refused once the
+/// publish connection's own failure was noticed (a heartbeat or a failed pipeline later).
+async fn publish_fails_while_down(n: &Node) {
+    wait_until(LIMIT, "publish link down", || !n.relay.publish_link_up()).await;
     let before = unrelayed(n);
     match n.publish("any", "lost") {
         PublishTicket::Done(Err(RelayError::Unavailable(_))) => {}
@@ -70,7 +73,7 @@ async fn outage(outage: Duration) {
     let down = wait_until(LIMIT, "both Down", || !a.is_up() && !b.is_up()).await;
     println!("killed: Down after {down:?}");
     assert_eq!(a.metrics.relay_up.get(), 0);
-    publish_fails_while_down(&a);
+    publish_fails_while_down(&a).await;
     tokio::time::sleep(outage.saturating_sub(down)).await;
     assert_eq!(a.relay.state(), RelayState::Down);
 
@@ -121,8 +124,8 @@ async fn notices_a_hung_redis_and_recovers() {
         down <= Duration::from_secs(3),
         "interval + timeout (+1 s slack) bound the detection: {down:?}"
     );
-    publish_fails_while_down(&a);
-    publish_fails_while_down(&b);
+    publish_fails_while_down(&a).await;
+    publish_fails_while_down(&b).await;
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused_at.elapsed())).await;
     assert!(!a.is_up(), "still down while Redis is paused");
 
@@ -141,7 +144,7 @@ async fn starts_without_redis_and_connects_later() {
     a.join("early");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.relay.state(), RelayState::Down);
-    publish_fails_while_down(&a);
+    publish_fails_while_down(&a).await;
 
     let redis = RedisServer::start_on(port);
     wait_until(LIMIT, "Up once Redis appears", || a.is_up()).await;

@@ -170,6 +170,34 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// `CLIENT PAUSE ms WRITE`: Redis 7 then holds PUBLISH (and every write) for `ms`, but
+    /// still answers PING and delivers to subscribers.
+    pub fn pause_writes(&self, ms: u64) {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .query(&mut self.connection())
+            .unwrap();
+    }
+
+    /// The ids of every pub/sub client (`CLIENT LIST TYPE pubsub`), sorted.
+    pub fn pubsub_client_ids(&self) -> Vec<u64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.connection())
+            .unwrap();
+        let mut ids: Vec<u64> = list
+            .lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(|id| id.parse().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// PUBLISH arbitrary bytes, as a foreign client would.
     pub fn publish_raw(&self, channel: &str, bytes: &[u8]) {
         let _: i64 = redis::cmd("PUBLISH")
@@ -276,6 +304,13 @@ impl Node {
     pub fn leave(&self, topic: &str) {
         self.sink.interest.lock().unwrap().remove(topic);
         self.relay.interest_changed(topic);
+    }
+
+    /// A local subscriber arrives and waits for the relay's confirmation, as the broker
+    /// does before acknowledging a subscribe: registered first, hinted, then confirmed.
+    pub fn join_confirmed(&self, topic: &str) -> PublishTicket {
+        self.join(topic);
+        self.relay.confirm_interest(topic)
     }
 
     pub fn publish(&self, topic: &str, text: &str) -> PublishTicket {

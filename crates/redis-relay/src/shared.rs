@@ -1,0 +1,194 @@
+//! The state one relay's handle and tasks share ([`Shared`]), and the values they hand each
+//! other: a queued publication ([`Outgoing`]), the live publish connection
+//! ([`PublishLink`]) and a pub/sub stream for the reader ([`Feed`]).
+//!
+//! This file owns the relay's Up/Down truth: each of the two connections (publish,
+//! pub/sub) is up or down on its own, and the relay is Up only when both are. It imports
+//! none of the task modules; the tasks (`supervisor`, `publish_link`, `publisher`,
+//! `inbound`) import it, and `relay` (the handle) imports it and starts the tasks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use bytes::Bytes;
+use herald_broker::{BrokerMetrics, RelayError, RelaySink};
+use prometheus::IntCounter;
+use redis::aio::{MultiplexedConnection, PubSubStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisRelayConfig;
+use crate::subscriptions::Interest;
+
+/// One queued publication: the channel, the encoded envelope, and who waits for Redis's
+/// answer.
+pub(crate) struct Outgoing {
+    pub(crate) channel: String,
+    pub(crate) envelope: Bytes,
+    pub(crate) done: oneshot::Sender<Result<(), RelayError>>,
+}
+
+/// The live publish connection, as the publisher sees it.
+pub(crate) struct PublishLink {
+    /// For PUBLISH pipelines; cloning shares the one socket.
+    pub(crate) conn: MultiplexedConnection,
+    /// Cancelled by whoever first sees this connection fail (the publisher on a failed or
+    /// timed-out pipeline, the heartbeat); only the publish connection is replaced.
+    pub(crate) failed: CancellationToken,
+}
+
+/// A new pub/sub connection's message stream, handed from the supervisor to the reader.
+pub(crate) struct Feed {
+    pub(crate) stream: PubSubStream,
+    /// Cancelled by whoever first sees the pub/sub connection fail: the reader when the
+    /// stream ends, the supervisor on a failed PING or (UN)SUBSCRIBE.
+    pub(crate) failed: CancellationToken,
+}
+
+/// The relay's two connections; each fails and reconnects on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    Publish,
+    PubSub,
+}
+
+impl Link {
+    /// The `link` label of `herald_relay_link_reconnects_total`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::PubSub => "pubsub",
+        }
+    }
+}
+
+/// Which links are up; changed under one lock so the relay's state, its gauge and the
+/// reconnect count never disagree.
+#[derive(Debug, Default)]
+struct Links {
+    publish: bool,
+    pubsub: bool,
+    /// The relay was Up at least once (so turning Up again is a reconnect).
+    was_up: bool,
+}
+
+/// State shared by the handle and every task of one relay.
+pub(crate) struct Shared {
+    pub(crate) config: RedisRelayConfig,
+    pub(crate) client: redis::Client,
+    pub(crate) metrics: Arc<BrokerMetrics>,
+    /// `relay_messages{direction="out"}`, resolved once.
+    pub(crate) sent: IntCounter,
+    /// `dropped{reason="relay_unavailable"}`, resolved once: every accepted publication that
+    /// then failed to reach Redis (failed pipeline, shutting down). Immediate refusals
+    /// (down, overloaded) are counted by the broker, so each failure is counted once.
+    pub(crate) unrelayed: IntCounter,
+    links: Mutex<Links>,
+    /// Both links up: the truth behind `Relay::state`.
+    up: AtomicBool,
+    /// The publish link is up: `publish` fails fast while it is not.
+    publish_up: AtomicBool,
+    /// The pub/sub link is up (connected and resubscribed).
+    pubsub_up: AtomicBool,
+    /// Set once by `attach`; weak because the broker owns the relay.
+    sink: OnceLock<Weak<dyn RelaySink>>,
+    pub(crate) interest: Interest,
+    /// Cancelled by `shutdown`, by dropping the handle, or by the caller's parent token.
+    pub(crate) cancel: CancellationToken,
+    /// The live publish connection, `None` while down. The publisher reads it per batch.
+    pub(crate) publish_link: watch::Sender<Option<Arc<PublishLink>>>,
+    /// Where the supervisor hands each new pub/sub stream to the reader.
+    pub(crate) feeds: mpsc::Sender<Feed>,
+}
+
+impl Shared {
+    /// A relay's shared state, everything down; `feeds` is the reader's inbox.
+    pub(crate) fn new(
+        config: RedisRelayConfig,
+        client: redis::Client,
+        metrics: Arc<BrokerMetrics>,
+        cancel: CancellationToken,
+        feeds: mpsc::Sender<Feed>,
+    ) -> Self {
+        let unrelayed = metrics.dropped.with_label_values(&["relay_unavailable"]);
+        let sent = metrics.relay_messages.with_label_values(&["out"]);
+        metrics.relay_up.set(0);
+        Self {
+            config,
+            client,
+            metrics,
+            sent,
+            unrelayed,
+            links: Mutex::new(Links::default()),
+            up: AtomicBool::new(false),
+            publish_up: AtomicBool::new(false),
+            pubsub_up: AtomicBool::new(false),
+            sink: OnceLock::new(),
+            interest: Interest::default(),
+            cancel,
+            publish_link: watch::Sender::new(None),
+            feeds,
+        }
+    }
+
+    /// Stores the broker's sink; `false` when one was set already.
+    pub(crate) fn set_sink(&self, sink: Weak<dyn RelaySink>) -> bool {
+        self.sink.set(sink).is_ok()
+    }
+
+    pub(crate) fn sink(&self) -> Option<Arc<dyn RelaySink>> {
+        self.sink.get()?.upgrade()
+    }
+
+    pub(crate) fn has_interest(&self, topic: &str) -> bool {
+        self.sink().is_some_and(|s| s.has_interest(topic))
+    }
+
+    /// Both connections up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The publish connection is up (the pub/sub one may not be).
+    pub(crate) fn is_publish_up(&self) -> bool {
+        self.publish_up.load(Ordering::Acquire)
+    }
+
+    /// The pub/sub connection is up and resubscribed.
+    pub(crate) fn is_pubsub_up(&self) -> bool {
+        self.pubsub_up.load(Ordering::Acquire)
+    }
+
+    /// One link went up or down: updates the relay's state and the `relay_up` gauge, and
+    /// counts `relay_reconnects` when the relay as a whole turns Up again.
+    pub(crate) fn set_link(&self, link: Link, up: bool) {
+        let mut l = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match link {
+            Link::Publish => {
+                l.publish = up;
+                self.publish_up.store(up, Ordering::Release);
+            }
+            Link::PubSub => {
+                l.pubsub = up;
+                self.pubsub_up.store(up, Ordering::Release);
+            }
+        }
+        let both = l.publish && l.pubsub;
+        let was = self.up.swap(both, Ordering::AcqRel);
+        if both && !was {
+            if l.was_up {
+                self.metrics.relay_reconnects.inc();
+            }
+            l.was_up = true;
+        }
+        self.metrics.relay_up.set(i64::from(both));
+    }
+
+    /// Counts a link's reconnect (not its first connection).
+    pub(crate) fn count_link_reconnect(&self, link: Link) {
+        self.metrics
+            .relay_link_reconnects
+            .with_label_values(&[link.as_str()])
+            .inc();
+    }
+}
