@@ -53,7 +53,7 @@ pub const CLOSE_REASONS: &[&str] = &[
 ];
 
 /// Why a connection attempt was refused before the upgrade.
-pub const REJECT_REASONS: &[&str] = &["connection_limit", "bad_request", "not_ready", "relay_unavailable"];
+pub const REJECT_REASONS: &[&str] = &["connection_limit", "bad_request", "not_ready"];
 
 /// Why a message did not reach a subscriber (or the cluster).
 pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable"];

@@ -60,7 +60,6 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
 fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let reason = match status {
         StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
-        StatusCode::SERVICE_UNAVAILABLE if code == "relay_unavailable" => "relay_unavailable",
         StatusCode::SERVICE_UNAVAILABLE => "not_ready",
         _ => "bad_request",
     };
@@ -177,15 +176,16 @@ async fn upgrade(
     };
     // Registered now, before the 101 goes out: the client is subscribed once it has the
     // answer, and on a cluster the 101 waits until the relay confirmed every topic, so
-    // whatever any node publishes after the client has the answer reaches it. If the
-    // upgrade never completes, dropping `prepared` undoes it.
+    // whatever any node publishes after the client has the answer reaches it (unless the
+    // relay is down: see below). If the upgrade never completes, dropping `prepared`
+    // undoes it.
     let params = SessionParams {
         mode,
         topics,
         echo,
         peer,
     };
-    let (prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
+    let (mut prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
         Ok(p) => p,
         Err(session::PrepareError::Refused(r @ Refusal::ConnectionLimit { .. })) => {
             return reject(
@@ -201,16 +201,11 @@ async fn upgrade(
     };
     let deadline = tokio::time::Instant::now() + RELAY_ANSWER_TIMEOUT;
     if let Err(e) = confirmation.wait(deadline).await {
-        drop(prepared);
-        let mut r = reject(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "relay_unavailable",
-            &format!("{e}; try again or connect to another node"),
-        );
-        r.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
-        return r;
+        // The relay cannot promise these topics now (down, or no answer in time). The node
+        // still serves its own clients: the subscriptions hold here and are extended to the
+        // cluster when the relay recovers; a JSON client is told so right after the
+        // welcome, a raw one (no answers in raw mode) has the metric and the readiness.
+        prepared.relay_unavailable(&e);
     }
     let session_task = async move {
         let ws = match fut.await {

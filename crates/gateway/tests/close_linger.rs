@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_sending_when_it_is_closed_reads_the_close_frame() {
-    let node = TestNode::start_with(|c| c.limits.max_message_bytes = 1024).await.unwrap();
+    let node = TestNode::start_with(|c| c.limits.max_message_bytes = 1024)
+        .await
+        .unwrap();
     for round in 0..5 {
         let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
         c.read_text(Duration::from_secs(5)).await.unwrap();

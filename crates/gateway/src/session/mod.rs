@@ -149,6 +149,23 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The topics it brought are held on this node only for now: a JSON client gets an
+    /// error frame saying so right after its welcome (raw mode has no answers).
+    pub fn relay_unavailable(&mut self, e: &crate::core::ConfirmError) {
+        let metrics = &self.session.state.metrics;
+        metrics
+            .client_errors
+            .with_label_values(&[server_msg::ErrorCode::RelayUnavailable.as_str()])
+            .inc();
+        if self.session.conn.mode == SubscriberMode::Json {
+            let msg = format!("{e}; messages from other nodes follow once the relay recovers");
+            let frame = server_msg::error(None, server_msg::ErrorCode::RelayUnavailable, &msg);
+            self.session.conn.outbox.push_control(frame);
+        }
+    }
+}
+
 /// Aborts the writer task however the session ends, a panic included, so no writer is left
 /// holding the socket.
 struct AbortOnDrop(tokio::task::AbortHandle);
