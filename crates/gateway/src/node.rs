@@ -10,7 +10,7 @@
 //! 5. whatever still runs after `shutdown.grace_ms` is abandoned and the process exits.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::body::BodyBudget;
 use crate::config::Config;
+use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::socket_budget::SocketBudget;
 use crate::{admin, clock, http_server, public, relay_setup};
 
 /// Why a node could not start.
@@ -30,6 +33,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("relay: {0}")]
     Relay(String),
+    #[error("{0}")]
+    FdLimit(#[from] FdLimitTooLow),
 }
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -73,7 +78,8 @@ pub struct AppState {
     pub ws_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     next_conn: AtomicU64,
-    open: AtomicUsize,
+    /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
+    pub sockets: Arc<SocketBudget>,
 }
 
 /// A reserved connection slot; dropping it frees the slot.
@@ -83,20 +89,15 @@ pub struct ConnSlot {
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.state.open.fetch_sub(1, Ordering::AcqRel);
+        self.state.sockets.end_session();
     }
 }
 
 impl AppState {
-    /// Reserves a connection slot, or `None` at `limits.max_connections`.
+    /// Reserves a connection slot, or `None` at the session limit in force
+    /// (`limits.max_connections`, lowered by the descriptor budget).
     pub fn try_reserve(self: &Arc<Self>) -> Option<ConnSlot> {
-        let max = self.config.limits.max_connections;
-        let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if prev >= max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnSlot { state: self.clone() })
+        self.sockets.try_session().then(|| ConnSlot { state: self.clone() })
     }
 
     pub fn next_conn_id(&self) -> ConnId {
@@ -147,6 +148,7 @@ impl Node {
     /// in-process hub this way) instead of the one `relay.kind` names.
     pub async fn start_with_relay(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Node, StartError> {
         let config = Arc::new(config);
+        let fds = FdBudget::current(config.admin.max_connections)?;
         let ws_listener = bind(config.listen_addr()).await?;
         let admin_listener = bind(config.admin_addr()).await?;
         let ws_addr = ws_listener.local_addr().map_err(|e| StartError::Bind {
@@ -188,7 +190,7 @@ impl Node {
             ws_addr,
             admin_addr,
             next_conn: AtomicU64::new(0),
-            open: AtomicUsize::new(0),
+            sockets: SocketBudget::public(&fds, &config, &metrics),
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
@@ -197,25 +199,44 @@ impl Node {
         for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
             tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
         }
+        let serve = config.serve_limits();
         let st = state.clone();
         tasks.spawn(http_server::accept_loop(
             ws_listener,
             shutdown.stop_accepting.clone(),
             tasks.clone(),
-            config.handshake_timeout(),
+            serve,
+            state.sockets.clone(),
             move |req, peer| public::route(st.clone(), req, peer),
         ));
         let st = state.clone();
+        let bodies = BodyBudget::new(
+            config.admin.max_pending_body_bytes,
+            metrics.admin_rejected.with_label_values(&["body_budget"]),
+            metrics.admin_body_bytes.clone(),
+        );
         tasks.spawn(http_server::accept_loop(
             admin_listener,
             shutdown.stop_all.clone(),
             tasks.clone(),
-            config.handshake_timeout(),
-            move |req, peer| admin::route(st.clone(), req, peer),
+            serve,
+            SocketBudget::admin(&config, &metrics),
+            move |mut req, peer| {
+                req.extensions_mut().insert(bodies.clone());
+                admin::route(st.clone(), req, peer)
+            },
         ));
         tokio::spawn(drain(state.clone()));
         state.started_up.store(true, Ordering::Release);
         tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, "node started");
+        tracing::info!(
+            fd_limit = fds.limit,
+            fd_reserve = fds.reserve,
+            public_sockets = fds.public_sockets,
+            connection_limit = state.sockets.session_limit(),
+            "descriptor budget: WebSocket sessions limited to {}",
+            state.sockets.session_limit()
+        );
         Ok(Node { state })
     }
 

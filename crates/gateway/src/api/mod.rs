@@ -20,7 +20,7 @@
 
 mod auth;
 mod batch;
-mod body;
+pub(crate) mod body;
 mod error;
 mod inspect;
 mod message;
