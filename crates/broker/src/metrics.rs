@@ -53,7 +53,17 @@ pub const CLOSE_REASONS: &[&str] = &[
 ];
 
 /// Why a connection attempt was refused before the upgrade.
-pub const REJECT_REASONS: &[&str] = &["connection_limit", "bad_request", "not_ready"];
+pub const REJECT_REASONS: &[&str] = &[
+    "connection_limit",
+    "bad_request",
+    "not_ready",
+    "socket_limit",
+    "handshake_limit",
+    "head_too_large",
+];
+
+/// Why the admin listener refused a connection or a request before handling it.
+pub const ADMIN_REJECT_REASONS: &[&str] = &["connection_limit", "head_too_large", "body_budget"];
 
 /// Why a message did not reach a subscriber (or the cluster).
 pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable"];
@@ -101,6 +111,17 @@ pub struct BrokerMetrics {
     /// Time to answer one admin-listener request (HTTP publishes include the relay's answer).
     pub http_request_duration: Histogram,
     pub draining: IntGauge,
+    /// Refusals on the admin listener that happen before a route runs (so they are not in
+    /// `http_requests`): connection cap, oversized head, body byte budget.
+    pub admin_rejected: IntCounterVec,
+    /// The WebSocket session limit in force: `limits.max_connections`, or less when the
+    /// file-descriptor limit leaves fewer sockets.
+    pub connection_limit: IntGauge,
+    /// Public connections accepted and not yet upgraded (or closed): the handshakes whose
+    /// buffers the node holds now.
+    pub pending_handshakes: IntGauge,
+    /// Bytes of admin request bodies being received now (`admin.max_pending_body_bytes`).
+    pub admin_body_bytes: IntGauge,
     /// Always 1; the `version` label says which build runs (one series per process).
     pub build_info: IntGaugeVec,
 }
@@ -296,6 +317,28 @@ impl BrokerMetrics {
                 "Time to answer one admin listener request, from routing to the response.",
             ),
             draining: gauge(&r, "herald_draining", "1 while the node drains before stopping."),
+            admin_rejected: counter_vec(
+                &r,
+                "herald_admin_rejected_total",
+                "Admin listener connections or requests refused before routing, by reason.",
+                "reason",
+                ADMIN_REJECT_REASONS,
+            ),
+            connection_limit: gauge(
+                &r,
+                "herald_connection_limit",
+                "WebSocket sessions this node accepts (max_connections, or less under the fd limit).",
+            ),
+            pending_handshakes: gauge(
+                &r,
+                "herald_pending_handshakes",
+                "Public connections accepted and not yet upgraded or closed.",
+            ),
+            admin_body_bytes: gauge(
+                &r,
+                "herald_admin_body_bytes",
+                "Bytes of admin request bodies being received now.",
+            ),
             build_info: build_info(&r),
             registry: r,
         }

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::api;
 use crate::http_server::{json_error, json_response, Body};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Entry point for every admin request.
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {

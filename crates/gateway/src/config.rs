@@ -50,6 +50,14 @@ pub struct AdminConfig {
     /// is cut off at this size. Each message's data is further capped by
     /// `limits.max_message_bytes`.
     pub max_body_bytes: usize,
+    /// Connections the admin listener serves at once; over it a new connection gets a
+    /// canned 503 and is closed. Its file descriptors are kept out of the public budget
+    /// (docs/operations.md, "File descriptors"), so a flood on the admin port cannot starve
+    /// the probes or the relay.
+    pub max_connections: usize,
+    /// Bytes all admin request bodies being received may hold together. A body that cannot
+    /// take its bytes from this budget at once gets 503 `overloaded` with `Retry-After`.
+    pub max_pending_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +106,13 @@ pub struct LimitsConfig {
     /// A batch of frames not written within this time means the peer stalled: the
     /// connection is dropped.
     pub write_timeout_ms: u64,
+    /// Largest request head (request line and headers) on either listener, which is what
+    /// hyper may buffer per connection before the request is complete; over it: 431.
+    pub max_request_head_bytes: usize,
+    /// Public connections accepted but not yet upgraded (or closed) at once. Each may buffer
+    /// up to `max_request_head_bytes`, so this caps the memory of handshakes in flight;
+    /// over it a new connection gets a canned 503 and is closed.
+    pub max_pending_handshakes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,6 +177,8 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9090".into(),
             api_keys: Vec::new(),
             max_body_bytes: 1 << 20,
+            max_connections: 256,
+            max_pending_body_bytes: 64 << 20,
         }
     }
 }
@@ -197,6 +214,8 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 10_000,
             first_message_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
+            max_request_head_bytes: 32 * 1024,
+            max_pending_handshakes: 2048,
         }
     }
 }
@@ -376,6 +395,11 @@ impl Config {
             ("redis.reconnect_min_ms", self.redis.reconnect_min_ms),
             ("redis.publish_queue", self.redis.publish_queue as u64),
             ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
+            ("admin.max_connections", self.admin.max_connections as u64),
+            (
+                "limits.max_pending_handshakes",
+                self.limits.max_pending_handshakes as u64,
+            ),
             ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
             ("limits.max_subscriptions", self.limits.max_subscriptions as u64),
             ("limits.max_connections", self.limits.max_connections as u64),
@@ -402,6 +426,15 @@ impl Config {
         }
         if self.admin.max_body_bytes > 256 << 20 {
             p.push("admin.max_body_bytes: at most 268435456 (256 MiB)".into());
+        }
+        if self.admin.max_pending_body_bytes < self.admin.max_body_bytes {
+            p.push("admin.max_pending_body_bytes: must be at least admin.max_body_bytes".into());
+        }
+        if self.admin.max_connections > 4096 {
+            p.push("admin.max_connections: at most 4096 (they are reserved file descriptors)".into());
+        }
+        if !(8192..=1 << 20).contains(&self.limits.max_request_head_bytes) {
+            p.push("limits.max_request_head_bytes: at least 8192 and at most 1048576 (1 MiB)".into());
         }
         if self.limits.max_topic_length > 1024 {
             p.push("limits.max_topic_length: at most 1024".into());
@@ -462,6 +495,13 @@ impl Config {
     }
     pub fn handshake_timeout(&self) -> Duration {
         ms(self.limits.handshake_timeout_ms)
+    }
+    /// How hyper serves both listeners' connections.
+    pub fn serve_limits(&self) -> crate::http_server::ServeLimits {
+        crate::http_server::ServeLimits {
+            header_timeout: self.handshake_timeout(),
+            max_head_bytes: self.limits.max_request_head_bytes,
+        }
     }
     pub fn first_message_timeout(&self) -> Option<Duration> {
         (self.limits.first_message_timeout_ms > 0).then(|| ms(self.limits.first_message_timeout_ms))
@@ -692,6 +732,57 @@ mod tests {
         assert!(!text.contains("secretsecretsecret"));
         let back: Config = toml::from_str(&Config::default().to_toml()).unwrap();
         assert_eq!(back, Config::default());
+    }
+
+    #[test]
+    fn resource_limits_come_from_the_environment_and_are_checked() {
+        let (c, w) = Config::load(
+            None,
+            env(&[
+                ("HERALD_LIMITS__MAX_REQUEST_HEAD_BYTES", "16384"),
+                ("HERALD_LIMITS__MAX_PENDING_HANDSHAKES", "10"),
+                ("HERALD_ADMIN__MAX_CONNECTIONS", "8"),
+                ("HERALD_ADMIN__MAX_PENDING_BODY_BYTES", "2097152"),
+            ]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.limits.max_request_head_bytes, 16384);
+        assert_eq!(c.limits.max_pending_handshakes, 10);
+        assert_eq!(c.admin.max_connections, 8);
+        assert_eq!(c.admin.max_pending_body_bytes, 2 << 20);
+        let e = Config::load(
+            None,
+            env(&[
+                ("HERALD_LIMITS__MAX_REQUEST_HEAD_BYTES", "4096"),
+                ("HERALD_LIMITS__MAX_PENDING_HANDSHAKES", "0"),
+                ("HERALD_ADMIN__MAX_CONNECTIONS", "0"),
+                ("HERALD_ADMIN__MAX_PENDING_BODY_BYTES", "1000"),
+            ]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "limits.max_request_head_bytes",
+            "limits.max_pending_handshakes",
+            "admin.max_connections",
+            "admin.max_pending_body_bytes",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    /// docs/configuration.md names every key's environment variable, so no key goes
+    /// undocumented.
+    #[test]
+    fn every_key_is_in_the_configuration_reference() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for key in known_keys().keys() {
+            let var = format!("`HERALD_{}`", key.to_ascii_uppercase().replace('.', "__"));
+            assert!(doc.contains(&var), "docs/configuration.md does not list {var} ({key})");
+        }
     }
 
     fn tempfile() -> (std::path::PathBuf, std::fs::File) {

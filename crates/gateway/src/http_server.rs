@@ -1,6 +1,12 @@
-//! The accept loop shared by the public and the admin listener: accept, hand each TCP
-//! connection to hyper (HTTP/1.1 with upgrades) in its own tracked task, back off on accept
-//! errors, and on `stop` let in-flight requests finish (graceful) within a bound.
+//! The accept loop shared by the public and the admin listener: accept, ask the listener's
+//! [`SocketBudget`] for a place, hand each admitted TCP connection to hyper (HTTP/1.1 with
+//! upgrades, the request head capped at `limits.max_request_head_bytes`) in its own tracked
+//! task, back off on accept errors, and on `stop` let in-flight requests finish (graceful)
+//! within a bound.
+//!
+//! A connection the budget refuses is still accepted, answered with a canned 503 and
+//! closed at once: a client must learn the node is full, not hang in the listen backlog.
+//! A head over the cap is answered 431 by hyper (no JSON body: hyper writes it) and counted.
 //!
 //! A connection's errors stay in its task and are logged at debug: a client going away is
 //! normal. Upgraded WebSocket sessions are not hyper's business once upgraded; they live in
@@ -9,6 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +25,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::socket_budget::{Refusal, SocketBudget};
 
 /// Responses are small and built whole.
 pub type Body = Full<Bytes>;
@@ -28,12 +37,22 @@ pub type Body = Full<Bytes>;
 /// How long an open HTTP connection may take to finish after `stop`.
 const GRACEFUL_BOUND: Duration = Duration::from_secs(5);
 
-/// Serves `listener` until `stop` fires.
+/// How hyper serves one listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Time to receive a request's complete head.
+    pub header_timeout: Duration,
+    /// hyper's read buffer cap, so the largest request head (at least 8192).
+    pub max_head_bytes: usize,
+}
+
+/// Serves `listener` until `stop` fires, admitting connections through `budget`.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
-    header_timeout: Duration,
+    limits: ServeLimits,
+    budget: Arc<SocketBudget>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -62,9 +81,17 @@ pub async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let permit = match budget.admit() {
+            Ok(p) => p,
+            Err(r) => {
+                refuse(tcp, &budget, r);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let stop = stop.clone();
+        let budget = budget.clone();
         // Boxed: after a WebSocket upgrade the socket's reactor entry can keep this task's
         // waker (and so its allocation) alive for the WebSocket's whole life; boxed, that
         // costs the task header only, not hyper's connection state.
@@ -75,7 +102,11 @@ pub async fn accept_loop<F, Fut>(
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(limits.header_timeout)
+                // The read buffer bounds what an unfinished head can hold; the header
+                // size is the exact limit (a whole head may arrive in one larger read).
+                .max_buf_size(limits.max_head_bytes)
+                .max_header_size(limits.max_head_bytes)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -89,11 +120,33 @@ pub async fn accept_loop<F, Fut>(
                     }
                 }
             };
+            // The place is held until hyper lets go of the connection: after an upgrade the
+            // session's own slot counts the socket.
+            drop(permit);
             if let Err(e) = result {
+                if e.is_parse_too_large() {
+                    budget.head_too_large();
+                }
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         }));
     }
+}
+
+/// Answers a connection the budget refused with its canned 503 and closes it, without
+/// waiting: what the request already sent is read first (so closing does not reset the
+/// connection before the answer arrives), then the answer is written if the socket takes
+/// it at once (a fresh socket's send buffer always does).
+fn refuse(tcp: TcpStream, budget: &SocketBudget, r: Refusal) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match tcp.try_read(&mut scratch) {
+            Ok(n) if n == scratch.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = tcp.try_write(budget.refusal_response(r));
+    tracing::debug!(refusal = ?r, "connection refused at accept");
 }
 
 /// A JSON response `{"code":..,"message":..}` with `status`.

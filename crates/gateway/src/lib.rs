@@ -10,12 +10,16 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod drain;
+pub mod fd_budget;
 pub mod http_server;
 pub mod node;
 pub mod public;
 pub mod query;
 pub mod relay_setup;
 pub mod session;
+pub mod socket_budget;
+pub mod state;
 
 pub use config::{CliOverrides, Config, ConfigError};
 pub use node::{Node, StartError};

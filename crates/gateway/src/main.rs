@@ -1,6 +1,7 @@
 //! The `herald` binary: parse the command line, load and validate the configuration (exit
-//! 64 on any problem, listing all of them), start a node, and drain it on SIGINT/SIGTERM (a
-//! second one during the drain stops the process at once, with status 1).
+//! 64 on any problem, listing all of them), raise the open-file limit to its hard maximum
+//! (the node derives its connection budget from it), start a node, and drain it on
+//! SIGINT/SIGTERM (a second one during the drain stops the process at once, with status 1).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,12 @@ fn main() -> ExitCode {
         .init();
     for w in warnings {
         tracing::warn!("{w}");
+    }
+    // Before the runtime: every descriptor the node opens counts against this limit.
+    match herald_gateway::fd_budget::raise_nofile() {
+        Ok(r) if r.now > r.before => tracing::info!("open-file limit raised from {} to {}", r.before, r.now),
+        Ok(r) => tracing::info!("open-file limit is {}", r.now),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit; keeping the current one"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -1,27 +1,23 @@
-//! A running gateway node: its shared state, its start-up (bind listeners, build the relay
-//! and the broker, spawn the accept loops) and its one shutdown path, the phased drain.
-//!
-//! Drain, triggered by a signal, the admin API or [`Node::begin_drain`]:
-//! 1. `/readyz` answers 503 (`draining`), so load balancers stop sending new clients;
-//! 2. after `shutdown.drain_delay_ms` the public listener stops accepting;
-//! 3. every client is closed with 1001, each at a random moment within
-//!    `shutdown.close_window_ms`, so reconnects do not hit the other nodes at once;
-//! 4. the relay and the admin listener stop;
-//! 5. whatever still runs after `shutdown.grace_ms` is abandoned and the process exits.
+//! Starting a gateway node: bind the listeners, check the descriptor budget, build the
+//! relay, the broker and the core, spawn the accept loops, the flushers and the drain
+//! (`drain.rs`). The state the node's tasks share is `state.rs`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Outbox, Relay, RelayState};
+use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::body::BodyBudget;
 use crate::config::Config;
 use crate::core::{Connections, Core, CoreLimits};
-use crate::{admin, clock, http_server, public, relay_setup};
+use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::socket_budget::SocketBudget;
+use crate::state::{AppState, Shutdown};
+use crate::{admin, clock, drain, http_server, public, relay_setup};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,57 +26,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("relay: {0}")]
     Relay(String),
-}
-
-/// The cancellation tree of one node, one token per drain phase.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    /// A drain was requested; `/readyz` reports 503 from now on.
-    pub draining: CancellationToken,
-    /// The public listener stops accepting.
-    pub stop_accepting: CancellationToken,
-    /// Sessions close their clients with 1001 (spread over the close window).
-    pub close_clients: CancellationToken,
-    /// Everything else stops: relay, admin listener, background tasks.
-    pub stop_all: CancellationToken,
-    /// The drain has finished; the node is gone.
-    pub finished: CancellationToken,
-}
-
-/// State shared by every task of a node.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub node_id: Arc<str>,
-    pub broker: Arc<Broker>,
-    /// Every way in (WebSocket, raw, HTTP) connects, subscribes and publishes through it.
-    pub core: Arc<Core>,
-    pub metrics: Arc<BrokerMetrics>,
-    pub shutdown: Shutdown,
-    /// WebSocket sessions (closed in drain phase 3).
-    pub sessions: TaskTracker,
-    /// Listeners, HTTP connections and background tasks.
-    pub tasks: TaskTracker,
-    pub connections: Arc<Connections>,
-    pub started: Instant,
-    /// False until the listeners are bound (and while the relay is down: see `ready`).
-    pub started_up: AtomicBool,
-    pub ws_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-}
-
-impl AppState {
-    /// Ready to take new clients: started, not draining, relay not down.
-    pub fn readiness(&self) -> (bool, &'static str) {
-        if !self.started_up.load(Ordering::Acquire) {
-            (false, "starting")
-        } else if self.shutdown.draining.is_cancelled() {
-            (false, "draining")
-        } else if self.broker.relay_state() == RelayState::Down {
-            (false, "relay_down")
-        } else {
-            (true, "ready")
-        }
-    }
+    #[error("{0}")]
+    FdLimit(#[from] FdLimitTooLow),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -113,6 +60,7 @@ impl Node {
     /// in-process hub this way) instead of the one `relay.kind` names.
     pub async fn start_with_relay(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Node, StartError> {
         let config = Arc::new(config);
+        let fds = FdBudget::current(config.admin.max_connections)?;
         let ws_listener = bind(config.listen_addr()).await?;
         let admin_listener = bind(config.admin_addr()).await?;
         let ws_addr = ws_listener.local_addr().map_err(|e| StartError::Bind {
@@ -135,12 +83,14 @@ impl Node {
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
             (Some(r), _) => r,
             (None, "redis") => {
-                relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone(), &tasks)?
+                relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone(), &tasks)
+                    .map_err(|e| StartError::Relay(e.to_string()))?
             }
             (None, _) => Arc::new(MemoryRelay::standalone(&node_id)),
         };
         let broker = Broker::new(&node_id, relay, metrics.clone());
-        let connections = Arc::new(Connections::new(config.limits.max_connections));
+        let sockets = SocketBudget::public(&fds, &config, &metrics);
+        let connections = Arc::new(Connections::with_budget(sockets.clone()));
         let limits = CoreLimits {
             max_subscriptions: config.limits.max_subscriptions,
             outbox: config.outbox_limits(),
@@ -160,33 +110,53 @@ impl Node {
             started_up: AtomicBool::new(false),
             ws_addr,
             admin_addr,
+            sockets,
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
-        tasks.spawn(relay_gauge(state.clone()));
+        tasks.spawn(drain::relay_gauge(state.clone()));
         // One flusher per worker: direct sends to idle subscribers spread over the cores.
         for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
             tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
         }
+        let serve = config.serve_limits();
         let st = state.clone();
         tasks.spawn(http_server::accept_loop(
             ws_listener,
             shutdown.stop_accepting.clone(),
             tasks.clone(),
-            config.handshake_timeout(),
+            serve,
+            state.sockets.clone(),
             move |req, peer| public::route(st.clone(), req, peer),
         ));
         let st = state.clone();
+        let bodies = BodyBudget::new(
+            config.admin.max_pending_body_bytes,
+            metrics.admin_rejected.with_label_values(&["body_budget"]),
+            metrics.admin_body_bytes.clone(),
+        );
         tasks.spawn(http_server::accept_loop(
             admin_listener,
             shutdown.stop_all.clone(),
             tasks.clone(),
-            config.handshake_timeout(),
-            move |req, peer| admin::route(st.clone(), req, peer),
+            serve,
+            SocketBudget::admin(&config, &metrics),
+            move |mut req, peer| {
+                req.extensions_mut().insert(bodies.clone());
+                admin::route(st.clone(), req, peer)
+            },
         ));
-        tokio::spawn(drain(state.clone()));
+        tokio::spawn(drain::drain(state.clone()));
         state.started_up.store(true, Ordering::Release);
         tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, "node started");
+        tracing::info!(
+            fd_limit = fds.limit,
+            fd_reserve = fds.reserve,
+            public_sockets = fds.public_sockets,
+            connection_limit = state.sockets.session_limit(),
+            "descriptor budget: WebSocket sessions limited to {}",
+            state.sockets.session_limit()
+        );
         Ok(Node { state })
     }
 
@@ -224,95 +194,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-/// Keeps `herald_relay_up` in step with the relay's state.
-async fn relay_gauge(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    loop {
-        let up = state.broker.relay_state() != RelayState::Down;
-        state.metrics.relay_up.set(up as i64);
-        tokio::select! {
-            _ = state.shutdown.stop_all.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-    }
-}
-
-/// Closes every connection with 1001, at evenly spaced moments in random order across the
-/// close window, so clients reconnecting elsewhere arrive as a trickle, not a storm. One
-/// task does it for all connections (no per-connection drain timer). A connection that
-/// appears after the snapshot (an upgrade already in flight) closes itself when its writer
-/// next wakes, and a second sweep at the end of the window catches the rest.
-async fn close_spread(state: Arc<AppState>) {
-    let window = state.config.close_window();
-    let mut outboxes: Vec<(u64, Arc<Outbox>)> = state
-        .connections
-        .outboxes()
-        .into_iter()
-        .map(|o| (rand::random::<u64>(), o))
-        .collect();
-    if outboxes.is_empty() {
-        // Nobody to close (upgrades are refused while draining): do not hold the drain.
-        return;
-    }
-    outboxes.sort_unstable_by_key(|(k, _)| *k);
-    let start = tokio::time::Instant::now();
-    let n = outboxes.len().max(1) as u32;
-    for (i, (_, outbox)) in outboxes.into_iter().enumerate() {
-        tokio::time::sleep_until(start + window * i as u32 / n).await;
-        outbox.close_as(1001, "server shutting down", false, "shutdown");
-    }
-    tokio::time::sleep_until(start + window).await;
-    for outbox in state.connections.outboxes() {
-        outbox.close_as(1001, "server shutting down", false, "shutdown");
-    }
-}
-
-/// The drain phases (module docs).
-async fn drain(state: Arc<AppState>) {
-    let sd = &state.shutdown;
-    sd.draining.cancelled().await;
-    let cfg = &state.config;
-    let started = Instant::now();
-    let open = state.connections.len();
-    state.metrics.draining.set(1);
-    tracing::info!(connections = open, delay = ?cfg.drain_delay(), window = ?cfg.close_window(), "drain started: readiness now 503");
-    tokio::time::sleep(cfg.drain_delay()).await;
-    sd.stop_accepting.cancel();
-    tracing::info!("drain: stopped accepting; closing clients with 1001 over the close window");
-    sd.close_clients.cancel();
-    state.sessions.close();
-    state.tasks.spawn(close_spread(state.clone()));
-    let deadline = tokio::time::Instant::now() + cfg.close_window() + cfg.grace();
-    // Progress once a second, so a long close window is visible in the logs.
-    let mut progress = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
-    let all_closed = loop {
-        tokio::select! {
-            _ = state.sessions.wait() => break true,
-            _ = tokio::time::sleep_until(deadline) => break false,
-            _ = progress.tick() => tracing::info!(left = state.connections.len(), "drain: closing clients"),
-        }
-    };
-    if all_closed {
-        tracing::info!(elapsed = ?started.elapsed(), "drain: every client closed");
-    } else {
-        tracing::warn!(
-            left = state.sessions.len(),
-            "drain: sessions still open at the deadline; abandoning them"
-        );
-    }
-    sd.stop_all.cancel();
-    state.tasks.close();
-    if tokio::time::timeout(cfg.grace(), state.tasks.wait()).await.is_err() {
-        tracing::warn!(
-            left = state.tasks.len(),
-            "drain: background tasks still running at the deadline"
-        );
-    }
-    tracing::info!(elapsed = ?started.elapsed(), "drain finished");
-    sd.finished.cancel();
 }

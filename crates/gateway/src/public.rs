@@ -2,26 +2,31 @@
 //! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
-//! handshake, 503 connection limit or draining.
+//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 503
+//! connection limit or draining. The checks before the slot is reserved are cheap and
+//! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
+//! topic is cut to [`ECHO_CHARS`] characters.
 //!
 //! After a successful upgrade the connection leaves hyper: its TCP stream is taken back and
 //! split, and the session runs in the node's session tracker (`session/`).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use base64::Engine;
 use herald_broker::SubscriberMode;
 use herald_protocol::validate_topic;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
-use crate::node::AppState;
 use crate::query::{param, percent_decode};
 use crate::session::{self, SessionParams};
+use crate::state::AppState;
 
 /// Entry point for every public request.
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -57,6 +62,29 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
     }
 }
 
+/// How much of a refused topic an error message repeats.
+pub const ECHO_CHARS: usize = 64;
+
+/// `topic` as an error message shows it: quoted, and cut after [`ECHO_CHARS`] characters.
+fn shown(topic: &str) -> String {
+    match topic.char_indices().nth(ECHO_CHARS) {
+        None => format!("{topic:?}"),
+        Some((end, _)) => format!("{:?}…", &topic[..end]),
+    }
+}
+
+/// RFC 6455 §4.1: the key is the base64 of 16 bytes (24 characters with padding).
+fn valid_key(req: &Request<Incoming>) -> bool {
+    let Some(key) = req.headers().get(hyper::header::SEC_WEBSOCKET_KEY) else {
+        return true; // missing: fastwebsockets answers that one itself
+    };
+    let key = key.as_bytes();
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
 fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let reason = match status {
         StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
@@ -90,6 +118,22 @@ async fn upgrade(
             "connect with a WebSocket client",
         );
     }
+    if req.version() < Version::HTTP_11 {
+        return reject(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "a WebSocket upgrade needs HTTP/1.1",
+        );
+    }
+    if !valid_key(&req) {
+        return reject(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        );
+    }
     if state.shutdown.draining.is_cancelled() {
         return reject(
             &state,
@@ -107,7 +151,7 @@ async fn upgrade(
                 &state,
                 StatusCode::BAD_REQUEST,
                 "invalid_topic",
-                &format!("invalid topic {t:?}: {e}"),
+                &format!("invalid topic {}: {e}", shown(&t)),
             );
         }
         topics.push(t);
@@ -120,29 +164,30 @@ async fn upgrade(
                 "`topics` is not valid percent-encoded UTF-8",
             );
         };
+        // Counted before anything else, duplicates included: the work below is then
+        // bounded by the limit, whatever the URL holds.
+        let max = state.config.limits.max_subscriptions;
+        if list.split(',').filter(|t| !t.is_empty()).nth(max).is_some() {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "too_many_subscriptions",
+                &format!("at most {max} topics per connection"),
+            );
+        }
+        let mut seen = HashSet::new();
         for t in list.split(',').filter(|t| !t.is_empty()) {
             if let Err(e) = validate_topic(t, rules) {
                 return reject(
                     &state,
                     StatusCode::BAD_REQUEST,
                     "invalid_topic",
-                    &format!("invalid topic {t:?}: {e}"),
+                    &format!("invalid topic {}: {e}", shown(t)),
                 );
             }
-            if !topics.iter().any(|x| x == t) {
+            if seen.insert(t) {
                 topics.push(t.to_owned());
             }
-        }
-        if topics.len() > state.config.limits.max_subscriptions {
-            return reject(
-                &state,
-                StatusCode::BAD_REQUEST,
-                "too_many_subscriptions",
-                &format!(
-                    "at most {} topics per connection",
-                    state.config.limits.max_subscriptions
-                ),
-            );
         }
     }
     let echo = match param(query.as_deref(), "echo") {

@@ -14,8 +14,9 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits exactly: from_str_radix alone would take a sign (`%+4`).
+                let (hi, lo) = (hex_digit(*b.get(i + 1)?)?, hex_digit(*b.get(i + 2)?)?);
+                out.push(hi << 4 | lo);
                 i += 3;
             }
             b'+' if plus_is_space => {
@@ -29,6 +30,10 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 /// The decoded value of the first `name=` parameter in `query`.
@@ -51,6 +56,10 @@ mod tests {
         assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
         assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(percent_decode("%ff", false), None);
+        assert_eq!(percent_decode("%+4", false), None);
+        assert_eq!(percent_decode("%-1", false), None);
+        assert_eq!(percent_decode("%4", false), None);
+        assert_eq!(percent_decode("%2F%2f", false).as_deref(), Some("//"));
         assert_eq!(param(Some("x=1&topics=a,b"), "topics"), Some(Ok("a,b".into())));
         assert_eq!(param(Some("echo=false"), "topics"), None);
         assert_eq!(param(None, "topics"), None);

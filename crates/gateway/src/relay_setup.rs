@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::node::StartError;
 
 /// Starts the Redis relay. It connects in the background: a node starts (not ready) while
 /// Redis is down and becomes ready when the relay is up.
@@ -20,7 +19,7 @@ pub fn start_redis(
     metrics: Arc<BrokerMetrics>,
     stop: CancellationToken,
     tasks: &TaskTracker,
-) -> Result<Arc<dyn Relay>, StartError> {
+) -> Result<Arc<dyn Relay>, herald_redis::RelayStartError> {
     let r = &config.redis;
     let mut rc = RedisRelayConfig::new(&r.url, node_id);
     rc.channel_prefix = r.channel_prefix.clone();
@@ -32,7 +31,7 @@ pub fn start_redis(
     rc.unsubscribe_delay = Duration::from_millis(r.unsubscribe_delay_ms);
     rc.publish_queue_capacity = r.publish_queue;
     rc.max_payload_bytes = config.limits.max_message_bytes;
-    let relay = RedisRelay::start(rc, metrics, stop.child_token()).map_err(|e| StartError::Relay(e.to_string()))?;
+    let relay = RedisRelay::start(rc, metrics, stop.child_token())?;
     let handle = relay.clone();
     tasks.spawn(async move {
         stop.cancelled().await;

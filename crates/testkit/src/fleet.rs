@@ -157,6 +157,9 @@ pub struct NodeSpec {
     pub admin_port: u16,
     /// Extra environment, e.g. `HERALD_RELAY__KIND=redis`.
     pub env: Vec<(String, String)>,
+    /// Soft and hard `RLIMIT_NOFILE` for the process (set before exec), for tests of
+    /// what a node does at its descriptor limit. `None`: inherited.
+    pub nofile: Option<u64>,
 }
 
 impl NodeSpec {
@@ -167,6 +170,7 @@ impl NodeSpec {
             ws_port: free_port()?,
             admin_port: free_port()?,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            nofile: None,
         })
     }
     pub fn ws_addr(&self) -> SocketAddr {
@@ -207,6 +211,22 @@ impl HeraldProcess {
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("HERALD_") || k == "RUST_LOG" {
                 cmd.env_remove(k);
+            }
+        }
+        if let Some(n) = self.spec.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches nothing but the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
         }
         let child = cmd

@@ -23,7 +23,7 @@ use super::body;
 use super::error::{ApiError, ApiResult};
 use super::message::{check_count, check_data, check_topic, parse_item, BatchIn, BroadcastIn, Refused, MAX_ITEMS};
 use super::publish::{limits, start, InFlight, Outcome};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// One item's report.
 #[derive(Debug, Serialize)]

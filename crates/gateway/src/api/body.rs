@@ -8,40 +8,165 @@
 //! unread rest is never parsed as a request. A body that trickles in slower than
 //! [`BODY_TIMEOUT`] gets 408.
 //!
+//! All bodies being received share one byte budget ([`BodyBudget`],
+//! `admin.max_pending_body_bytes`), which the admin listener puts into each request's
+//! extensions: a body declared with `Content-Length` takes its whole length up front, a
+//! chunked one takes each chunk as it arrives, and one that cannot get its bytes at once is
+//! answered 503 `overloaded` with `Retry-After` (counted in
+//! `herald_admin_rejected_total{reason="body_budget"}`). The bytes go back when reading ends;
+//! the handler that parses them runs at once after. A request without a budget in its
+//! extensions (unit tests) is not budgeted.
+//!
 //! JSON parsing of the publish shapes lives with the handlers; this file only delivers
 //! bytes and media types.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, Request};
+use prometheus::{IntCounter, IntGauge};
 
 use super::error::ApiError;
 
 /// Longest time a client may take to send its body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads the whole body of `req`, refusing more than `limit` bytes.
-pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
-        let len: u64 = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| ApiError::BodyRead("Content-Length is not a number".into()))?;
-        if len > limit as u64 {
-            return Err(ApiError::BodyTooLarge { limit });
+/// Bursts of body bytes at least this large are followed by a heap trim once all bodies
+/// are read (glibc keeps freed buffers resident otherwise).
+const TRIM_AFTER: usize = 16 << 20;
+
+/// The bytes all admin request bodies being received may hold together. Cloned into each
+/// admin request's extensions by the node.
+#[derive(Clone)]
+pub struct BodyBudget {
+    inner: Arc<BudgetInner>,
+}
+
+struct BudgetInner {
+    max: usize,
+    taken: AtomicUsize,
+    /// Set when `taken` passed [`TRIM_AFTER`]; cleared by the trim when it is back to zero.
+    burst: AtomicBool,
+    rejected: IntCounter,
+    gauge: IntGauge,
+}
+
+/// Bytes taken from a [`BodyBudget`]; dropping it gives them back.
+struct Taken {
+    budget: Arc<BudgetInner>,
+    bytes: usize,
+}
+
+impl BodyBudget {
+    /// `max` bytes; refusals go to `rejected`, the bytes taken now to `gauge`.
+    pub fn new(max: usize, rejected: IntCounter, gauge: IntGauge) -> Self {
+        Self {
+            inner: Arc::new(BudgetInner {
+                max,
+                taken: AtomicUsize::new(0),
+                burst: AtomicBool::new(false),
+                rejected,
+                gauge,
+            }),
         }
     }
-    let body = Limited::new(req.into_body(), limit);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+
+    fn take(&self, bytes: usize) -> Result<Taken, ApiError> {
+        let mut taken = Taken {
+            budget: self.inner.clone(),
+            bytes: 0,
+        };
+        taken.grow(bytes)?;
+        Ok(taken)
+    }
+}
+
+impl Taken {
+    /// Takes `more` bytes, or refuses (and counts) without taking any.
+    fn grow(&mut self, more: usize) -> Result<(), ApiError> {
+        let b = &self.budget;
+        let before = b.taken.fetch_add(more, Ordering::AcqRel);
+        if before + more > b.max {
+            b.taken.fetch_sub(more, Ordering::AcqRel);
+            b.rejected.inc();
+            return Err(ApiError::Overloaded { retry_after_secs: 1 });
+        }
+        if before + more >= TRIM_AFTER {
+            b.burst.store(true, Ordering::Release);
+        }
+        b.gauge.add(more as i64);
+        self.bytes += more;
+        Ok(())
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let b = &self.budget;
+        let before = b.taken.fetch_sub(self.bytes, Ordering::AcqRel);
+        b.gauge.sub(self.bytes as i64);
+        if before == self.bytes && b.burst.swap(false, Ordering::AcqRel) {
+            crate::socket_budget::release_freed_memory();
+        }
+    }
+}
+
+/// Reads the whole body of `req`, refusing more than `limit` bytes, within the request's
+/// [`BodyBudget`] if it has one.
+pub async fn read(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = match req.headers().get(CONTENT_LENGTH) {
+        None => None,
+        Some(len) => {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| ApiError::BodyRead("Content-Length is not a number".into()))?;
+            if len > limit as u64 {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            Some(len as usize)
+        }
+    };
+    let budget = req.extensions().get::<BodyBudget>().cloned();
+    // A declared length is taken whole before a byte is read: the 503 comes at once.
+    let mut taken = match (&budget, declared) {
+        (Some(b), Some(len)) => Some(b.take(len)?),
+        (Some(b), None) => Some(b.take(0)?),
+        (None, _) => None,
+    };
+    let mut body = req.into_body();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    let collect = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if buf.len() + data.len() > limit {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            if let Some(t) = taken.as_mut() {
+                // Beyond what was declared (or all of a chunked body): take as it comes.
+                let have = t.bytes;
+                let need = buf.len() + data.len();
+                if need > have {
+                    t.grow(need - have)?;
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
         Err(_) => Err(ApiError::RequestTimeout(BODY_TIMEOUT.as_secs())),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge { limit }),
-        Ok(Err(e)) => Err(ApiError::BodyRead(e.to_string())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok(buf.freeze()),
     }
 }
 

@@ -6,7 +6,7 @@
 //! The relay failure of a publish is not here: its 503 carries the publish result too and
 //! is rendered by `publish.rs`.
 
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use crate::http_server::{json_error, Body};
@@ -49,6 +49,9 @@ pub enum ApiError {
     RequestTimeout(u64),
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    /// The bodies being received together already hold `admin.max_pending_body_bytes`.
+    #[error("this node is receiving too many request bodies at once; retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
 }
 
 impl ApiError {
@@ -67,6 +70,7 @@ impl ApiError {
             Self::BodyTooLarge { .. } | Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,6 +91,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RequestTimeout(_) => "request_timeout",
             Self::BodyRead(_) => "bad_body",
+            Self::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -110,6 +115,10 @@ impl ApiError {
             // The unread rest of the body must not be parsed as the next request.
             Self::BodyTooLarge { .. } | Self::RequestTimeout(_) | Self::BodyRead(_) => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::Overloaded { retry_after_secs } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

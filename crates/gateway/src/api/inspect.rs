@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::error::{ApiError, ApiResult};
 use super::page::{PageParams, Smallest};
 use crate::core::ConnInfo;
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Counts by wire mode (`/ws` is `json`, `/raw/{topic}` is `raw`).
 #[derive(Debug, Default, Serialize)]

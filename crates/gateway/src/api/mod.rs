@@ -20,7 +20,7 @@
 
 mod auth;
 mod batch;
-mod body;
+pub(crate) mod body;
 mod error;
 mod inspect;
 mod message;
@@ -39,7 +39,7 @@ pub use error::{ApiError, ApiResult};
 pub use router::Route;
 
 use crate::http_server::{json_response, Body};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Handles one request whose path starts with `/api`.
 pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {

@@ -31,7 +31,7 @@ use super::error::{ApiError, ApiResult};
 use super::message::{Limits, MessageIn};
 use crate::core::Publisher;
 use crate::http_server::Body;
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Longest wait for the relay's verdict (the core's bound, the same as for a WebSocket
 /// publish). Past it the answer is 503: the message may or may not have reached the other

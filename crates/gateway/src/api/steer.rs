@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::body;
 use super::error::{ApiError, ApiResult};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// The close code used when the request names none: application-defined, documented as
 /// "closed by the node operator".

@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use herald_broker::{ConnId, Outbox};
-use std::sync::Arc;
+
+use crate::socket_budget::SocketBudget;
 
 /// What the admin API and the drain know about one open connection.
 pub struct ConnInfo {
@@ -20,44 +23,76 @@ pub struct ConnInfo {
     pub opened: Instant,
 }
 
+/// Where connection slots come from.
+enum Slots {
+    /// The node's public socket budget (`socket_budget.rs`): sessions count against the
+    /// descriptor budget shared with handshakes.
+    Budget(Arc<SocketBudget>),
+    /// A plain limit (a core outside a node: tests, embedding).
+    Limit { max: usize, open: AtomicUsize },
+}
+
 /// See the module docs.
 pub struct Connections {
     table: DashMap<ConnId, ConnInfo>,
-    /// Most connections open at once (the configured limit, or less when the process
-    /// has fewer file descriptors).
-    max: usize,
-    open: AtomicUsize,
+    slots: Slots,
     next: AtomicU64,
 }
 
 impl Connections {
+    /// A table with its own limit of `max` open connections.
     pub fn new(max: usize) -> Self {
-        Self {
-            table: DashMap::new(),
+        Self::from_slots(Slots::Limit {
             max,
             open: AtomicUsize::new(0),
+        })
+    }
+
+    /// A table whose slots are the sessions of the node's public socket budget.
+    pub fn with_budget(budget: Arc<SocketBudget>) -> Self {
+        Self::from_slots(Slots::Budget(budget))
+    }
+
+    fn from_slots(slots: Slots) -> Self {
+        Self {
+            table: DashMap::new(),
+            slots,
             next: AtomicU64::new(0),
         }
     }
 
-    /// The limit in force.
+    /// The limit in force (the configured one, or less when the process has fewer file
+    /// descriptors).
     pub fn max(&self) -> usize {
-        self.max
+        match &self.slots {
+            Slots::Budget(b) => b.session_limit(),
+            Slots::Limit { max, .. } => *max,
+        }
     }
 
     /// Takes a slot, or `false` at the limit. Every `true` must be matched by one
     /// [`Connections::release_slot`].
     pub(crate) fn take_slot(&self) -> bool {
-        let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return false;
+        match &self.slots {
+            Slots::Budget(b) => b.try_session(),
+            Slots::Limit { max, open } => {
+                let prev = open.fetch_add(1, Ordering::AcqRel);
+                if prev >= *max {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                }
+                true
+            }
         }
-        true
     }
 
     pub(crate) fn release_slot(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        match &self.slots {
+            Slots::Budget(b) => b.end_session(),
+            Slots::Limit { open, .. } => {
+                open.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     pub(crate) fn next_id(&self) -> ConnId {

@@ -31,7 +31,7 @@ pub use self::socket::Socket;
 
 use self::answers::Answers;
 use crate::core::{Confirmation, Conn, ConnectRequest, Refusal};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// What the upgrade request asked for.
 pub struct SessionParams {

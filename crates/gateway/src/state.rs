@@ -1,0 +1,71 @@
+//! The state every task of a node shares ([`AppState`]) and its cancellation tree
+//! ([`Shutdown`]). It holds handles only (the core, the broker, the budgets, the trackers),
+//! and imports none of the modules that use it (listeners, sessions, the API, the drain),
+//! so they all depend on it and it on none of them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald_broker::{Broker, BrokerMetrics, RelayState};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::{Connections, Core};
+use crate::socket_budget::SocketBudget;
+
+/// The cancellation tree of one node, one token per drain phase.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// A drain was requested; `/readyz` reports 503 from now on.
+    pub draining: CancellationToken,
+    /// The public listener stops accepting.
+    pub stop_accepting: CancellationToken,
+    /// Sessions close their clients with 1001 (spread over the close window).
+    pub close_clients: CancellationToken,
+    /// Everything else stops: relay, admin listener, background tasks.
+    pub stop_all: CancellationToken,
+    /// The drain has finished; the node is gone.
+    pub finished: CancellationToken,
+}
+
+/// State shared by every task of a node.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub node_id: Arc<str>,
+    pub broker: Arc<Broker>,
+    /// Every way in (WebSocket, raw, HTTP) connects, subscribes and publishes through it.
+    pub core: Arc<Core>,
+    pub metrics: Arc<BrokerMetrics>,
+    pub shutdown: Shutdown,
+    /// WebSocket sessions (closed in drain phase 3).
+    pub sessions: TaskTracker,
+    /// Listeners, HTTP connections and background tasks.
+    pub tasks: TaskTracker,
+    /// Open connections (the core's table).
+    pub connections: Arc<Connections>,
+    pub started: Instant,
+    /// False until the listeners are bound (and while the relay is down: see `ready`).
+    pub started_up: AtomicBool,
+    pub ws_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
+    pub sockets: Arc<SocketBudget>,
+}
+
+impl AppState {
+    /// Ready to take new clients: started, not draining, relay not down.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        if !self.started_up.load(Ordering::Acquire) {
+            (false, "starting")
+        } else if self.shutdown.draining.is_cancelled() {
+            (false, "draining")
+        } else if self.broker.relay_state() == RelayState::Down {
+            (false, "relay_down")
+        } else {
+            (true, "ready")
+        }
+    }
+}
