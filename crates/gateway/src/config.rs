@@ -496,13 +496,6 @@ impl Config {
     pub fn handshake_timeout(&self) -> Duration {
         ms(self.limits.handshake_timeout_ms)
     }
-    /// How hyper serves both listeners' connections.
-    pub fn serve_limits(&self) -> crate::http_server::ServeLimits {
-        crate::http_server::ServeLimits {
-            header_timeout: self.handshake_timeout(),
-            max_head_bytes: self.limits.max_request_head_bytes,
-        }
-    }
     pub fn first_message_timeout(&self) -> Option<Duration> {
         (self.limits.first_message_timeout_ms > 0).then(|| ms(self.limits.first_message_timeout_ms))
     }

@@ -46,6 +46,16 @@ pub struct ServeLimits {
     pub max_head_bytes: usize,
 }
 
+impl ServeLimits {
+    /// How hyper serves both listeners' connections.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            header_timeout: c.handshake_timeout(),
+            max_head_bytes: c.limits.max_request_head_bytes,
+        }
+    }
+}
+
 /// Serves `listener` until `stop` fires, admitting connections through `budget`.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,

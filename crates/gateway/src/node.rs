@@ -119,7 +119,7 @@ impl Node {
         for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
             tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
         }
-        let serve = config.serve_limits();
+        let serve = http_server::ServeLimits::from_config(&config);
         let st = state.clone();
         tasks.spawn(http_server::accept_loop(
             ws_listener,
