@@ -32,8 +32,8 @@ pub(crate) async fn relay_gauge(state: Arc<AppState>) {
 /// Closes every connection with 1001, at evenly spaced moments in random order across the
 /// close window, so clients reconnecting elsewhere arrive as a trickle, not a storm. One
 /// task does it for all connections (no per-connection drain timer). A connection that
-/// appears after the snapshot (an upgrade already in flight) closes itself when its writer
-/// next wakes, and a second sweep at the end of the window catches the rest.
+/// appears after the snapshot (an upgrade already in flight, its 101 perhaps waiting for
+/// the relay) is caught by a second sweep at the end of the window.
 async fn close_spread(state: Arc<AppState>) {
     let window = state.config.close_window();
     let mut outboxes: Vec<(u64, Arc<Outbox>)> = state

@@ -105,8 +105,11 @@ pub async fn accept_loop<F, Fut>(
         // Boxed: after a WebSocket upgrade the socket's reactor entry can keep this task's
         // waker (and so its allocation) alive for the WebSocket's whole life; boxed, that
         // costs the task header only, not hyper's connection state.
+        let permit = Arc::new(permit);
         tracker.spawn(Box::pin(async move {
-            let svc = service_fn(move |req| {
+            let for_requests = permit.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(for_requests.clone());
                 let fut = handler(req, peer);
                 async move { Ok::<_, Infallible>(fut.await) }
             });

@@ -26,6 +26,7 @@ use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
 use crate::query::{param, percent_decode};
 use crate::session::{self, SessionParams};
+use crate::socket_budget::ServePermit;
 use crate::state::AppState;
 
 /// Entry point for every public request.
@@ -244,6 +245,11 @@ async fn upgrade(
             return reject(&state, StatusCode::BAD_REQUEST, r.code().as_str(), &r.to_string())
         }
     };
+    // The connection holds a session slot now: its handshake place is handed over, so it
+    // does not count twice while the 101 waits for the relay.
+    if let Some(permit) = req.extensions().get::<Arc<ServePermit>>() {
+        permit.hand_over();
+    }
     let deadline = tokio::time::Instant::now() + RELAY_ANSWER_TIMEOUT;
     if let Err(e) = confirmation.wait(deadline).await {
         // The relay cannot promise these topics now (down, or no answer in time). The node

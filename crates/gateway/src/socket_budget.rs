@@ -61,13 +61,21 @@ pub struct SocketBudget {
     sockets_full: &'static [u8],
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection; dropping it (or [`ServePermit::hand_over`]) frees its place.
+/// hyper's connection task holds it; each request carries a clone of its `Arc` in its
+/// extensions, so an upgrade can hand the place over to the session slot it takes.
 pub struct ServePermit {
     budget: Arc<SocketBudget>,
+    released: AtomicBool,
 }
 
-impl Drop for ServePermit {
-    fn drop(&mut self) {
+impl ServePermit {
+    /// Frees the connection's place now (idempotent): it became a session, which its
+    /// session slot counts, and must not count twice while the 101 waits for the relay.
+    pub fn hand_over(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let b = &self.budget;
         let before = b.served.fetch_sub(1, Ordering::AcqRel);
         if let Some(g) = &b.gauge {
@@ -76,6 +84,12 @@ impl Drop for ServePermit {
         if before == 1 && b.burst.swap(false, Ordering::AcqRel) {
             release_freed_memory();
         }
+    }
+}
+
+impl Drop for ServePermit {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 
@@ -147,7 +161,10 @@ impl SocketBudget {
         if served + 1 >= BURST {
             self.burst.store(true, Ordering::Release);
         }
-        Ok(ServePermit { budget: self.clone() })
+        Ok(ServePermit {
+            budget: self.clone(),
+            released: AtomicBool::new(false),
+        })
     }
 
     /// The metric label of a refusal.

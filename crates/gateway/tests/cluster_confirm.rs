@@ -75,12 +75,15 @@ async fn while_redis_is_down_subscribes_say_relay_unavailable_and_hold_locally()
     json_of(&mut s).await;
     c.redis.kill().unwrap();
     // Wait until the relay noticed.
+    let mut down = false;
     for _ in 0..200 {
         if node.metric("herald_relay_up").await.unwrap() == 0.0 {
+            down = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(down, "the relay noticed Redis is gone");
     s.send_text(r#"{"op":"subscribe","topics":["during-outage"],"id":"s"}"#)
         .await
         .unwrap();

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const QUICK: Duration = Duration::from_secs(1);
+const QUICK: Duration = Duration::from_secs(3);
 
 /// An upgrade request for `path` with `extra` header lines (each ending in CRLF).
 fn upgrade_head(path: &str, version: &str, key: &str, extra: &str) -> String {

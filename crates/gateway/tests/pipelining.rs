@@ -167,23 +167,57 @@ async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_st
             }
         }
     });
+    let started = std::time::Instant::now();
+    // A while into the flood: still connected (paused, not closed), answers bounded.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let state = node.node.state().clone();
+    assert_eq!(state.connections.len(), 1, "paused, not disconnected");
+    let queued: usize = state.connections.outboxes().iter().map(|o| o.control_backlog()).sum();
+    assert!(
+        queued <= 2 * herald_broker::CONTROL_HIGH_WATER,
+        "answers stayed bounded: {queued}"
+    );
     let closed = node
         .metric_reaches(r#"herald_connections_closed_total{reason="slow_consumer"}"#, 1.0)
         .await
         .unwrap();
     assert_eq!(closed, 1.0);
-    let queued: usize = node
-        .node
-        .state()
-        .connections
-        .outboxes()
-        .iter()
-        .map(|o| o.control_backlog())
-        .sum();
     assert!(
-        queued <= herald_broker::outbox::MAX_CONTROL_FRAMES,
-        "answers stayed bounded: {queued}"
+        started.elapsed() >= Duration::from_millis(900),
+        "dropped by the write timeout, not for unread answers: {:?}",
+        started.elapsed()
     );
+    flood.abort();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_client_closed_by_the_node_ends_without_spinning() {
+    let node = TestNode::start_with(|c| c.limits.write_timeout_ms = 1_000).await.unwrap();
+    let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
+    c.read_text(WAIT).await.unwrap();
+    let (_rest, _r, mut w) = c.into_split();
+    let ping = masked_client_frame(0x81, br#"{"op":"ping"}"#, [7, 7, 7, 7]);
+    let flood = tokio::spawn(async move {
+        let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+        for _ in 0..10_000 {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The reader pauses at the high-water mark; then an operator closes the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = node.node.state().clone();
+    let outboxes = state.connections.outboxes();
+    assert_eq!(outboxes.len(), 1);
+    outboxes[0].close(4000, "closed by the node operator", true);
+    // The session must end (the writer gives up on the stalled socket), not spin.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while !state.connections.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the session never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     flood.abort();
     node.shutdown().await;
 }

@@ -188,7 +188,11 @@ impl Interest {
             "interest withdrawn before it was confirmed".into(),
         ));
         for t in topics {
-            s.resolve(t, &err);
+            // A topic marked again since the decision has a newer subscriber whose waiter
+            // arrived after it: the next pass decides for that one.
+            if !s.dirty.contains(t) {
+                s.resolve(t, &err);
+            }
         }
     }
 

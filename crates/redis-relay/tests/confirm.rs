@@ -48,8 +48,8 @@ async fn a_confirmed_fresh_topic_gets_the_very_next_publish() {
     }
     println!("slowest confirmation of a fresh topic: {slowest:?}");
     assert!(
-        slowest < Duration::from_millis(20),
-        "a waiting confirmation shortens the batch window: {slowest:?}"
+        slowest < Duration::from_millis(250),
+        "a fresh topic is confirmed within a round trip or two: {slowest:?}"
     );
 }
 

@@ -3,11 +3,12 @@
 //! ([`DirectSocket`]) without waiting, under the outbox's lock, so it never interleaves
 //! with the writer: the writer marks the time it holds a taken batch (`writing`), and a
 //! direct send happens only when nothing is in flight, no control frame or close waits,
-//! and the socket takes bytes now. A direct send is bounded: one `sendmsg` of at most
-//! [`DIRECT_IOV`] frames, so the outbox's lock (which a fan-out to this connection waits
-//! for) is held for one system call at most. Whatever it does not send (a full socket, a
-//! frame cut short, frames past the bound) is left queued for the writer, which is woken
-//! for it; a frame cut short is finished first (`TakenBatch::head_skip`).
+//! and the socket takes bytes now. A direct send is bounded: gathers of at most
+//! [`DIRECT_IOV`] frames, while the socket takes them whole, until [`DIRECT_MAX_BYTES`] were
+//! sent, so the outbox's lock (which a fan-out to this connection waits for) is held for a
+//! bounded copy. Whatever it does not send (a full socket, a frame cut short, frames past
+//! the bound) is left queued for the writer, which is woken for it; a frame cut short is
+//! finished first (`TakenBatch::head_skip`).
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -22,8 +23,14 @@ pub trait DirectSocket: Send + Sync {
     fn try_send(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
-/// Frames gathered into one direct send.
+/// Frames gathered into one system call of a direct send.
 const DIRECT_IOV: usize = 128;
+
+/// Bytes one direct send writes at most (one frame more, when a single frame is larger).
+/// Large enough that a flood's gathered frames go out in one flush, as a writer's batch
+/// would (handing the rest to the writer costs it a wake-up and a poll per flush); small
+/// enough that the lock is held for tens of microseconds of copying.
+pub const DIRECT_MAX_BYTES: usize = 256 << 10;
 
 impl Outbox {
     /// Wakes the writer (for an outbox [`Outbox::push_listed`] listed that will not be
@@ -52,18 +59,37 @@ impl Outbox {
                 return;
             }
         };
-        // One gather, one system call: the bound on how long this lock is held.
-        let sent = {
-            let mut slices = [IoSlice::new(&[]); DIRECT_IOV];
-            let n = st.frames.len().min(DIRECT_IOV);
-            for (slot, (f, _)) in slices.iter_mut().zip(st.frames.iter()) {
-                *slot = IoSlice::new(f);
-            }
-            socket.try_send(&slices[..n])
-        };
-        // A full socket is the writer's to wait for; another error (or a socket that takes
-        // nothing) is the writer's to find and report.
-        if let Ok(mut written) = sent {
+        // Whole gathers while the socket takes them all, up to the byte bound.
+        let mut budget = DIRECT_MAX_BYTES;
+        let mut first = true;
+        while !st.frames.is_empty() && st.head_sent == 0 {
+            let (sent, gathered) = {
+                let mut slices = [IoSlice::new(&[]); DIRECT_IOV];
+                let mut n = 0;
+                let mut gathered = 0;
+                for (f, _) in st.frames.iter().take(DIRECT_IOV) {
+                    // The first frame of a flush goes whatever its size; then the bound.
+                    if !(first && n == 0) && gathered + f.len() > budget {
+                        break;
+                    }
+                    slices[n] = IoSlice::new(f);
+                    gathered += f.len();
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                (socket.try_send(&slices[..n]), gathered)
+            };
+            first = false;
+            // A full socket is the writer's to wait for; another error (or a socket that
+            // takes nothing) is the writer's to find and report.
+            let mut written = match sent {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            let whole = written == gathered;
+            budget = budget.saturating_sub(written);
             let now = Instant::now();
             while written > 0 {
                 let Some((f, at)) = st.frames.front() else { break };
@@ -76,6 +102,10 @@ impl Outbox {
                 written -= len;
                 st.bytes -= len;
                 st.frames.pop_front();
+            }
+            if !whole {
+                // The socket is full for now.
+                break;
             }
         }
         let rest = !st.frames.is_empty();
@@ -218,23 +248,30 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_send_is_one_system_call_and_leaves_the_rest_to_the_writer() {
-        let ob = Outbox::new(OutboxLimits::default(), CancellationToken::new());
+    fn a_direct_send_is_bounded_and_leaves_the_rest_to_the_writer() {
+        let limits = OutboxLimits {
+            max_bytes: 64 << 20,
+            ..OutboxLimits::default()
+        };
+        let ob = Outbox::new(limits, CancellationToken::new());
         let (sock, mut peer) = socket_pair();
         ob.attach(sock);
         let now = Instant::now();
-        let n = DIRECT_IOV + 10;
+        // Small frames: several gathers of DIRECT_IOV, then the byte bound.
+        let frame = 1000;
+        let n = DIRECT_MAX_BYTES / frame + 50;
         for i in 0..n {
-            let (_, listed) = ob.push_listed(Bytes::from(vec![b'a' + (i % 26) as u8]), now);
+            let (_, listed) = ob.push_listed(Bytes::from(vec![b'a' + (i % 26) as u8; frame]), now);
             assert_eq!(listed, i == 0);
         }
         let mut sent = 0;
         ob.flush_now(|_, _| sent += 1);
-        assert_eq!(sent, DIRECT_IOV, "one gather of at most DIRECT_IOV frames");
-        assert_eq!(ob.queued().0, 10, "the rest waits for the writer");
+        assert_eq!(sent, DIRECT_MAX_BYTES / frame, "up to the byte bound, in whole frames");
+        assert!(sent > DIRECT_IOV, "more than one gather while the socket takes them");
+        assert_eq!(ob.queued().0, n - sent, "the rest waits for the writer");
         let mut b = TakenBatch::default();
         ob.take_batch(&mut b);
-        assert_eq!(b.frames.len(), 10);
-        assert_eq!(read_exactly(&mut peer, DIRECT_IOV).len(), DIRECT_IOV);
+        assert_eq!(b.frames.len(), n - sent);
+        assert_eq!(read_exactly(&mut peer, sent * frame).len(), sent * frame);
     }
 }

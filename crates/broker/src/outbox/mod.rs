@@ -222,6 +222,7 @@ impl Outbox {
                     });
                     drop(st);
                     self.notify.notify_one();
+                    self.room.notify_one();
                     self.cancel.cancel();
                     (PushOutcome::Disconnected, false)
                 }
@@ -242,7 +243,8 @@ impl Outbox {
     }
 
     /// Queues a control frame (a pong, ping, ack or error answer) and returns how many
-    /// wait now (0 once a close was requested, when it is ignored). The reader paces
+    /// wait now: 0 once a close was requested (the frame is ignored, and the reader
+    /// should take no more requests). The reader paces
     /// itself with the count (see [`CONTROL_HIGH_WATER`]); past [`MAX_CONTROL_FRAMES`] the
     /// connection is closed with 1013, so no producer can grow the node's memory.
     pub fn push_control(&self, frame: Bytes) -> usize {
@@ -260,6 +262,7 @@ impl Outbox {
             });
             drop(st);
             self.notify.notify_one();
+            self.room.notify_one();
             self.cancel.cancel();
             return 0;
         }
@@ -313,6 +316,8 @@ impl Outbox {
         });
         drop(st);
         self.notify.notify_one();
+        // A reader paused for room must see the close (and stop taking requests).
+        self.room.notify_one();
     }
 
     /// True once a close has been requested.

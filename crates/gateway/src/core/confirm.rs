@@ -78,12 +78,6 @@ impl Confirmation {
             }
         }
     }
-
-    /// True when nothing was ever waited for and nothing failed (the common case on one
-    /// node): the answer can go out at once.
-    pub fn is_confirmed(&mut self) -> bool {
-        matches!(self.try_now(), Some(Ok(())))
-    }
 }
 
 impl std::fmt::Debug for Confirmation {

@@ -17,7 +17,7 @@ use herald_protocol::server_msg::{self, ErrorCode};
 use herald_protocol::{decode_request, ClientRequest, Payload};
 
 use super::answers::error_frame;
-use super::reader::Message;
+use super::reader::{pushed, Message};
 use super::{Exit, Session};
 use crate::core::Publisher;
 
@@ -59,7 +59,7 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
 /// Sends an answer known now (in order behind any that wait).
 fn send(session: &mut Session, frame: Bytes) {
     if let Some(b) = session.answers.send(&session.conn.outbox, frame) {
-        session.backlog = b;
+        session.backlog = pushed(b);
     }
 }
 
@@ -86,7 +86,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
                 Ok(confirmation) => {
                     let s = &mut *session;
                     if let Some(b) = s.answers.subscribe(&s.conn.outbox, &state.metrics, id, confirmation) {
-                        s.backlog = b;
+                        s.backlog = pushed(b);
                     }
                 }
                 Err(refusal) => send_error(session, id, refusal.code(), &refusal.to_string()),
@@ -112,7 +112,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
                     .answers
                     .publish(&s.conn.outbox, &state.metrics, id, report.relay, delivered)
                 {
-                    s.backlog = b;
+                    s.backlog = pushed(b);
                 }
             }
             // Without an `id` the ticket is dropped: the relay still sends (or counts the

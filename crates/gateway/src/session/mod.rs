@@ -206,6 +206,8 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
 
     let core = session.conn.core().clone();
     core.unsubscribe_all(&mut session.conn);
+    // Whether the writer got the close frame out (then the session lingers).
+    let mut close_sent = false;
     if !writer_done {
         // A close the node already asked for (drain, timers, an operator) is why the client
         // hung up, which is what the reader saw: count the writer's reason, not the hang-up.
@@ -215,14 +217,21 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
             None => outbox.close_as(1000, "", true, exit.label),
         }
         match tokio::time::timeout(CLOSE_FLUSH, &mut writer).await {
-            Ok(Ok(w)) if node_closing => exit = w,
-            Ok(_) => {}
+            Ok(Ok(w)) => {
+                close_sent = w.close.is_some();
+                if node_closing {
+                    exit = w;
+                }
+            }
+            Ok(Err(_)) => {}
             Err(_) => writer.abort(),
         }
+    } else {
+        close_sent = exit.close.is_some();
     }
     // The close frame is out and our side is shut for writing: read what the peer still
     // sends until it closes too (briefly), so its last bytes do not earn it a TCP reset.
-    if exit.close.is_some() {
+    if close_sent {
         // Boxed: a once-per-connection path, kept out of the idle session task's size.
         Box::pin(linger::drain(socket.stream())).await;
     }

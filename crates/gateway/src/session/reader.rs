@@ -111,12 +111,16 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
             // Answers whose relay verdict came in (or whose deadline passed) go out.
             _ = session.answers.head_known(), if !session.answers.is_empty() => {
                 if let Some(b) = session.answers.flush(&outbox, &session.state.metrics) {
-                    session.backlog = b;
+                    session.backlog = pushed(b);
                 }
                 continue;
             }
-            // The writer took the answers: read on.
+            // The writer took the answers: read on. Or a close was requested: take no
+            // more requests, and wait for the writer to end the session.
             _ = outbox.control_room(), if backlogged => {
+                if outbox.is_closing() {
+                    break closing().await;
+                }
                 session.backlog = outbox.control_backlog();
                 continue;
             }
@@ -139,6 +143,22 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
     exit
 }
 
+/// The backlog the reader goes by after a push: a push refused because the node is
+/// closing the connection pauses the reader for good (see [`closing`]).
+pub(super) fn pushed(backlog: usize) -> usize {
+    if backlog == 0 {
+        usize::MAX
+    } else {
+        backlog
+    }
+}
+
+/// After the node requested the close: the session ends when the writer has sent it (the
+/// session's other branch), so this never returns.
+async fn closing() -> Exit {
+    std::future::pending().await
+}
+
 /// True while the reader must not take more requests (see the module docs).
 fn paused(session: &Session) -> bool {
     session.backlog >= CONTROL_HIGH_WATER || session.answers.full()
@@ -156,7 +176,7 @@ fn on_frame(
         OP_PING => {
             // A protocol-level pong: not ordered with the JSON answers (RFC 6455 lets it
             // go first), but paced with them.
-            session.backlog = session.conn.outbox.push_control(pong_frame(&payload));
+            session.backlog = pushed(session.conn.outbox.push_control(pong_frame(&payload)));
             return None;
         }
         OP_PONG => return None,
