@@ -193,7 +193,9 @@ async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_client_closed_by_the_node_ends_without_spinning() {
-    let node = TestNode::start_with(|c| c.limits.write_timeout_ms = 1_000).await.unwrap();
+    let node = TestNode::start_with(|c| c.limits.write_timeout_ms = 1_000)
+        .await
+        .unwrap();
     let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
     c.read_text(WAIT).await.unwrap();
     let (_rest, _r, mut w) = c.into_split();

@@ -105,8 +105,10 @@ struct State {
     writing: bool,
     /// Data frames and bytes of the batch the writer holds (taken, not yet written): they
     /// count against the bounds until its next take.
-    taken_frames: usize,
-    taken_bytes: usize,
+    /// (u32: a batch is bounded by `max_frames` and `max_bytes` plus one frame; kept small
+    /// because every connection has an outbox.)
+    taken_frames: u32,
+    taken_bytes: u32,
     /// Waiting in the flusher's list for a direct send.
     listed: bool,
     socket: Option<Arc<dyn DirectSocket>>,
@@ -180,6 +182,11 @@ impl Outbox {
         self.limits
     }
 
+    /// The token the slow-consumer policy cancels (the writer's "give up now").
+    pub fn urgent(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (every
         // mutation is a single push/pop), so a poisoned lock is still usable.
@@ -207,8 +214,8 @@ impl Outbox {
         // One frame larger than the byte bound is still accepted into an empty queue;
         // otherwise a single big message could never reach anyone.
         // What the writer took and has not written yet is still this connection's.
-        let frames = st.frames.len() + st.taken_frames;
-        let bytes = st.bytes + st.taken_bytes;
+        let frames = st.frames.len() + st.taken_frames as usize;
+        let bytes = st.bytes + st.taken_bytes as usize;
         let full = frames >= self.limits.max_frames || (frames > 0 && bytes + len > self.limits.max_bytes);
         if full {
             return match self.limits.policy {
@@ -333,8 +340,8 @@ impl Outbox {
         let answers = !st.control.is_empty();
         std::mem::swap(&mut st.frames, &mut batch.frames);
         std::mem::swap(&mut st.control, &mut batch.control);
-        st.taken_frames = batch.frames.len();
-        st.taken_bytes = std::mem::take(&mut st.bytes);
+        st.taken_frames = u32::try_from(batch.frames.len()).unwrap_or(u32::MAX);
+        st.taken_bytes = u32::try_from(std::mem::take(&mut st.bytes)).unwrap_or(u32::MAX);
         batch.head_skip = std::mem::take(&mut st.head_sent);
         if st.close.is_some() && !st.close_taken {
             st.close_taken = true;

@@ -79,10 +79,10 @@ pub struct ConnectRequest {
     pub peer: SocketAddr,
 }
 
-/// A connection registered with the core: its slot, outbox and subscriptions. Dropping it
-/// leaves (unsubscribes everything, frees the slot) if [`Core::leave`] was not called.
+/// A connection registered with the core: its slot, outbox and subscriptions. It must be
+/// ended with [`Core::leave`] (the session does, and `session::Prepared` on drop); it holds
+/// no handle back to the core, to keep every connection small.
 pub struct Conn {
-    core: Arc<Core>,
     pub id: ConnId,
     pub mode: SubscriberMode,
     encoding: EncodingId,
@@ -104,18 +104,9 @@ impl Conn {
         &self.topics
     }
 
-    /// The core this connection belongs to.
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if !self.left {
-            let core = self.core.clone();
-            core.leave(self, "client_gone");
-        }
+    /// True once [`Core::leave`] ended it.
+    pub fn has_left(&self) -> bool {
+        self.left
     }
 }
 
@@ -147,7 +138,7 @@ impl Core {
 
     /// Registers a connection: a slot, a number, an outbox (whose slow-consumer policy
     /// cancels `urgent`), an entry in the table. Refused at the connection limit.
-    pub fn connect(self: &Arc<Self>, req: ConnectRequest, urgent: CancellationToken) -> Result<Conn, Refusal> {
+    pub fn connect(&self, req: ConnectRequest, urgent: CancellationToken) -> Result<Conn, Refusal> {
         if !self.connections.take_slot() {
             return Err(Refusal::ConnectionLimit {
                 max: self.connections.max(),
@@ -168,7 +159,6 @@ impl Core {
             },
         );
         Ok(Conn {
-            core: self.clone(),
             id,
             mode: req.mode,
             encoding: req.mode.encoding(),
@@ -323,10 +313,10 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_freed_by_leave_or_drop() {
+    fn slots_are_freed_by_leave() {
         let core = core(3, 2);
         let mut a = core.connect(request(), CancellationToken::new()).unwrap();
-        let b = core.connect(request(), CancellationToken::new()).unwrap();
+        let mut b = core.connect(request(), CancellationToken::new()).unwrap();
         assert!(matches!(
             core.connect(request(), CancellationToken::new()),
             Err(Refusal::ConnectionLimit { max: 2 })
@@ -335,7 +325,7 @@ mod tests {
         core.leave(&mut a, "client_close");
         core.leave(&mut a, "client_close");
         assert!(!core.broker().registry().has_topic("t"));
-        drop(b);
+        core.leave(&mut b, "client_close");
         assert_eq!(core.connections().len(), 0);
         assert!(core.connect(request(), CancellationToken::new()).is_ok());
     }

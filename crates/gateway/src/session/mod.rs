@@ -83,7 +83,7 @@ pub struct Session {
     pub answers: Answers,
     /// The outbox's control backlog as last seen by a push: the reader pauses at
     /// `CONTROL_HIGH_WATER` (see `reader.rs`).
-    pub backlog: usize,
+    pub backlog: u32,
     pub flags: Arc<SessionFlags>,
 }
 
@@ -96,9 +96,10 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// outbox and follow the 101. Dropping it (the upgrade never completed) leaves, counted as
 /// `client_gone`.
 pub struct Prepared {
+    // The session only: every byte here is paid by every connection (more than once, as the
+    // task futures that carry it keep their arguments), so the cancellation token lives in
+    // the outbox and the peer address in the connection table.
     session: Session,
-    urgent: CancellationToken,
-    peer: SocketAddr,
 }
 
 /// Why a connection could not be prepared.
@@ -113,20 +114,26 @@ impl Prepared {
     /// upgrade, and await the [`Confirmation`] before the 101 goes out, so that the
     /// subscriptions hold cluster-wide once the client has the answer.
     pub fn new(state: Arc<AppState>, params: SessionParams) -> Result<(Self, Confirmation), PrepareError> {
-        let urgent = CancellationToken::new();
         let request = ConnectRequest {
             mode: params.mode,
             echo: params.echo,
             peer: params.peer,
         };
-        let mut conn = state.core.connect(request, urgent.clone())?;
+        let mut conn = state.core.connect(request, CancellationToken::new())?;
         if params.mode == SubscriberMode::Json {
             conn.outbox
                 .push_control(server_msg::welcome(&state.node_id, &conn.id.to_string()));
         }
-        let confirmation = state
+        let confirmation = match state
             .core
-            .subscribe(&mut conn, params.topics.iter().map(String::as_str))?;
+            .subscribe(&mut conn, params.topics.iter().map(String::as_str))
+        {
+            Ok(c) => c,
+            Err(refusal) => {
+                state.core.leave(&mut conn, "client_gone");
+                return Err(refusal.into());
+            }
+        };
         let engaged = params.mode == SubscriberMode::Raw || !conn.topics().is_empty();
         let session = Session {
             state,
@@ -138,14 +145,15 @@ impl Prepared {
                 engaged: AtomicBool::new(engaged),
             }),
         };
-        Ok((
-            Self {
-                session,
-                urgent,
-                peer: params.peer,
-            },
-            confirmation,
-        ))
+        Ok((Self { session }, confirmation))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // The upgrade never completed (or the session ended: then this does nothing).
+        let s = &mut self.session;
+        s.state.core.leave(&mut s.conn, "client_gone");
     }
 }
 
@@ -181,9 +189,8 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let state = prepared.session.state.clone();
     let metrics = state.metrics.clone();
     let outbox = prepared.session.conn.outbox.clone();
-    let urgent = prepared.urgent.clone();
+    let urgent = outbox.urgent();
     let id = prepared.session.conn.id;
-    let peer = prepared.peer;
     let session = &mut prepared.session;
 
     let mut writer = tokio::spawn(writer::run(
@@ -204,7 +211,7 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
         }
     };
 
-    let core = session.conn.core().clone();
+    let core = state.core.clone();
     core.unsubscribe_all(&mut session.conn);
     // Whether the writer got the close frame out (then the session lingers).
     let mut close_sent = false;
@@ -235,6 +242,6 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
         // Boxed: a once-per-connection path, kept out of the idle session task's size.
         Box::pin(linger::drain(socket.stream())).await;
     }
-    tracing::debug!(conn = id, %peer, reason = exit.label, "connection closed");
+    tracing::debug!(conn = id, reason = exit.label, "connection closed");
     core.leave(&mut session.conn, exit.label);
 }

@@ -104,30 +104,20 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
             // Idle: hold no buffer until the next bytes arrive.
             buf = BytesMut::new();
         }
-        let backlogged = session.backlog >= CONTROL_HIGH_WATER;
-        let reading = !paused(session);
-        let outbox = session.conn.outbox.clone();
-        tokio::select! {
-            // Answers whose relay verdict came in (or whose deadline passed) go out.
-            _ = session.answers.head_known(), if !session.answers.is_empty() => {
-                if let Some(b) = session.answers.flush(&outbox, &session.state.metrics) {
-                    session.backlog = pushed(b);
-                }
-                continue;
+        if session.answers.is_empty() && (session.backlog as usize) < CONTROL_HIGH_WATER {
+            // The common case, and the idle one: nothing waits but bytes. Only this
+            // future lives in an idle connection's task.
+            if read.readable().await.is_err() {
+                break Exit::silent("client_gone");
             }
-            // The writer took the answers: read on. Or a close was requested: take no
-            // more requests, and wait for the writer to end the session.
-            _ = outbox.control_room(), if backlogged => {
-                if outbox.is_closing() {
-                    break closing().await;
-                }
-                session.backlog = outbox.control_backlog();
-                continue;
-            }
-            r = read.readable(), if reading => {
-                if r.is_err() {
-                    break Exit::silent("client_gone");
-                }
+        } else {
+            // Boxed: the busy wait's futures (a relay ticket, a deadline timer, the
+            // outbox's room) exist only while answers wait.
+            match Box::pin(busy_wait(session, read)).await {
+                Woke::Read => {}
+                Woke::Again => continue,
+                Woke::Closing => break closing().await,
+                Woke::Gone => break Exit::silent("client_gone"),
             }
         }
         let pending = frame_len_hint(&buf).map(|n| n.saturating_sub(buf.len())).unwrap_or(0);
@@ -143,13 +133,51 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit
     exit
 }
 
+/// What ended a busy wait.
+enum Woke {
+    /// The socket is readable.
+    Read,
+    /// Answers went out or room was made: apply what is buffered, then wait again.
+    Again,
+    /// The node requested the close.
+    Closing,
+    /// The socket failed.
+    Gone,
+}
+
+/// Waits while answers wait for the relay or for the writer: for the head answer, for
+/// room in the outbox, and, unless paused, for bytes.
+async fn busy_wait(session: &mut Session, read: &TcpStream) -> Woke {
+    let backlogged = session.backlog as usize >= CONTROL_HIGH_WATER;
+    let reading = !paused(session);
+    let outbox = session.conn.outbox.clone();
+    tokio::select! {
+        // Answers whose relay verdict came in (or whose deadline passed) go out.
+        _ = session.answers.head_known(), if !session.answers.is_empty() => {
+            if let Some(b) = session.answers.flush(&outbox, &session.state.metrics) {
+                session.backlog = pushed(b);
+            }
+            Woke::Again
+        }
+        // The writer took the answers: read on. Or a close was requested: take no more
+        // requests, and wait for the writer to end the session.
+        _ = outbox.control_room(), if backlogged => {
+            if outbox.is_closing() {
+                return Woke::Closing;
+            }
+            session.backlog = u32::try_from(outbox.control_backlog()).unwrap_or(u32::MAX);
+            Woke::Again
+        }
+        r = read.readable(), if reading => if r.is_err() { Woke::Gone } else { Woke::Read },
+    }
+}
+
 /// The backlog the reader goes by after a push: a push refused because the node is
 /// closing the connection pauses the reader for good (see [`closing`]).
-pub(super) fn pushed(backlog: usize) -> usize {
-    if backlog == 0 {
-        usize::MAX
-    } else {
-        backlog
+pub(super) fn pushed(backlog: usize) -> u32 {
+    match backlog {
+        0 => u32::MAX,
+        n => u32::try_from(n).unwrap_or(u32::MAX),
     }
 }
 
@@ -161,7 +189,7 @@ async fn closing() -> Exit {
 
 /// True while the reader must not take more requests (see the module docs).
 fn paused(session: &Session) -> bool {
-    session.backlog >= CONTROL_HIGH_WATER || session.answers.full()
+    session.backlog as usize >= CONTROL_HIGH_WATER || session.answers.full()
 }
 
 /// Applies one frame; `Some` ends the session.
