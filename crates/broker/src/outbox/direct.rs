@@ -27,10 +27,11 @@ pub trait DirectSocket: Send + Sync {
 const DIRECT_IOV: usize = 128;
 
 /// Bytes one direct send writes at most (one frame more, when a single frame is larger).
-/// Large enough that a flood's gathered frames go out in one flush, as a writer's batch
+/// Large enough that a flood's gathered frames (a default outbox of 1,024 frames of a few
+/// hundred bytes) go out in one flush, as a writer's batch
 /// would (handing the rest to the writer costs it a wake-up and a poll per flush); small
-/// enough that the lock is held for tens of microseconds of copying.
-pub const DIRECT_MAX_BYTES: usize = 256 << 10;
+/// enough that the lock is held for a bounded copy (about a hundred microseconds).
+pub const DIRECT_MAX_BYTES: usize = 1 << 20;
 
 impl Outbox {
     /// Wakes the writer (for an outbox [`Outbox::push_listed`] listed that will not be
@@ -250,6 +251,7 @@ mod tests {
     #[test]
     fn a_direct_send_is_bounded_and_leaves_the_rest_to_the_writer() {
         let limits = OutboxLimits {
+            max_frames: 1 << 16,
             max_bytes: 64 << 20,
             ..OutboxLimits::default()
         };
