@@ -147,19 +147,18 @@ async fn ten_thousand_pipelined_pings_and_mixed_requests_get_every_answer_in_ord
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_stalls() {
+/// A node with a 1 s write timeout, and a client of it that floods pings and never reads:
+/// the node, and the task writing the flood (to abort).
+async fn never_reading_client() -> (TestNode, tokio::task::JoinHandle<()>) {
     let node = TestNode::start_with(|c| c.limits.write_timeout_ms = 1_000)
         .await
         .unwrap();
     let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
     c.read_text(WAIT).await.unwrap();
     let (_rest, _r, mut w) = c.into_split();
-    // Pings whose answers are never read: the node stops reading (TCP pushes back on the
-    // writer below), its own socket to the client fills, and only then, after the write
-    // timeout, is the client dropped as a slow consumer. Memory stays bounded meanwhile.
     let ping = masked_client_frame(0x81, br#"{"op":"ping","id":1}"#, [9, 9, 9, 9]);
     let flood = tokio::spawn(async move {
+        let _keep_reading_half = _r;
         let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
         for _ in 0..10_000 {
             if w.write_all(&chunk).await.is_err() {
@@ -167,6 +166,15 @@ async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_st
             }
         }
     });
+    (node, flood)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_stalls() {
+    // Pings whose answers are never read: the node stops reading (TCP pushes back on the
+    // flood), its own socket to the client fills, and only then, after the write timeout,
+    // is the client dropped as a slow consumer. Memory stays bounded meanwhile.
+    let (node, flood) = never_reading_client().await;
     let started = std::time::Instant::now();
     // A while into the flood: still connected (paused, not closed), answers bounded.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -193,21 +201,7 @@ async fn a_client_that_never_reads_is_paused_and_dropped_only_when_its_socket_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_client_closed_by_the_node_ends_without_spinning() {
-    let node = TestNode::start_with(|c| c.limits.write_timeout_ms = 1_000)
-        .await
-        .unwrap();
-    let mut c = WireClient::connect(node.ws_addr(), "/ws").await.unwrap();
-    c.read_text(WAIT).await.unwrap();
-    let (_rest, _r, mut w) = c.into_split();
-    let ping = masked_client_frame(0x81, br#"{"op":"ping"}"#, [7, 7, 7, 7]);
-    let flood = tokio::spawn(async move {
-        let chunk: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
-        for _ in 0..10_000 {
-            if w.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (node, flood) = never_reading_client().await;
     // The reader pauses at the high-water mark; then an operator closes the connection.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let state = node.node.state().clone();
