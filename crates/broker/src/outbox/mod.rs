@@ -193,6 +193,21 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The slow-consumer close: queued data discarded, 1013 requested, the writer and a
+    /// paused reader woken, and `urgent` cancelled so a writer blocked on the socket gives up.
+    fn give_up(&self, mut st: std::sync::MutexGuard<'_, State>, reason: &str) {
+        st.discard_queued();
+        st.close = Some(CloseRequest {
+            code: 1013,
+            reason: reason.into(),
+            label: "slow_consumer",
+        });
+        drop(st);
+        self.notify.notify_one();
+        self.room.notify_one();
+        self.cancel.cancel();
+    }
+
     /// Offers a data frame queued at `at`. Never blocks on the consumer.
     pub fn push(&self, frame: Bytes, at: Instant) -> PushOutcome {
         self.offer(frame, at, false).0
@@ -221,16 +236,7 @@ impl Outbox {
             return match self.limits.policy {
                 SlowConsumerPolicy::Drop => (PushOutcome::Dropped, false),
                 SlowConsumerPolicy::Disconnect => {
-                    st.discard_queued();
-                    st.close = Some(CloseRequest {
-                        code: 1013,
-                        reason: "slow consumer: outbox full".into(),
-                        label: "slow_consumer",
-                    });
-                    drop(st);
-                    self.notify.notify_one();
-                    self.room.notify_one();
-                    self.cancel.cancel();
+                    self.give_up(st, "slow consumer: outbox full");
                     (PushOutcome::Disconnected, false)
                 }
             };
@@ -260,17 +266,8 @@ impl Outbox {
             return 0;
         }
         if st.control.len() >= MAX_CONTROL_FRAMES {
-            st.discard_queued();
             st.control.clear();
-            st.close = Some(CloseRequest {
-                code: 1013,
-                reason: "slow consumer: replies not read".into(),
-                label: "slow_consumer",
-            });
-            drop(st);
-            self.notify.notify_one();
-            self.room.notify_one();
-            self.cancel.cancel();
+            self.give_up(st, "slow consumer: replies not read");
             return 0;
         }
         st.control.push(frame);

@@ -77,46 +77,48 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             return None;
         }
     };
-    let state = session.state.clone();
+    // Disjoint borrows of the session: no handle cloned per request.
+    let Session {
+        state,
+        conn,
+        answers,
+        backlog,
+        ..
+    } = session;
     let core = &state.core;
-    match request {
-        ClientRequest::Ping { id } => send(session, server_msg::pong(id)),
-        ClientRequest::Subscribe { topics, id } => {
-            match core.subscribe(&mut session.conn, topics.iter().map(|t| t.as_ref())) {
-                Ok(confirmation) => {
-                    let s = &mut *session;
-                    if let Some(b) = s.answers.subscribe(&s.conn.outbox, &state.metrics, id, confirmation) {
-                        s.backlog = pushed(b);
-                    }
-                }
-                Err(refusal) => send_error(session, id, refusal.code(), &refusal.to_string()),
-            }
+    let mut answer = |b: Option<usize>| {
+        if let Some(b) = b {
+            *backlog = pushed(b);
         }
+    };
+    match request {
+        ClientRequest::Ping { id } => answer(answers.send(&conn.outbox, server_msg::pong(id))),
+        ClientRequest::Subscribe { topics, id } => match core.subscribe(conn, topics.iter().map(|t| t.as_ref())) {
+            Ok(confirmation) => answer(answers.subscribe(&conn.outbox, &state.metrics, id, confirmation)),
+            Err(refusal) => {
+                let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
+                answer(answers.send(&conn.outbox, frame));
+            }
+        },
         ClientRequest::Unsubscribe { topics, id } => {
-            core.unsubscribe(&mut session.conn, topics.iter().map(|t| t.as_ref()));
+            core.unsubscribe(conn, topics.iter().map(|t| t.as_ref()));
             if let Some(id) = id {
-                send(session, server_msg::ack(id));
+                answer(answers.send(&conn.outbox, server_msg::ack(id)));
             }
         }
         ClientRequest::Publish { topic, data, id } => {
             let payload = Payload::json(slice_of(&text, data));
             let from = Publisher::Conn {
-                id: session.conn.id,
+                id: conn.id,
                 source: Source::Websocket,
             };
             let report = core.publish(from, &topic, payload);
-            if let Some(id) = id {
-                let s = &mut *session;
-                let delivered = report.local.delivered;
-                if let Some(b) = s
-                    .answers
-                    .publish(&s.conn.outbox, &state.metrics, id, report.relay, delivered)
-                {
-                    s.backlog = pushed(b);
-                }
-            }
             // Without an `id` the ticket is dropped: the relay still sends (or counts the
             // failure).
+            if let Some(id) = id {
+                let delivered = report.local.delivered;
+                answer(answers.publish(&conn.outbox, &state.metrics, id, report.relay, delivered));
+            }
         }
     }
     None
