@@ -116,3 +116,33 @@ async fn while_redis_is_down_subscribes_say_relay_unavailable_and_hold_locally()
     c.wait_numsub("herald:x", 1, WAIT).await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_through_redis_are_acknowledged_in_order_and_all_cross() {
+    let c = RedisCluster::start(2).await.unwrap();
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let mut sub = WireClient::connect(b.ws_addr(), "/ws?topics=burst").await.unwrap();
+    json_of(&mut sub).await;
+    let mut p = WireClient::connect(a.ws_addr(), "/ws").await.unwrap();
+    json_of(&mut p).await;
+    // 500 publishes with ids in one write: each ack waits for Redis's PUBLISH reply, the
+    // reader keeps reading meanwhile, and the acks still come back in request order.
+    let n = 500;
+    let mut all = Vec::new();
+    for i in 0..n {
+        let req = json!({"op":"publish","topic":"burst","data":i,"id":i}).to_string();
+        all.extend(herald_protocol::ws_frame::masked_client_frame(
+            0x81,
+            req.as_bytes(),
+            [3, 1, 4, 1],
+        ));
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut p.stream, &all).await.unwrap();
+    for i in 0..n {
+        assert_eq!(json_of(&mut p).await, json!({"type":"ack","id":i}), "answer {i}");
+    }
+    for i in 0..n {
+        assert_eq!(json_of(&mut sub).await["data"], i, "message {i} on the other node");
+    }
+    c.shutdown().await;
+}
