@@ -36,6 +36,12 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    /// Identity (JWT), topic permissions and the Origin allow-list (docs/security.md).
+    pub auth: AuthConfig,
+    /// Optional TLS on the public listener.
+    pub tls: TlsConfig,
+    /// Load balancers in front of the node, whose word on the client address is taken.
+    pub proxy: ProxyConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +64,9 @@ pub struct AdminConfig {
     /// Bytes all admin request bodies being received may hold together. A body that cannot
     /// take its bytes from this budget at once gets 503 `overloaded` with `Retry-After`.
     pub max_pending_body_bytes: usize,
+    /// Bearer keys that may only publish (`POST /api/publish`, `/api/publish/batch`);
+    /// any other endpoint answers them 403 `forbidden`.
+    pub publish_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +122,86 @@ pub struct LimitsConfig {
     /// up to `max_request_head_bytes`, so this caps the memory of handshakes in flight;
     /// over it a new connection gets a canned 503 and is closed.
     pub max_pending_handshakes: usize,
+    /// Publishes per second one connection may make (token bucket); 0 turns it off.
+    pub publish_per_second: u32,
+    /// Publishes one connection may make at once above the rate (the bucket's size).
+    pub publish_burst: u32,
+    /// Payload bytes per second one connection may publish; 0 turns it off.
+    pub publish_bytes_per_second: u64,
+    /// Payload bytes one connection may publish at once above the byte rate.
+    pub publish_bytes_burst: u64,
+    /// A connection that keeps publishing over its limits this long is closed with 1008.
+    pub publish_overlimit_close_ms: u64,
+    /// WebSocket connections one client IP may hold at once; 0 turns it off.
+    pub connections_per_ip: u32,
+    /// New WebSocket connections one client IP may open per second; 0 turns it off.
+    pub connects_per_ip_per_second: u32,
+    /// Listen backlog of the public listener (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256/384/512 tokens (prefer the `_file` key or the environment
+    /// variable `HERALD_AUTH__JWT_HS256_SECRET`, so the secret need not sit in the TOML).
+    pub jwt_hs256_secret: String,
+    /// File holding the shared secret (trailing newline ignored); reloaded when it changes.
+    pub jwt_hs256_secret_file: String,
+    /// PEM public key (RSA for RS256, EC P-256 for ES256); reloaded when it changes.
+    pub jwt_public_key_file: String,
+    /// JWKS file (several keys, picked by `kid`); reloaded when it changes.
+    pub jwt_jwks_file: String,
+    /// Required `iss` claim; empty: not checked.
+    pub jwt_issuer: String,
+    /// Required `aud` claim; empty: not checked.
+    pub jwt_audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub jwt_leeway_ms: u64,
+    /// Algorithms accepted; empty: those of the configured keys (HS256/384/512 for the
+    /// secret, RS256 for an RSA key, ES256 for a P-256 key).
+    pub jwt_algorithms: Vec<String>,
+    /// How often the key files are checked for changes (SIGHUP reloads at once).
+    pub key_reload_interval_ms: u64,
+    /// Topic patterns connections without a token may subscribe to / publish on.
+    pub anonymous_subscribe: Vec<String>,
+    pub anonymous_publish: Vec<String>,
+    /// Topic patterns any connection with a valid token may subscribe to / publish on
+    /// (besides its token's own `subscribe`/`publish` claims); `{sub}` is the user id.
+    pub authenticated_subscribe: Vec<String>,
+    pub authenticated_publish: Vec<String>,
+    /// Origins allowed to open WebSockets (`https://app.example.com`,
+    /// `https://*.example.com`); empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Upgrades without an `Origin` header (non-browser clients) are allowed.
+    pub allow_missing_origin: bool,
+    /// How long before a token expires the connection is sent `token_expired`.
+    pub expiry_notice_ms: u64,
+    /// How long after expiry a connection that did not refresh is closed (1008).
+    pub expiry_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain for the public listener; empty (with `key_file`): plain TCP.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// How often the two files are checked for changes (SIGHUP reloads at once).
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Addresses or CIDR ranges (`10.0.0.0/8`, `127.0.0.1`) of trusted load balancers.
+    /// Only their word on the client address is taken.
+    pub trusted: Vec<String>,
+    /// Trusted peers send a PROXY protocol header (v1 or v2) first.
+    pub proxy_protocol: bool,
+    /// Take the client address from `X-Forwarded-For` of trusted peers.
+    pub forwarded_for: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +256,9 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -179,6 +271,7 @@ impl Default for AdminConfig {
             max_body_bytes: 1 << 20,
             max_connections: 256,
             max_pending_body_bytes: 64 << 20,
+            publish_keys: Vec::new(),
         }
     }
 }
@@ -216,6 +309,58 @@ impl Default for LimitsConfig {
             write_timeout_ms: 30_000,
             max_request_head_bytes: 32 * 1024,
             max_pending_handshakes: 2048,
+            publish_per_second: 1000,
+            publish_burst: 2000,
+            publish_bytes_per_second: 4 << 20,
+            publish_bytes_burst: 8 << 20,
+            publish_overlimit_close_ms: 10_000,
+            connections_per_ip: 0,
+            connects_per_ip_per_second: 0,
+            listen_backlog: 4096,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_hs256_secret: String::new(),
+            jwt_hs256_secret_file: String::new(),
+            jwt_public_key_file: String::new(),
+            jwt_jwks_file: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_leeway_ms: 1000,
+            jwt_algorithms: Vec::new(),
+            key_reload_interval_ms: 1000,
+            anonymous_subscribe: Vec::new(),
+            anonymous_publish: Vec::new(),
+            authenticated_subscribe: Vec::new(),
+            authenticated_publish: Vec::new(),
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+            expiry_notice_ms: 30_000,
+            expiry_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            reload_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            proxy_protocol: false,
+            forwarded_for: false,
         }
     }
 }
@@ -463,11 +608,16 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.admin.api_keys = shown.admin.api_keys.iter().map(|_| "********".to_owned()).collect();
+        shown.admin.publish_keys = shown.admin.publish_keys.iter().map(|_| "********".to_owned()).collect();
+        if !shown.auth.jwt_hs256_secret.is_empty() {
+            shown.auth.jwt_hs256_secret = "********".into();
+        }
         let text = toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
-        if self.admin.api_keys.is_empty() {
+        if self.admin.api_keys.is_empty() && self.admin.publish_keys.is_empty() && self.auth.jwt_hs256_secret.is_empty()
+        {
             text
         } else {
-            format!("# admin.api_keys are masked; supply the real keys to reuse this file.\n{text}")
+            format!("# keys and secrets are masked; supply the real ones to reuse this file.\n{text}")
         }
     }
 

@@ -46,6 +46,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Reserved: the node failed for a reason that is not the client's fault.
     Internal,
+    /// The token is missing where one is required, malformed, badly signed, expired or
+    /// not yet valid.
+    Unauthorized,
+    /// The connection's permissions do not allow this subscribe or publish.
+    Forbidden,
+    /// The connection publishes faster than its limits allow; the message was dropped.
+    RateLimited,
+    /// The connection's token expires soon: send `refresh` with a new one.
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -62,11 +71,15 @@ impl ErrorCode {
             Self::RelayUnavailable => "relay_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::TokenExpired => "token_expired",
         }
     }
 
     /// Every code, for docs and metric label pre-registration.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::MissingField,
@@ -78,6 +91,10 @@ impl ErrorCode {
         Self::RelayUnavailable,
         Self::ShuttingDown,
         Self::Internal,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::TokenExpired,
     ];
 }
 
