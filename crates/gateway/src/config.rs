@@ -188,7 +188,8 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key of `cert_file`.
     pub key_file: String,
-    /// How often the two files are checked for changes (SIGHUP reloads at once).
+    /// How often the two files are checked for changes (SIGHUP reloads at once); 0: on
+    /// SIGHUP only.
     pub reload_interval_ms: u64,
 }
 
@@ -595,6 +596,15 @@ impl Config {
         }
         if self.log.level.trim().is_empty() {
             p.push("log.level: must not be empty".into());
+        }
+        match (self.tls.cert_file.is_empty(), self.tls.key_file.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                if let Err(e) = crate::tls::check_files(&self.tls) {
+                    p.push(format!("tls: {e}"));
+                }
+            }
+            _ => p.push("tls.cert_file, tls.key_file: set both (TLS) or neither (plain TCP)".into()),
         }
         if p.is_empty() {
             Ok(())

@@ -20,6 +20,7 @@ pub mod relay_setup;
 pub mod session;
 pub mod socket_budget;
 pub mod state;
+pub mod tls;
 
 pub use config::{CliOverrides, Config, ConfigError};
 pub use node::{Node, StartError};

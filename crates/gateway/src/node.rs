@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
+use crate::tls::Tls;
 use crate::{admin, clock, drain, http_server, public, relay_setup};
 
 /// Why a node could not start.
@@ -28,6 +29,8 @@ pub enum StartError {
     Relay(String),
     #[error("{0}")]
     FdLimit(#[from] FdLimitTooLow),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -78,6 +81,7 @@ impl Node {
             config.node_id.as_str().into()
         };
         let metrics = Arc::new(BrokerMetrics::new());
+        let tls = Tls::from_config(&config.tls, metrics.registry())?;
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
@@ -127,6 +131,7 @@ impl Node {
             tasks.clone(),
             serve,
             state.sockets.clone(),
+            tls.clone(),
             move |req, peer| public::route(st.clone(), req, peer),
         ));
         let st = state.clone();
@@ -141,14 +146,19 @@ impl Node {
             tasks.clone(),
             serve,
             SocketBudget::admin(&config, &metrics),
+            None,
             move |mut req, peer| {
                 req.extensions_mut().insert(bodies.clone());
                 admin::route(st.clone(), req, peer)
             },
         ));
+        if let Some(tls) = &tls {
+            let every = Duration::from_millis(config.tls.reload_interval_ms);
+            tasks.spawn(tls.clone().reload_loop(every, shutdown.stop_all.clone()));
+        }
         tokio::spawn(drain::drain(state.clone()));
         state.started_up.store(true, Ordering::Release);
-        tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, "node started");
+        tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, tls = tls.is_some(), "node started");
         tracing::info!(
             fd_limit = fds.limit,
             fd_reserve = fds.reserve,

@@ -7,8 +7,9 @@
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
-//! After a successful upgrade the connection leaves hyper: its TCP stream is taken back and
-//! split, and the session runs in the node's session tracker (`session/`).
+//! After a successful upgrade the connection leaves hyper: its TCP stream (with its rustls
+//! connection, on a TLS listener) is taken back, and the session runs in the node's session
+//! tracker (`session/`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,8 +20,6 @@ use herald_broker::SubscriberMode;
 use herald_protocol::validate_topic;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
@@ -266,16 +265,11 @@ async fn upgrade(
                 return;
             }
         };
-        let upgraded = ws.into_inner().into_inner();
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
-            }
+        let Some((socket, read_buf)) = session::Socket::from_upgraded(ws.into_inner().into_inner()) else {
+            tracing::error!("upgraded connection is neither a TCP nor a TLS stream");
+            return;
         };
-        let socket = Arc::new(session::Socket::new(parts.io.into_inner()));
-        session::run(prepared, parts.read_buf, socket).await;
+        session::run(prepared, read_buf, Arc::new(socket)).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

@@ -16,6 +16,7 @@ mod handler;
 mod linger;
 mod reader;
 mod socket;
+mod tls_socket;
 mod writer;
 
 use std::net::SocketAddr;
@@ -204,7 +205,7 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let _abort = AbortOnDrop(writer.abort_handle());
     let mut writer_done = false;
     let mut exit = tokio::select! {
-        e = reader::run(session, prefix, socket.stream()) => e,
+        e = reader::run(session, prefix, &socket) => e,
         w = &mut writer => {
             writer_done = true;
             w.unwrap_or_else(|_| Exit::silent("internal"))
