@@ -27,7 +27,9 @@ use super::tls_socket::TlsSocket;
 /// See the module docs.
 pub enum Socket {
     Plain(TcpStream),
-    Tls(TlsSocket),
+    /// Boxed: rustls' connection state is over a kilobyte, which a plain connection's
+    /// socket must not carry.
+    Tls(Box<TlsSocket>),
 }
 
 impl Socket {
@@ -53,7 +55,7 @@ impl Socket {
         if tls.take_buffered(&mut prefix).is_err() {
             return None;
         }
-        Some((Self::Tls(tls), prefix.freeze()))
+        Some((Self::Tls(Box::new(tls)), prefix.freeze()))
     }
 
     pub fn stream(&self) -> &TcpStream {
