@@ -173,3 +173,116 @@ impl TlsSocket {
         self.lock().send_close_notify();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    use super::super::socket::Socket;
+    use super::*;
+
+    /// A finished handshake over loopback: our side as a session socket, and the client.
+    async fn pair() -> (Socket, tokio_rustls::client::TlsStream<TcpStream>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = l.accept().await.unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let (c, s) = tokio::join!(connect, accept);
+        let (tcp, conn) = s.into_inner();
+        (Socket::Tls(Box::new(TlsSocket::new(tcp, conn))), c)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_a_full_socket_did_not_take_are_flushed_then_close_notify_ends_the_stream() {
+        let (sock, mut client) = pair().await;
+        // The client reads nothing: write until the socket and rustls' buffer are full.
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut taken = 0usize;
+        loop {
+            match sock.try_write(&[IoSlice::new(&chunk)]) {
+                Ok(n) => {
+                    assert!(n > 0);
+                    taken += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(sock.pending(), "a full socket leaves records in rustls");
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut all = Vec::new();
+            // Ok(_) only after close_notify: a bare FIN would be an UnexpectedEof error.
+            client.read_to_end(&mut all).await.map(|_| all)
+        });
+        tokio::time::timeout(Duration::from_secs(10), sock.flush())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!sock.pending());
+        sock.shutdown_write().await.unwrap();
+        let all = reader.await.unwrap().expect("a clean TLS end (close_notify)");
+        assert_eq!(all.len(), taken, "every byte rustls took arrived");
+        assert!(all.chunks(chunk.len()).all(|c| c == &chunk[..c.len()]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reader_gets_every_decrypted_byte_and_the_end_of_the_stream() {
+        use tokio::io::AsyncWriteExt;
+        let (sock, mut client) = pair().await;
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let body = sent.clone();
+        // Kept until the end: dropping the client with unread bytes (its session tickets)
+        // would reset the connection.
+        let writer = tokio::spawn(async move {
+            client.write_all(&body).await.unwrap();
+            client.shutdown().await.unwrap(); // close_notify, then FIN
+            client
+        });
+        let mut buf = BytesMut::new();
+        loop {
+            sock.readable().await.unwrap();
+            match sock.try_read_buf(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(buf[..] == sent[..]);
+        drop(writer.await.unwrap());
+    }
+}
