@@ -193,7 +193,7 @@ pub struct TlsConfig {
     pub reload_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Addresses or CIDR ranges (`10.0.0.0/8`, `127.0.0.1`) of trusted load balancers.
@@ -356,15 +356,6 @@ impl Default for TlsConfig {
     }
 }
 
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            trusted: Vec::new(),
-            proxy_protocol: false,
-            forwarded_for: false,
-        }
-    }
-}
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
