@@ -197,7 +197,8 @@ pub struct TlsConfig {
     pub reload_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Default: nothing trusted, no PROXY header, no `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Addresses or CIDR ranges (`10.0.0.0/8`, `127.0.0.1`) of trusted load balancers.
@@ -357,16 +358,6 @@ impl Default for TlsConfig {
             cert_file: String::new(),
             key_file: String::new(),
             reload_interval_ms: 1000,
-        }
-    }
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            trusted: Vec::new(),
-            proxy_protocol: false,
-            forwarded_for: false,
         }
     }
 }

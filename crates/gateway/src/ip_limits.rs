@@ -220,7 +220,7 @@ pub async fn run_cleanup(limits: Arc<IpLimits>, stop: CancellationToken) {
         }
         limits.sweep();
         shrink += 1;
-        if shrink % 60 == 0 {
+        if shrink.is_multiple_of(60) {
             limits.active.shrink_to_fit();
         }
     }
