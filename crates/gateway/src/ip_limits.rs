@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::{Response, StatusCode};
 use ipnet::IpNet;
@@ -145,7 +145,7 @@ impl IpLimits {
         let key = IpKey::of(ip);
         if let Some(rate) = &self.rate {
             if let Err(not_until) = rate.check_key(&key) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(rate.clock().now());
                 return Err(self.refused(IpRefusal::Rate {
                     per_second: self.per_second,
                     retry_after_s: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
