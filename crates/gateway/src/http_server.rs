@@ -32,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client_ip::ClientAddrs;
 use crate::socket_budget::{Refusal, SocketBudget};
 use crate::tls::Tls;
 
@@ -60,16 +61,27 @@ impl ServeLimits {
     }
 }
 
-/// Serves `listener` until `stop` fires, admitting connections through `budget`; with
-/// `tls`, each connection's TLS handshake comes first (within the handshake timeout, its
-/// place in `budget` held meanwhile).
+/// What comes before HTTP on a listener's connections (none of it on the admin listener).
+#[derive(Default, Clone)]
+pub struct Edge {
+    /// Read a trusted peer's PROXY protocol header first.
+    pub proxy: Option<Arc<ClientAddrs>>,
+    /// Then the TLS handshake.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Serves `listener` until `stop` fires, admitting connections through `budget`. With
+/// `proxy`, a trusted peer's PROXY protocol header is read first (`client_ip.rs`) and the
+/// handler is given the client address it names; otherwise the handler gets the peer.
+/// With `tls`, the connection's TLS handshake comes next (within the handshake timeout,
+/// its place in `budget` held meanwhile).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
     limits: ServeLimits,
     budget: Arc<SocketBudget>,
-    tls: Option<Arc<Tls>>,
+    edge: Edge,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -109,12 +121,25 @@ pub async fn accept_loop<F, Fut>(
         let handler = handler.clone();
         let stop = stop.clone();
         let budget = budget.clone();
-        let tls = tls.clone();
+        let Edge { proxy, tls } = edge.clone();
         // Boxed: after a WebSocket upgrade the socket's reactor entry can keep this task's
         // waker (and so its allocation) alive for the WebSocket's whole life; boxed, that
         // costs the task header only, not hyper's connection state.
         let permit = Arc::new(permit);
         tracker.spawn(Box::pin(async move {
+            let mut tcp = tcp;
+            // A trusted proxy's PROXY header, before hyper reads a byte (within the handshake
+            // timeout, holding the handshake place); a missing or bad one closes the connection.
+            let peer = match &proxy {
+                Some(p) if p.expects_header(peer.ip()) => {
+                    let read = p.accept(&mut tcp, peer, limits.header_timeout);
+                    match tokio::select! { r = read => r, _ = stop.cancelled() => None } {
+                        Some(client) => client,
+                        None => return,
+                    }
+                }
+                _ => peer,
+            };
             let for_requests = permit.clone();
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(for_requests.clone());

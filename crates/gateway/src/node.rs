@@ -12,9 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::api::body::BodyBudget;
+use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::ip_limits::{self, IpLimits};
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
 use crate::tls::Tls;
@@ -115,10 +117,16 @@ impl Node {
             ws_addr,
             admin_addr,
             sockets,
+            client_addrs: Arc::new(ClientAddrs::new(&config.proxy, &metrics)),
+            ip_limits: IpLimits::new(&config, &metrics),
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
         tasks.spawn(drain::relay_gauge(state.clone()));
+        tasks.spawn(ip_limits::run_cleanup(
+            state.ip_limits.clone(),
+            shutdown.stop_all.clone(),
+        ));
         // One flusher per worker: direct sends to idle subscribers spread over the cores.
         for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
             tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
@@ -131,7 +139,10 @@ impl Node {
             tasks.clone(),
             serve,
             state.sockets.clone(),
-            tls.clone(),
+            http_server::Edge {
+                proxy: Some(state.client_addrs.clone()),
+                tls: tls.clone(),
+            },
             move |req, peer| public::route(st.clone(), req, peer),
         ));
         let st = state.clone();
@@ -146,7 +157,7 @@ impl Node {
             tasks.clone(),
             serve,
             SocketBudget::admin(&config, &metrics),
-            None,
+            http_server::Edge::default(),
             move |mut req, peer| {
                 req.extensions_mut().insert(bodies.clone());
                 admin::route(st.clone(), req, peer)

@@ -2,8 +2,8 @@
 //! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
-//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 503
-//! connection limit or draining. The checks before the slot is reserved are cheap and
+//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 429 at a
+//! client IP's limit (`ip_limits.rs`), 503 connection limit or draining. The checks before the slot is reserved are cheap and
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
@@ -224,11 +224,19 @@ async fn upgrade(
     // whatever any node publishes after the client has the answer reaches it (unless the
     // relay is down: see below). If the upgrade never completes, dropping `prepared`
     // undoes it.
+    // The client behind trusted proxies, and its per-IP limits (429 before anything is
+    // registered); its concurrent place is held by the session until it ends.
+    let peer = state.client_addrs.resolve(peer, req.headers());
+    let ip_slot = match state.ip_limits.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.response(),
+    };
     let params = SessionParams {
         mode,
         topics,
         echo,
         peer,
+        ip_slot,
     };
     let (mut prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
         Ok(p) => p,
