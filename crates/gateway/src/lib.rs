@@ -14,6 +14,7 @@ pub mod drain;
 pub mod fd_budget;
 pub mod http_server;
 pub mod node;
+pub mod origin;
 pub mod public;
 pub mod query;
 pub mod relay_setup;

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::api::body::BodyBudget;
 use crate::config::Config;
+use crate::core::rate::RateLimits;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
 use crate::{admin, clock, drain, http_server, public, relay_setup};
@@ -28,6 +30,8 @@ pub enum StartError {
     Relay(String),
     #[error("{0}")]
     FdLimit(#[from] FdLimitTooLow),
+    #[error("auth.allowed_origins: {0}")]
+    Origins(crate::origin::OriginError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -60,9 +64,11 @@ impl Node {
     /// in-process hub this way) instead of the one `relay.kind` names.
     pub async fn start_with_relay(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Node, StartError> {
         let config = Arc::new(config);
+        let origins = OriginPolicy::from_config(&config.auth).map_err(|e| StartError::Origins(e[0].clone()))?;
         let fds = FdBudget::current(config.admin.max_connections)?;
-        let ws_listener = bind(config.listen_addr()).await?;
-        let admin_listener = bind(config.admin_addr()).await?;
+        let backlog = config.limits.listen_backlog;
+        let ws_listener = bind(config.listen_addr(), backlog)?;
+        let admin_listener = bind(config.admin_addr(), backlog)?;
         let ws_addr = ws_listener.local_addr().map_err(|e| StartError::Bind {
             addr: config.listen_addr(),
             source: e,
@@ -94,6 +100,7 @@ impl Node {
         let limits = CoreLimits {
             max_subscriptions: config.limits.max_subscriptions,
             outbox: config.outbox_limits(),
+            rate: RateLimits::from_config(&config.limits),
         };
         let core = Core::new(broker.clone(), limits, connections.clone());
         let state = Arc::new(AppState {
@@ -111,6 +118,7 @@ impl Node {
             ws_addr,
             admin_addr,
             sockets,
+            origins,
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
@@ -190,8 +198,18 @@ impl Node {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// A listener on `addr` with a listen queue of `backlog` connections (the kernel caps it at
+/// `net.core.somaxconn`), so a connection storm waits in the queue instead of being refused.
+/// `SO_REUSEADDR` as tokio's own `bind` sets it: a restarted node rebinds at once.
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(backlog).map_err(err)
 }

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::{Connections, Core};
+use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub admin_addr: SocketAddr,
     /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
     pub sockets: Arc<SocketBudget>,
+    /// The Origin allow-list of WebSocket upgrades, parsed once at start.
+    pub origins: OriginPolicy,
 }
 
 impl AppState {
