@@ -191,7 +191,7 @@ async fn a_raw_connection_that_stays_over_its_limit_is_dropped_counted_and_close
                 break;
             }
             sent += 1;
-            if sent % 64 == 0 {
+            if sent.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
