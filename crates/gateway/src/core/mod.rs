@@ -2,9 +2,10 @@
 //! publish paths (and later SSE) connect, subscribe, publish and leave here, and nowhere
 //! else touch the broker's registry or relay.
 //!
-//! It is the one place where per-request rules apply: today the connection limit and the
-//! per-connection subscription limit; permissions, rate limits and presence hooks belong
-//! here too, beside them, so that every transport gets them at once. It answers with
+//! It is the one place where per-request rules apply: the connection limit, the
+//! per-connection subscription limit and the per-connection publish rate limits
+//! (`rate.rs`, in [`Core::publish_from`]); permissions and presence hooks belong here too,
+//! beside them, so that every transport gets them at once. It answers with
 //! tickets for what the cluster confirms later ([`Confirmation`] for subscribes,
 //! `PublishTicket` for publishes), which each transport awaits in its own way: the
 //! WebSocket session queues them in request order (`session/answers.rs`), the upgrade
@@ -26,6 +27,7 @@ use herald_broker::{
 };
 use herald_protocol::server_msg::ErrorCode;
 use herald_protocol::Payload;
+use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
 pub use self::confirm::{ConfirmError, Confirmation};
@@ -129,11 +131,18 @@ pub struct Core {
     metrics: Arc<BrokerMetrics>,
     limits: CoreLimits,
     connections: Arc<Connections>,
+    /// `herald_rate_limited_total` for `json` and `raw`, resolved once (a label lookup
+    /// per refused frame would cost a flood more than the refusal).
+    rate_limited: [IntCounter; 2],
 }
 
 impl Core {
     pub fn new(broker: Arc<Broker>, limits: CoreLimits, connections: Arc<Connections>) -> Arc<Self> {
+        let metrics = broker.metrics();
+        let rate_limited =
+            [SubscriberMode::Json, SubscriberMode::Raw].map(|m| metrics.rate_limited.with_label_values(&[m.as_str()]));
         Arc::new(Self {
+            rate_limited,
             metrics: broker.metrics().clone(),
             broker,
             limits,
@@ -270,7 +279,7 @@ impl Core {
         match self.limits.rate.check(&mut conn.rate, payload.len()) {
             Verdict::Admitted => Ok(self.publish(Publisher::Conn { id: conn.id, source }, topic, payload)),
             verdict => {
-                self.metrics.rate_limited.with_label_values(&[conn.mode.as_str()]).inc();
+                self.rate_limited[usize::from(conn.mode == SubscriberMode::Raw)].inc();
                 Err(match verdict {
                     Verdict::Close { over_ms } => Refusal::OverLimit { over_ms },
                     _ => Refusal::RateLimited,
