@@ -89,8 +89,12 @@ fn permission(c: &mut Criterion) {
     let set = PatternSet::compile(&patterns, None).unwrap();
     let all = PatternSet::everything();
     let mut g = c.benchmark_group("auth/permission_check");
-    g.bench_function("10_patterns/allowed", |b| b.iter(|| set.matches(black_box("game.g-17.moves"))));
-    g.bench_function("10_patterns/refused", |b| b.iter(|| set.matches(black_box("game.g-17.admin"))));
+    g.bench_function("10_patterns/allowed", |b| {
+        b.iter(|| set.matches(black_box("game.g-17.moves")))
+    });
+    g.bench_function("10_patterns/refused", |b| {
+        b.iter(|| set.matches(black_box("game.g-17.admin")))
+    });
     g.bench_function("10_patterns/deep_allowed", |b| {
         b.iter(|| set.matches(black_box("user.user-42.inbox.a.b.c")))
     });

@@ -48,6 +48,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "slow_consumer",
     "shutdown",
     "kicked",
+    "rate_limited",
     "io_error",
     "internal",
     "tls_error",
@@ -57,6 +58,7 @@ pub const CLOSE_REASONS: &[&str] = &[
 pub const REJECT_REASONS: &[&str] = &[
     "connection_limit",
     "bad_request",
+    "origin_not_allowed",
     "not_ready",
     "socket_limit",
     "handshake_limit",
@@ -101,6 +103,9 @@ pub struct BrokerMetrics {
     pub delivered: IntCounter,
     pub dropped: IntCounterVec,
     pub client_errors: IntCounterVec,
+    /// Publishes from WebSocket connections refused by their rate limits, by mode
+    /// (`json`, `raw`).
+    pub rate_limited: IntCounterVec,
     pub frame_write_latency: Histogram,
     pub fanout_duration: Histogram,
     pub relay_up: IntGauge,
@@ -272,6 +277,13 @@ impl BrokerMetrics {
                 "Error frames sent to clients, by error code.",
                 "code",
                 &error_codes,
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "herald_rate_limited_total",
+                "Publishes from WebSocket connections refused (not published) by their rate limits, by mode.",
+                "mode",
+                &["json", "raw"],
             ),
             frame_write_latency: histogram(
                 &r,

@@ -49,7 +49,8 @@ pub struct Config {
 pub struct AdminConfig {
     /// Admin listener: `/metrics`, `/healthz`, `/readyz`, `/api/`.
     pub listen: String,
-    /// Bearer keys accepted by `/api/`. Empty: no auth, and the listener must be loopback.
+    /// Bearer keys with full access to `/api/`. Empty (and no `publish_keys`): no auth, and
+    /// the listener must be loopback.
     pub api_keys: Vec<String>,
     /// Largest request body the admin API reads, in bytes (a whole batch). A larger
     /// `Content-Length` is refused with 413 before any of the body is read; a chunked body
@@ -64,8 +65,10 @@ pub struct AdminConfig {
     /// Bytes all admin request bodies being received may hold together. A body that cannot
     /// take its bytes from this budget at once gets 503 `overloaded` with `Retry-After`.
     pub max_pending_body_bytes: usize,
-    /// Bearer keys that may only publish (`POST /api/publish`, `/api/publish/batch`);
-    /// any other endpoint answers them 403 `forbidden`.
+    /// Bearer keys that may only publish (`POST /api/publish`, `/api/publish/batch`,
+    /// `/api/topics/{topic}/publish`, `/api/broadcast`); any other endpoint answers them
+    /// 403 `forbidden`. Like `api_keys`, any key here closes every `/api/` endpoint to
+    /// requests without a key, and allows a non-loopback `listen`.
     pub publish_keys: Vec<String>,
 }
 
@@ -141,7 +144,8 @@ pub struct LimitsConfig {
     /// Client addresses or CIDR ranges the per-IP limits do not apply to. Loopback by
     /// default: local tools and load generators open thousands of connections from it.
     pub per_ip_exempt: Vec<String>,
-    /// Listen backlog of the public listener (the kernel caps it at `net.core.somaxconn`).
+    /// Listen backlog of the public and admin listeners (the kernel caps it at
+    /// `net.core.somaxconn`); 1024 to 65535.
     pub listen_backlog: u32,
 }
 
@@ -501,14 +505,19 @@ impl Config {
                 "admin.listen: {:?} is not an address like 127.0.0.1:9090",
                 self.admin.listen
             )),
-            Ok(a) if !a.ip().is_loopback() && self.admin.api_keys.is_empty() => p.push(format!(
-                "admin.listen: {a} is not a loopback address; set admin.api_keys before exposing the admin API"
-            )),
+            // Any key closes every `/api/` endpoint (publish-only keys reach the publish
+            // endpoints alone), so either list makes a non-loopback listener safe.
+            Ok(a) if !a.ip().is_loopback() && self.admin.api_keys.is_empty() && self.admin.publish_keys.is_empty() => {
+                p.push(format!(
+                    "admin.listen: {a} is not a loopback address; set admin.api_keys (or admin.publish_keys) before exposing the admin API"
+                ))
+            }
             Ok(_) => {}
         }
         if self.admin.api_keys.iter().any(|k| k.len() < 16) {
             p.push("admin.api_keys: every key must be at least 16 characters".into());
         }
+        self.validate_abuse(&mut p);
         if self.node_id.len() > 64
             || self
                 .node_id
@@ -628,6 +637,33 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(p))
+        }
+    }
+
+    /// The rules of the abuse defences: admin key scopes, publish rate limits, the Origin
+    /// allow-list, the listen backlog.
+    fn validate_abuse(&self, p: &mut Vec<String>) {
+        if self.admin.publish_keys.iter().any(|k| k.len() < 16) {
+            p.push("admin.publish_keys: every key must be at least 16 characters".into());
+        }
+        if self.admin.publish_keys.iter().any(|k| self.admin.api_keys.contains(k)) {
+            p.push("admin.publish_keys: a key must not also be in admin.api_keys".into());
+        }
+        let l = &self.limits;
+        if l.publish_per_second > 0 && l.publish_burst == 0 {
+            p.push("limits.publish_burst: must be at least 1 when limits.publish_per_second is set".into());
+        }
+        if l.publish_bytes_per_second > 0 && l.publish_bytes_burst < l.max_message_bytes as u64 {
+            p.push(
+                "limits.publish_bytes_burst: must be at least limits.max_message_bytes (or the largest message could never be published)"
+                    .into(),
+            );
+        }
+        if !(1024..=65535).contains(&l.listen_backlog) {
+            p.push("limits.listen_backlog: at least 1024 and at most 65535".into());
+        }
+        if let Err(errors) = crate::origin::OriginPolicy::from_config(&self.auth) {
+            p.extend(errors.iter().map(|e| format!("auth.allowed_origins: {e}")));
         }
     }
 

@@ -16,6 +16,7 @@ pub mod fd_budget;
 pub mod http_server;
 pub mod ip_limits;
 pub mod node;
+pub mod origin;
 pub mod proxy_protocol;
 pub mod public;
 pub mod query;

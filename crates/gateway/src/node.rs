@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use crate::api::body::BodyBudget;
 use crate::client_ip::ClientAddrs;
 use crate::config::Config;
+use crate::core::rate::RateLimits;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
 use crate::ip_limits::{self, IpLimits};
+use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
 use crate::tls::Tls;
@@ -33,6 +35,8 @@ pub enum StartError {
     FdLimit(#[from] FdLimitTooLow),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("auth.allowed_origins: {0}")]
+    Origins(crate::origin::OriginError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -65,9 +69,11 @@ impl Node {
     /// in-process hub this way) instead of the one `relay.kind` names.
     pub async fn start_with_relay(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Node, StartError> {
         let config = Arc::new(config);
+        let origins = OriginPolicy::from_config(&config.auth).map_err(|e| StartError::Origins(e[0].clone()))?;
         let fds = FdBudget::current(config.admin.max_connections)?;
-        let ws_listener = bind(config.listen_addr()).await?;
-        let admin_listener = bind(config.admin_addr()).await?;
+        let backlog = config.limits.listen_backlog;
+        let ws_listener = bind(config.listen_addr(), backlog)?;
+        let admin_listener = bind(config.admin_addr(), backlog)?;
         let ws_addr = ws_listener.local_addr().map_err(|e| StartError::Bind {
             addr: config.listen_addr(),
             source: e,
@@ -100,6 +106,7 @@ impl Node {
         let limits = CoreLimits {
             max_subscriptions: config.limits.max_subscriptions,
             outbox: config.outbox_limits(),
+            rate: RateLimits::from_config(&config.limits),
         };
         let core = Core::new(broker.clone(), limits, connections.clone());
         let state = Arc::new(AppState {
@@ -119,6 +126,7 @@ impl Node {
             sockets,
             client_addrs: Arc::new(ClientAddrs::new(&config.proxy, &metrics)),
             ip_limits: IpLimits::new(&config, &metrics),
+            origins,
         });
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
@@ -211,8 +219,18 @@ impl Node {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// A listener on `addr` with a listen queue of `backlog` connections (the kernel caps it at
+/// `net.core.somaxconn`), so a connection storm waits in the queue instead of being refused.
+/// `SO_REUSEADDR` as tokio's own `bind` sets it: a restarted node rebinds at once.
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(backlog).map_err(err)
 }

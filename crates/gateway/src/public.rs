@@ -2,8 +2,9 @@
 //! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
-//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 429 at a
-//! client IP's limit (`ip_limits.rs`), 503 connection limit or draining. The checks before the slot is reserved are cheap and
+//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 403
+//! `origin_not_allowed` (`origin.rs`), 429 at a client IP's limit (`ip_limits.rs`), 503
+//! connection limit or draining. The checks before the slot is reserved are cheap and
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
@@ -89,6 +90,7 @@ fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Re
     let reason = match status {
         StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
         StatusCode::SERVICE_UNAVAILABLE => "not_ready",
+        StatusCode::FORBIDDEN if code == "origin_not_allowed" => "origin_not_allowed",
         _ => "bad_request",
     };
     state.metrics.connections_rejected.with_label_values(&[reason]).inc();
@@ -132,6 +134,15 @@ async fn upgrade(
             StatusCode::BAD_REQUEST,
             "bad_handshake",
             "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        );
+    }
+    // Cross-site WebSocket hijacking: refused before anything else of the request is used.
+    if let Err(refusal) = state.origins.check(req.headers()) {
+        return reject(
+            &state,
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            &refusal.to_string(),
         );
     }
     if state.shutdown.draining.is_cancelled() {

@@ -16,6 +16,7 @@ use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core};
 use crate::ip_limits::IpLimits;
+use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -59,6 +60,8 @@ pub struct AppState {
     pub client_addrs: Arc<ClientAddrs>,
     /// Per client IP connection limits (`limits.connections_per_ip`, ...).
     pub ip_limits: Arc<IpLimits>,
+    /// The Origin allow-list of WebSocket upgrades, parsed once at start.
+    pub origins: OriginPolicy,
 }
 
 impl AppState {

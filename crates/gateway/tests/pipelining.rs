@@ -94,7 +94,13 @@ async fn pipelined(node: &TestNode, requests: Vec<String>) -> Vec<Value> {
 async fn thousands_of_pipelined_publishes_are_all_acknowledged_in_order() {
     // Room for the whole burst in the subscriber's outbox: this test is about the
     // publisher's answers, not the slow-consumer policy.
-    let node = TestNode::start_with(|c| c.outbox.max_frames = 8192).await.unwrap();
+    let node = TestNode::start_with(|c| {
+        c.outbox.max_frames = 8192;
+        // Thousands of publishes at once: past the default per-connection publish rate.
+        c.limits.publish_per_second = 0;
+    })
+    .await
+    .unwrap();
     let mut sub = WireClient::connect(node.ws_addr(), "/ws?topics=flush").await.unwrap();
     sub.read_text(WAIT).await.unwrap();
     let n = 5_000;

@@ -156,7 +156,13 @@ async fn independent_client_tokio_tungstenite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_never_slows_the_publisher_or_others() {
-    let node = TestNode::start().await.unwrap();
+    // 20,000 publishes as fast as one connection can: past the default publish rate limits.
+    let node = TestNode::start_with(|c| {
+        c.limits.publish_per_second = 0;
+        c.limits.publish_bytes_per_second = 0;
+    })
+    .await
+    .unwrap();
     let limits = node.node.state().config.outbox_limits();
     // The stalled client subscribes and then never reads again.
     let mut stalled = WireClient::connect(node.ws_addr(), "/ws?topics=flood").await.unwrap();

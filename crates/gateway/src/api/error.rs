@@ -20,6 +20,9 @@ pub enum ApiError {
     /// A bearer key was sent but matches none of `admin.api_keys`.
     #[error("the API key is not valid")]
     WrongKey,
+    /// A publish-only key (`admin.publish_keys`) on an endpoint that does not publish.
+    #[error("this API key may only publish (admin.publish_keys); this endpoint needs a key from admin.api_keys")]
+    Forbidden,
     #[error("{0}")]
     NotFound(String),
     /// `allow` lists the methods the path does accept.
@@ -58,6 +61,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingKey | Self::WrongKey => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidJson(_)
@@ -78,6 +82,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingKey | Self::WrongKey => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidJson(_) => "invalid_json",

@@ -3,8 +3,9 @@
 //! contract a test checks real responses against.
 //!
 //! A request goes: API key check (`auth.rs`, before anything else, so unauthenticated
-//! callers learn nothing about routes), routing (`router.rs`: 404, 405 with `Allow`), then
-//! one handler:
+//! callers learn nothing about routes), routing (`router.rs`: 404, 405 with `Allow`), the
+//! key's scope (a publish-only key gets 403 `forbidden` outside the publish endpoints),
+//! then one handler:
 //! - `publish.rs`: `POST /api/publish`, `POST /api/topics/{topic}/publish` (raw body);
 //! - `batch.rs`: `POST /api/publish/batch`, `POST /api/broadcast`;
 //! - `inspect.rs`: `GET /api/node`, `/api/topics`, `/api/topics/{topic}`,
@@ -43,13 +44,18 @@ use crate::state::AppState;
 
 /// Handles one request whose path starts with `/api`.
 pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
-    if let Err(e) = auth::check(&state.config.admin.api_keys, req.headers()) {
-        return e.into_response();
-    }
+    let admin = &state.config.admin;
+    let scope = match auth::check(&admin.api_keys, &admin.publish_keys, req.headers()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let route = match router::resolve(req.method(), req.uri().path(), state.config.topic_rules()) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = scope.allows(&route) {
+        return e.into_response();
+    }
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     let result = match route {

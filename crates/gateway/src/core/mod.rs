@@ -2,9 +2,10 @@
 //! publish paths (and later SSE) connect, subscribe, publish and leave here, and nowhere
 //! else touch the broker's registry or relay.
 //!
-//! It is the one place where per-request rules apply: today the connection limit and the
-//! per-connection subscription limit; permissions, rate limits and presence hooks belong
-//! here too, beside them, so that every transport gets them at once. It answers with
+//! It is the one place where per-request rules apply: the connection limit, the
+//! per-connection subscription limit and the per-connection publish rate limits
+//! (`rate.rs`, in [`Core::publish_from`]); permissions and presence hooks belong here too,
+//! beside them, so that every transport gets them at once. It answers with
 //! tickets for what the cluster confirms later ([`Confirmation`] for subscribes,
 //! `PublishTicket` for publishes), which each transport awaits in its own way: the
 //! WebSocket session queues them in request order (`session/answers.rs`), the upgrade
@@ -15,6 +16,7 @@
 
 mod confirm;
 mod connections;
+pub mod rate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,10 +27,12 @@ use herald_broker::{
 };
 use herald_protocol::server_msg::ErrorCode;
 use herald_protocol::Payload;
+use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
 pub use self::confirm::{ConfirmError, Confirmation};
 pub use self::connections::{ConnInfo, Connections};
+use self::rate::{RateLimits, RateState, Verdict};
 
 /// Longest wait for the relay's verdict on a publish or a subscribe. Past it the caller is
 /// told the relay did not answer: the safe side of "unknown".
@@ -41,6 +45,8 @@ pub struct CoreLimits {
     pub max_subscriptions: usize,
     /// Bounds of each connection's outbox.
     pub outbox: OutboxLimits,
+    /// Publish rate limits of each connection (`rate.rs`).
+    pub rate: RateLimits,
 }
 
 /// Why the core refused a request. Each maps to one error code (and HTTP status, for the
@@ -51,6 +57,12 @@ pub enum Refusal {
     ConnectionLimit { max: usize },
     #[error("subscribing to {new} more topic(s) would pass the limit of {max} per connection (holding {holding})")]
     TooManySubscriptions { new: usize, max: usize, holding: usize },
+    #[error("publish rate limit exceeded (limits.publish_per_second / publish_bytes_per_second); the message was not published")]
+    RateLimited,
+    /// Still over the limit after `limits.publish_overlimit_close_ms`: the session closes
+    /// the connection with 1008.
+    #[error("publish rate limit exceeded for {over_ms} ms")]
+    OverLimit { over_ms: u64 },
 }
 
 impl Refusal {
@@ -59,6 +71,7 @@ impl Refusal {
         match self {
             Self::ConnectionLimit { .. } => ErrorCode::Internal,
             Self::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
+            Self::RateLimited | Self::OverLimit { .. } => ErrorCode::RateLimited,
         }
     }
 }
@@ -91,6 +104,8 @@ pub struct Conn {
     /// Subscribed topics; a short list, searched linearly (at most
     /// `limits.max_subscriptions`), sized exactly to save memory on idle connections.
     topics: Vec<Arc<str>>,
+    /// Publish rate buckets, allocated at the first publish (`rate.rs`).
+    rate: Option<Box<RateState>>,
     left: bool,
 }
 
@@ -116,11 +131,18 @@ pub struct Core {
     metrics: Arc<BrokerMetrics>,
     limits: CoreLimits,
     connections: Arc<Connections>,
+    /// `herald_rate_limited_total` for `json` and `raw`, resolved once (a label lookup
+    /// per refused frame would cost a flood more than the refusal).
+    rate_limited: [IntCounter; 2],
 }
 
 impl Core {
     pub fn new(broker: Arc<Broker>, limits: CoreLimits, connections: Arc<Connections>) -> Arc<Self> {
+        let metrics = broker.metrics();
+        let rate_limited =
+            [SubscriberMode::Json, SubscriberMode::Raw].map(|m| metrics.rate_limited.with_label_values(&[m.as_str()]));
         Arc::new(Self {
+            rate_limited,
             metrics: broker.metrics().clone(),
             broker,
             limits,
@@ -165,6 +187,7 @@ impl Core {
             echo: req.echo,
             outbox,
             topics: Vec::new(),
+            rate: None,
             left: false,
         })
     }
@@ -241,6 +264,30 @@ impl Core {
         self.broker.publish(topic, payload, origin, source)
     }
 
+    /// Publishes from connection `conn` (JSON or raw, as `source` says) after its rate
+    /// limits (`rate.rs`): over them the message is not published and the refusal is
+    /// counted in `herald_rate_limited_total` by mode; [`Refusal::OverLimit`] means the
+    /// connection has been over them for `limits.publish_overlimit_close_ms` and must be
+    /// closed.
+    pub fn publish_from(
+        &self,
+        conn: &mut Conn,
+        source: Source,
+        topic: &str,
+        payload: Payload,
+    ) -> Result<PublishReport, Refusal> {
+        match self.limits.rate.check(&mut conn.rate, payload.len()) {
+            Verdict::Admitted => Ok(self.publish(Publisher::Conn { id: conn.id, source }, topic, payload)),
+            verdict => {
+                self.rate_limited[usize::from(conn.mode == SubscriberMode::Raw)].inc();
+                Err(match verdict {
+                    Verdict::Close { over_ms } => Refusal::OverLimit { over_ms },
+                    _ => Refusal::RateLimited,
+                })
+            }
+        }
+    }
+
     /// Ends `conn`: every subscription removed, the slot freed, the end counted under
     /// `label`. Idempotent.
     pub fn leave(&self, conn: &mut Conn, label: &'static str) {
@@ -270,6 +317,7 @@ mod tests {
         let limits = CoreLimits {
             max_subscriptions,
             outbox: OutboxLimits::default(),
+            rate: RateLimits::default(),
         };
         Core::new(broker, limits, Arc::new(Connections::new(max_connections)))
     }

@@ -8,6 +8,11 @@
 //! (`answers.rs`) and the reader goes on reading: a subscribe is acknowledged once the
 //! cluster delivers its topics here, a publish once the relay has it (or there are no
 //! other nodes); if the relay cannot, the answer is `relay_unavailable`, never an ack.
+//!
+//! A publish over the connection's rate limits (`core/rate.rs`) is not published: a JSON
+//! publish with an `id` gets `rate_limited`, one without and a raw frame are dropped
+//! (counted by the core); a connection over them for `limits.publish_overlimit_close_ms`
+//! is closed with 1008.
 
 use std::sync::atomic::Ordering;
 
@@ -19,7 +24,16 @@ use herald_protocol::{decode_request, ClientRequest, Payload};
 use super::answers::error_frame;
 use super::reader::{pushed, Message};
 use super::{Exit, Session};
-use crate::core::Publisher;
+use crate::core::Refusal;
+
+/// The close of a connection that stayed over its publish rate limits.
+fn over_limit_exit(over_ms: u64) -> Exit {
+    Exit::new(
+        1008,
+        format!("publish rate limit exceeded for {over_ms} ms"),
+        "rate_limited",
+    )
+}
 
 /// Handles one message; `Some` ends the session.
 pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
@@ -30,12 +44,17 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
                 Message::Binary(b) => Payload::binary(b),
             };
             let topic = session.conn.topics().first().cloned()?;
-            let from = Publisher::Conn {
-                id: session.conn.id,
-                source: Source::Raw,
-            };
-            // Raw mode has no acknowledgements; the relay counts what it could not send.
-            drop(session.state.core.publish(from, &topic, payload).relay);
+            // Raw mode has no acknowledgements; the relay counts what it could not send,
+            // the core what its rate limits refused (dropped).
+            match session
+                .state
+                .core
+                .publish_from(&mut session.conn, Source::Raw, &topic, payload)
+            {
+                Ok(report) => drop(report.relay),
+                Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
+                Err(_) => {}
+            }
             None
         }
         SubscriberMode::Json => {
@@ -108,11 +127,18 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
         }
         ClientRequest::Publish { topic, data, id } => {
             let payload = Payload::json(slice_of(&text, data));
-            let from = Publisher::Conn {
-                id: conn.id,
-                source: Source::Websocket,
+            let report = match core.publish_from(conn, Source::Websocket, &topic, payload) {
+                Ok(report) => report,
+                Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
+                Err(refusal) => {
+                    // Refused by the rate limits: told when it has an `id`, else only counted.
+                    if let Some(id) = id {
+                        let frame = error_frame(&state.metrics, Some(id), refusal.code(), &refusal.to_string());
+                        answer(answers.send(&conn.outbox, frame));
+                    }
+                    return None;
+                }
             };
-            let report = core.publish(from, &topic, payload);
             // Without an `id` the ticket is dropped: the relay still sends (or counts the
             // failure).
             if let Some(id) = id {

@@ -19,6 +19,10 @@
 //! stops taking bytes (the writer's write timeout). While waiting for bytes it also
 //! releases answers whose relay verdict came in.
 //!
+//! Fairness: every read spends a unit of tokio's cooperative budget, so a client whose
+//! bytes never stop (a flooder, even one whose publishes the rate limits refuse) yields
+//! its worker to the other connections' tasks like any busy task.
+//!
 //! Frame counters are accumulated locally and flushed on a coarse clock, not per frame.
 
 use std::sync::atomic::Ordering;
@@ -124,7 +128,12 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &Socket) -> Exit {
         buf.reserve(pending.max(READ_CHUNK).min((max + 14).max(READ_CHUNK)));
         match read.try_read_buf(&mut buf) {
             Ok(0) => break Exit::silent("client_gone"),
-            Ok(_) => {}
+            Ok(_) => {
+                // `readable()` does not spend tokio's cooperative budget: a client that
+                // always has bytes waiting (a flooder) would otherwise never let this
+                // worker run its other tasks. One unit per read, as the writer does.
+                tokio::task::coop::consume_budget().await;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if super::socket::is_tls_error(&e) => break Exit::silent("tls_error"),
             Err(_) => break Exit::silent("client_gone"),
