@@ -246,6 +246,8 @@ async fn a_slow_reader_gets_every_big_frame_whole_and_in_order() {
     let node = TestNode::start_with(|c| {
         c.limits.max_message_bytes = 256 * 1024;
         c.outbox.max_bytes = 64 << 20;
+        // 12 MB in about a second: over the default byte rate, which would drop some.
+        c.limits.publish_bytes_per_second = 0;
     })
     .await
     .unwrap();
