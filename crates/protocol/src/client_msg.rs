@@ -135,11 +135,21 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
     let wire: Wire<'_> = match serde_json::from_slice(text) {
         Ok(w) => w,
         Err(e) if e.is_data() => {
+            // serde stops at the first error, and a data error (a duplicate field) can come
+            // before a syntax error further on (found by fuzzing): text that is not JSON is
+            // answered as such, whatever serde met first.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                return Err(RequestError::new(
+                    None,
+                    ErrorCode::InvalidJson,
+                    format!("invalid JSON: {syntax}"),
+                ));
+            }
             return Err(RequestError::new(
                 None,
                 ErrorCode::InvalidMessage,
                 format!("malformed request: {e}"),
-            ))
+            ));
         }
         Err(e) => {
             return Err(RequestError::new(
@@ -300,6 +310,13 @@ mod tests {
         assert_eq!(code(r#"{"op":"fly","id":1}"#), ErrorCode::UnknownOp);
         assert_eq!(code(r#"{"op":"ping","id":{}}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"op":"ping","op":"ping"}"#), ErrorCode::InvalidMessage);
+        // Found by fuzzing (json_request): a duplicate field before a syntax error was
+        // answered invalid_message; text that is not JSON is invalid_json.
+        assert_eq!(code("{\"op\":\"ping\",\"op\":\"p\x04ng\"}"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"op":"ping","op":"ping""#), ErrorCode::InvalidJson);
+        // Found by fuzzing (json_request): invalid UTF-8 in a key is not JSON.
+        let e = decode_request(b"{\"o\xf3\":\"ping\",\"op\":\"ping\"}", TopicRules::default()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidJson);
         let e = dec(r#"{"op":"fly","id":"q"}"#).unwrap_err();
         assert_eq!(e.id, Some("\"q\""));
         let long = format!(r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#, "x".repeat(200));
