@@ -2,13 +2,14 @@
 //! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
-//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 503
-//! connection limit or draining. The checks before the slot is reserved are cheap and
+//! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 429 at a
+//! client IP's limit (`ip_limits.rs`), 503 connection limit or draining. The checks before the slot is reserved are cheap and
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
-//! After a successful upgrade the connection leaves hyper: its TCP stream is taken back and
-//! split, and the session runs in the node's session tracker (`session/`).
+//! After a successful upgrade the connection leaves hyper: its TCP stream (with its rustls
+//! connection, on a TLS listener) is taken back, and the session runs in the node's session
+//! tracker (`session/`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,8 +20,6 @@ use herald_broker::SubscriberMode;
 use herald_protocol::validate_topic;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
@@ -225,11 +224,19 @@ async fn upgrade(
     // whatever any node publishes after the client has the answer reaches it (unless the
     // relay is down: see below). If the upgrade never completes, dropping `prepared`
     // undoes it.
+    // The client behind trusted proxies, and its per-IP limits (429 before anything is
+    // registered); its concurrent place is held by the session until it ends.
+    let peer = state.client_addrs.resolve(peer, req.headers());
+    let ip_slot = match state.ip_limits.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.response(),
+    };
     let params = SessionParams {
         mode,
         topics,
         echo,
         peer,
+        ip_slot,
     };
     let (mut prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
         Ok(p) => p,
@@ -266,16 +273,11 @@ async fn upgrade(
                 return;
             }
         };
-        let upgraded = ws.into_inner().into_inner();
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
-            }
+        let Some((socket, read_buf)) = session::Socket::from_upgraded(ws.into_inner().into_inner()) else {
+            tracing::error!("upgraded connection is neither a TCP nor a TLS stream");
+            return;
         };
-        let socket = Arc::new(session::Socket::new(parts.io.into_inner()));
-        session::run(prepared, parts.read_buf, socket).await;
+        session::run(prepared, read_buf, Arc::new(socket)).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

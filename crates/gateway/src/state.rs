@@ -12,8 +12,10 @@ use herald_broker::{Broker, BrokerMetrics, RelayState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core};
+use crate::ip_limits::IpLimits;
 use crate::socket_budget::SocketBudget;
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -53,6 +55,10 @@ pub struct AppState {
     pub admin_addr: SocketAddr,
     /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
     pub sockets: Arc<SocketBudget>,
+    /// Who the client of a public connection is, behind trusted proxies (`[proxy]`).
+    pub client_addrs: Arc<ClientAddrs>,
+    /// Per client IP connection limits (`limits.connections_per_ip`, ...).
+    pub ip_limits: Arc<IpLimits>,
 }
 
 impl AppState {
