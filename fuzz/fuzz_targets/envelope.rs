@@ -40,8 +40,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(e.payload.len(), n);
     assert_eq!(&e.payload.bytes[..], &data[data.len() - n..]);
     assert_eq!(origin, Some(e.origin.as_bytes()));
-    let again = encode_with_stream(&e.origin, e.published_at_micros, &e.topic, &e.payload, e.stream.as_ref())
-        .expect("what decodes, encodes");
+    let again = encode_with_stream(
+        &e.origin,
+        e.published_at_micros,
+        &e.topic,
+        &e.payload,
+        e.stream.as_ref(),
+    )
+    .expect("what decodes, encodes");
     if !(data[0] == 2 && e.stream.is_none()) {
         assert_eq!(&again[..], data, "byte identity");
     }

@@ -32,7 +32,9 @@ fn encode(req: &ClientRequest<'_>) -> String {
     let id = req.id().map(|i| format!(",\"id\":{i}")).unwrap_or_default();
     let list = |ts: &[Cow<'_, str>]| ts.iter().map(|t| q(t)).collect::<Vec<_>>().join(",");
     match req {
-        ClientRequest::Subscribe { topics, .. } => format!("{{\"op\":\"subscribe\",\"topics\":[{}]{id}}}", list(topics)),
+        ClientRequest::Subscribe { topics, .. } => {
+            format!("{{\"op\":\"subscribe\",\"topics\":[{}]{id}}}", list(topics))
+        }
         ClientRequest::Unsubscribe { topics, .. } => {
             format!("{{\"op\":\"unsubscribe\",\"topics\":[{}]{id}}}", list(topics))
         }

@@ -37,7 +37,11 @@ fn drain(buf: &mut BytesMut, max: usize, out: &mut Vec<(ClientFrame, Vec<u8>)>) 
             }
             Some(f) => {
                 let used = before.len() - buf.len();
-                assert_eq!(frame_len_hint(&before), Some(used), "a frame is as long as its header says");
+                assert_eq!(
+                    frame_len_hint(&before),
+                    Some(used),
+                    "a frame is as long as its header says"
+                );
                 assert_eq!(&before[used..], &buf[..], "only the frame's bytes are taken");
                 let wire = before[..used].to_vec();
                 check_frame(&f, &wire, max);

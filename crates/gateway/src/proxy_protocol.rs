@@ -138,7 +138,9 @@ pub fn parse(raw: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
         // The line must end with CRLF. `ppp` takes a bare LF after a trailing space
         // (`PROXY TCP4 a b 1 2 \n`; found by fuzzing, proxy_header), so it is checked here.
         if !raw.ends_with(b"\r\n") {
-            return Err(ProxyHeaderError::Malformed("the header line does not end with CRLF".into()));
+            return Err(ProxyHeaderError::Malformed(
+                "the header line does not end with CRLF".into(),
+            ));
         }
         let h = Header::try_from(raw).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
         if h.header.len() != raw.len() {
