@@ -317,6 +317,12 @@ mod tests {
         // Found by fuzzing (json_request): invalid UTF-8 in a key is not JSON.
         let e = decode_request(b"{\"o\xf3\":\"ping\",\"op\":\"ping\"}", TopicRules::default()).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidJson);
+        // From fuzzing (json_request): a number out of f64's range is still a JSON number,
+        // echoed verbatim.
+        assert_eq!(
+            dec(r#"{"op":"ping","id":1e9992}"#).unwrap(),
+            ClientRequest::Ping { id: Some("1e9992") }
+        );
         let e = dec(r#"{"op":"fly","id":"q"}"#).unwrap_err();
         assert_eq!(e.id, Some("\"q\""));
         let long = format!(r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#, "x".repeat(200));

@@ -400,7 +400,10 @@ mod tests {
             let data = (
                 any::<bool>(),
                 prop_oneof![Just(0u8), Just(1), Just(2)],
-                prop::collection::vec(any::<u8>(), 0..70_000usize),
+                prop_oneof![
+                    4 => prop::collection::vec(any::<u8>(), 0..300usize),
+                    1 => prop::collection::vec(any::<u8>(), 0..70_000usize),
+                ],
             );
             let control = (
                 prop_oneof![Just(OP_CLOSE), Just(OP_PING), Just(OP_PONG)],
