@@ -72,3 +72,23 @@ cluster-down:
 loadtest:
 	$(CARGO) build --release -p herald-gateway -p herald-loadtest
 	HERALD_BIN='$(TARGET_DIR)/release/herald' LOADTEST_BIN='$(TARGET_DIR)/release/herald-loadtest' scripts/loadtest-local.sh
+
+.PHONY: fuzz
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (nightly; installs cargo-fuzz if missing).
+## Not part of `make test`. One target: FUZZ_TARGETS=ws_frames. New corpus entries go to
+## $(FUZZ_WORK), not to the small committed seeds in fuzz/corpus; crashes to fuzz/artifacts.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= ws_frames json_request envelope proxy_header
+FUZZ_WORK ?= $(TARGET_DIR)/fuzz-corpus
+FUZZ_ARGS ?=
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) +nightly fuzz build --target-dir '$(TARGET_DIR)/fuzz'
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p '$(FUZZ_WORK)'/$$t; \
+	  dict=; [ -f fuzz/$$t.dict ] && dict=-dict=fuzz/$$t.dict; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(CARGO) +nightly fuzz run --target-dir '$(TARGET_DIR)/fuzz' $$t '$(FUZZ_WORK)'/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$dict $(FUZZ_ARGS); \
+	done

@@ -135,6 +135,14 @@ pub fn parse(raw: &[u8]) -> Result<Option<SocketAddr>, ProxyHeaderError> {
         })
     } else if raw.starts_with(b"PROXY ") {
         use ppp::v1::{Addresses, Header};
+        // One line ending with CRLF, as `read_raw` frames it. `ppp` takes a bare LF after a
+        // trailing space (`PROXY TCP4 a b 1 2 \n`) and, after `UNKNOWN`, any bytes up to
+        // CRLF, line feeds included (both found by fuzzing, proxy_header).
+        if !raw.ends_with(b"\r\n") || raw.iter().position(|&b| b == b'\n') != Some(raw.len() - 1) {
+            return Err(ProxyHeaderError::Malformed(
+                "the header is not one line ending with CRLF".into(),
+            ));
+        }
         let h = Header::try_from(raw).map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
         if h.header.len() != raw.len() {
             return Err(ProxyHeaderError::Malformed("bytes after the header line".into()));
@@ -181,6 +189,9 @@ mod tests {
         for bad in [
             &b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"[..],
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+            // Found by fuzzing (proxy_header): `ppp` accepted a bare LF after a space.
+            b"PROXY TCP4 2.0.113.7 10.0.0.1 1 0 \n",
+            b"PROXY UNKNOWN TCP6 \0: \0\n28:nnnnnnn:050\r\n",
             b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET",
             b"GET / HTTP/1.1\r\n",

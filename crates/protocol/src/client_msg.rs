@@ -135,11 +135,21 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
     let wire: Wire<'_> = match serde_json::from_slice(text) {
         Ok(w) => w,
         Err(e) if e.is_data() => {
+            // serde stops at the first error, and a data error (a duplicate field) can come
+            // before a syntax error further on (found by fuzzing): text that is not JSON is
+            // answered as such, whatever serde met first.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                return Err(RequestError::new(
+                    None,
+                    ErrorCode::InvalidJson,
+                    format!("invalid JSON: {syntax}"),
+                ));
+            }
             return Err(RequestError::new(
                 None,
                 ErrorCode::InvalidMessage,
                 format!("malformed request: {e}"),
-            ))
+            ));
         }
         Err(e) => {
             return Err(RequestError::new(
@@ -300,10 +310,178 @@ mod tests {
         assert_eq!(code(r#"{"op":"fly","id":1}"#), ErrorCode::UnknownOp);
         assert_eq!(code(r#"{"op":"ping","id":{}}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"op":"ping","op":"ping"}"#), ErrorCode::InvalidMessage);
+        // Found by fuzzing (json_request): a duplicate field before a syntax error was
+        // answered invalid_message; text that is not JSON is invalid_json.
+        assert_eq!(code("{\"op\":\"ping\",\"op\":\"p\x04ng\"}"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"op":"ping","op":"ping""#), ErrorCode::InvalidJson);
+        // Found by fuzzing (json_request): invalid UTF-8 in a key is not JSON.
+        let e = decode_request(b"{\"o\xf3\":\"ping\",\"op\":\"ping\"}", TopicRules::default()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidJson);
+        // From fuzzing (json_request): a number out of f64's range is still a JSON number,
+        // echoed verbatim.
+        assert_eq!(
+            dec(r#"{"op":"ping","id":1e9992}"#).unwrap(),
+            ClientRequest::Ping { id: Some("1e9992") }
+        );
         let e = dec(r#"{"op":"fly","id":"q"}"#).unwrap_err();
         assert_eq!(e.id, Some("\"q\""));
         let long = format!(r#"{{"op":"publish","topic":"{}","data":1,"id":9}}"#, "x".repeat(200));
         let e = dec(&long).unwrap_err();
         assert_eq!((e.code, e.id), (ErrorCode::InvalidTopic, Some("9")));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn topic() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.:/@={}-]{1,40}"
+        }
+
+        /// A JSON value of modest depth, as text.
+        fn json() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                any::<String>().prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(any::<String>(), inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+            .prop_map(|v| v.to_string())
+        }
+
+        /// The raw JSON text of an id: a number or a string.
+        fn id() -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<String>().prop_map(|s| Value::from(s).to_string()),
+            ])
+        }
+
+        /// `(op, fields)`: a valid request's fields as JSON text, before serialising.
+        fn request() -> impl Strategy<Value = (String, Vec<(&'static str, String)>)> {
+            let topics = prop::collection::vec(topic(), 1..5);
+            prop_oneof![
+                (prop_oneof![Just("subscribe"), Just("unsubscribe")], topics, id()).prop_map(|(op, t, id)| {
+                    let mut f = vec![("topics", Value::from(t).to_string())];
+                    f.extend(id.map(|i| ("id", i)));
+                    (op.to_owned(), f)
+                }),
+                (topic(), json(), id()).prop_map(|(t, data, id)| {
+                    let mut f = vec![("topic", Value::from(t).to_string()), ("data", data)];
+                    f.extend(id.map(|i| ("id", i)));
+                    ("publish".to_owned(), f)
+                }),
+                id().prop_map(|id| ("ping".to_owned(), id.map(|i| ("id", i)).into_iter().collect())),
+            ]
+        }
+
+        /// Serialises `op` and the fields in order with `ws` as whitespace, plus an unknown
+        /// field.
+        fn serialise(op: &str, fields: &[(&str, String)], ws: &str) -> String {
+            let mut parts = vec![format!("{ws}\"op\"{ws}:{ws}\"{op}\"{ws}")];
+            for (k, v) in fields {
+                parts.push(format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}"));
+            }
+            parts.push(format!("{ws}\"x-unknown\":[1,{{}}]"));
+            format!("{ws}{{{}}}{ws}", parts.join(","))
+        }
+
+        /// Checks what any answer of the decoder promises about `text`.
+        fn check(text: &[u8]) -> Result<(), TestCaseError> {
+            let rules = TopicRules::default();
+            match decode_request(text, rules) {
+                Ok(req) => {
+                    let topics: Vec<&str> = match &req {
+                        ClientRequest::Subscribe { topics, .. } | ClientRequest::Unsubscribe { topics, .. } => {
+                            prop_assert!(!topics.is_empty());
+                            topics.iter().map(|t| t.as_ref()).collect()
+                        }
+                        ClientRequest::Publish { topic, data, .. } => {
+                            prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok());
+                            vec![topic.as_ref()]
+                        }
+                        ClientRequest::Ping { .. } => vec![],
+                    };
+                    for t in topics {
+                        prop_assert!(validate_topic(t, rules).is_ok());
+                    }
+                    if let Some(id) = req.id() {
+                        prop_assert!(serde_json::from_str::<Value>(id).is_ok(), "id is JSON: {id}");
+                    }
+                }
+                Err(e) => {
+                    if let Some(id) = e.id {
+                        prop_assert!(serde_json::from_str::<Value>(id).is_ok(), "id is JSON: {id}");
+                    }
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn valid_requests_decode_to_what_was_generated(
+                (op, fields) in request().prop_flat_map(|(op, f)| (Just(op), Just(f).prop_shuffle())),
+                ws in prop_oneof![Just(""), Just(" "), Just("\n\t ")],
+            ) {
+                let text = serialise(&op, &fields, ws);
+                let got = decode_request(text.as_bytes(), TopicRules::default()).map_err(|e| e.message).unwrap();
+                let field = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+                let id = field("id");
+                let names = || -> Vec<Cow<'_, str>> {
+                    serde_json::from_str::<Vec<String>>(field("topics").unwrap()).unwrap().into_iter().map(Cow::Owned).collect()
+                };
+                let want = match op.as_str() {
+                    "subscribe" => ClientRequest::Subscribe { topics: names(), id },
+                    "unsubscribe" => ClientRequest::Unsubscribe { topics: names(), id },
+                    "publish" => ClientRequest::Publish {
+                        topic: Cow::Owned(serde_json::from_str(field("topic").unwrap()).unwrap()),
+                        data: field("data").unwrap(),
+                        id,
+                    },
+                    _ => ClientRequest::Ping { id },
+                };
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn json_ish_strings_never_panic(text in r#"[ {}\[\]":,.0-9a-z\\eE+-]{0,80}"#) {
+                check(text.as_bytes())?;
+            }
+
+            #[test]
+            fn damaged_requests_never_panic(
+                (op, fields) in request(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut text = serialise(&op, &fields, "").into_bytes();
+                let i = at.index(text.len());
+                text[i] = byte;
+                text.truncate(cut.index(text.len() + 1));
+                check(&text)?;
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+                check(&bytes)?;
+            }
+        }
     }
 }

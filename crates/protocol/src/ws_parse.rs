@@ -5,11 +5,17 @@
 //! is checked here, as early as the header allows, so an oversized frame is refused before
 //! its payload is read: clients must mask, reserved bits must be clear (no extension is
 //! negotiated), opcodes must be known, control frames must be final and at most 125 bytes,
-//! and a data frame may not pass the message limit. Reassembly of fragments, UTF-8 of text
-//! messages and close-frame contents are the reader's job (they span frames).
+//! and a data frame may not pass the message limit.
+//!
+//! The rules that span frames are here too, as pure state so they can be fuzzed with the
+//! parser: [`Reassembler`] joins fragmented data messages under a cap on the *whole*
+//! message and checks UTF-8 of text messages, and [`close_code`] validates a close frame's
+//! payload. The gateway's reader owns the socket and maps every error to a close code.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
+
+use crate::ws_frame::{OP_BINARY, OP_CONTINUATION, OP_TEXT};
 
 /// One client frame, unmasked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +102,14 @@ pub fn parse_client_frame(buf: &mut BytesMut, max_payload: usize) -> Result<Opti
     if !control && len > max_payload as u64 {
         return Err(FrameError::TooBig { limit: max_payload });
     }
-    let len = len as usize;
-    if buf.len() < header + len {
+    // `len` is at most `max_payload` (or 125) here, but `max_payload` is the caller's: with
+    // a limit near `usize::MAX` the sum could wrap and `split_to` below would panic. A
+    // frame whose size does not fit a `usize` can never arrive whole, so it is too big.
+    let Some(total) = usize::try_from(len).ok().and_then(|l| header.checked_add(l)) else {
+        return Err(FrameError::TooBig { limit: max_payload });
+    };
+    let len = total - header;
+    if buf.len() < total {
         return Ok(None);
     }
     let mask: [u8; 4] = buf[header - 4..header].try_into().expect("4 bytes");
@@ -105,6 +117,120 @@ pub fn parse_client_frame(buf: &mut BytesMut, max_payload: usize) -> Result<Opti
     let mut payload = buf.split_to(len);
     unmask(&mut payload, mask);
     Ok(Some(ClientFrame { fin, opcode, payload }))
+}
+
+/// A complete data message: one final frame, or fragments joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataMessage {
+    /// Valid UTF-8.
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+/// A message the server must refuse. The `Display` text is the close reason sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MessageError {
+    /// Close 1002.
+    #[error("new data frame before the fragmented message ended")]
+    Interleaved,
+    /// Close 1002.
+    #[error("continuation frame without a message to continue")]
+    OrphanContinuation,
+    /// Close 1009: the fragments together pass the limit.
+    #[error("message too big: over {limit} bytes")]
+    TooBig { limit: usize },
+    /// Close 1007.
+    #[error("invalid UTF-8 in a text message")]
+    InvalidUtf8,
+}
+
+/// Joins the data frames of one connection into messages (RFC 6455 §5.4): a text or binary
+/// frame without FIN opens a message, continuation frames extend it, the one with FIN ends
+/// it. Control frames may come between fragments and are not given to it.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    open: Option<(u8, BytesMut)>,
+}
+
+impl Reassembler {
+    /// True while a fragmented message is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Takes one data frame (opcode 0, 1 or 2; a control opcode is ignored and yields
+    /// `Ok(None)`); returns the message it completes, if any. `max` bounds the whole message;
+    /// a single frame was already bounded by [`parse_client_frame`]. After an error the
+    /// connection must be closed: the state is then unspecified.
+    pub fn push(&mut self, frame: ClientFrame, max: usize) -> Result<Option<DataMessage>, MessageError> {
+        let ClientFrame { fin, opcode, payload } = frame;
+        match opcode {
+            OP_TEXT | OP_BINARY if self.open.is_some() => Err(MessageError::Interleaved),
+            OP_TEXT | OP_BINARY if !fin => {
+                self.open = Some((opcode, payload));
+                Ok(None)
+            }
+            OP_TEXT | OP_BINARY => finish(opcode, payload).map(Some),
+            OP_CONTINUATION => {
+                let Some((_, buf)) = self.open.as_mut() else {
+                    return Err(MessageError::OrphanContinuation);
+                };
+                if buf.len().saturating_add(payload.len()) > max {
+                    return Err(MessageError::TooBig { limit: max });
+                }
+                buf.extend_from_slice(&payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let (op, whole) = self.open.take().expect("checked above");
+                finish(op, whole).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn finish(opcode: u8, payload: BytesMut) -> Result<DataMessage, MessageError> {
+    let bytes = payload.freeze();
+    if opcode == OP_TEXT {
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(MessageError::InvalidUtf8);
+        }
+        Ok(DataMessage::Text(bytes))
+    } else {
+        Ok(DataMessage::Binary(bytes))
+    }
+}
+
+/// A close frame the server must refuse. The `Display` text is the close reason sent.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CloseError {
+    /// Close 1002.
+    #[error("close frame with a 1-byte payload")]
+    OneByte,
+    /// Close 1002.
+    #[error("close code {0} is not allowed")]
+    CodeNotAllowed(u16),
+    /// Close 1007.
+    #[error("invalid UTF-8 in the close reason")]
+    InvalidUtf8,
+}
+
+/// Validates a client close frame's payload (RFC 6455 §5.5.1, §7.4); returns the code to
+/// echo (1000 for an empty payload).
+pub fn close_code(payload: &[u8]) -> Result<u16, CloseError> {
+    match payload {
+        [] => Ok(1000),
+        [_] => Err(CloseError::OneByte),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(CloseError::CodeNotAllowed(code));
+            }
+            std::str::from_utf8(reason).map_err(|_| CloseError::InvalidUtf8)?;
+            Ok(code)
+        }
+    }
 }
 
 /// XORs `data` with the 4-byte mask, eight bytes at a time.
@@ -193,6 +319,188 @@ mod tests {
             unmask(&mut fast, mask);
             let slow: Vec<u8> = orig.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
             assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn a_limit_near_usize_max_does_not_overflow() {
+        // Regression: with `max_payload = usize::MAX` a 64-bit length of u64::MAX passed the
+        // limit check and `header + len` wrapped (debug: panic; release: `split_to` past the
+        // end). Such a frame can never arrive whole, so it is refused as too big.
+        let mut b = BytesMut::from(&[0x82u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4][..]);
+        assert_eq!(
+            parse_client_frame(&mut b, usize::MAX),
+            Err(FrameError::TooBig { limit: usize::MAX })
+        );
+        let mut b = BytesMut::from(&[0x82u8, 0xff, 0, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3, 4][..]);
+        assert_eq!(parse_client_frame(&mut b, usize::MAX), Ok(None));
+    }
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> ClientFrame {
+        ClientFrame {
+            fin,
+            opcode,
+            payload: BytesMut::from(payload),
+        }
+    }
+
+    #[test]
+    fn reassembly() {
+        let mut r = Reassembler::default();
+        assert_eq!(
+            r.push(frame(true, 1, b"hi"), 10),
+            Ok(Some(DataMessage::Text(Bytes::from_static(b"hi"))))
+        );
+        assert_eq!(r.push(frame(false, 2, b"ab"), 10), Ok(None));
+        assert!(r.is_open());
+        assert_eq!(r.push(frame(false, 0, b"cd"), 10), Ok(None));
+        assert_eq!(
+            r.push(frame(true, 0, b"ef"), 10),
+            Ok(Some(DataMessage::Binary(Bytes::from_static(b"abcdef"))))
+        );
+        assert!(!r.is_open());
+        assert_eq!(r.push(frame(true, 0, b"x"), 10), Err(MessageError::OrphanContinuation));
+        let mut r = Reassembler::default();
+        r.push(frame(false, 1, b"a"), 10).unwrap();
+        assert_eq!(r.push(frame(true, 1, b"b"), 10), Err(MessageError::Interleaved));
+        let mut r = Reassembler::default();
+        r.push(frame(false, 1, &[b'a'; 6]), 10).unwrap();
+        assert_eq!(
+            r.push(frame(true, 0, &[b'a'; 5]), 10),
+            Err(MessageError::TooBig { limit: 10 })
+        );
+        // UTF-8 is checked on the whole message: a character may straddle fragments.
+        let mut r = Reassembler::default();
+        r.push(frame(false, 1, &[0xc3]), 10).unwrap();
+        assert_eq!(
+            r.push(frame(true, 0, &[0xa9]), 10),
+            Ok(Some(DataMessage::Text(Bytes::from("é"))))
+        );
+        assert_eq!(r.push(frame(true, 1, &[0xc3]), 10), Err(MessageError::InvalidUtf8));
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(close_code(b""), Ok(1000));
+        assert_eq!(close_code(b"\x03"), Err(CloseError::OneByte));
+        assert_eq!(close_code(&[0x03, 0xe8, b'o', b'k']), Ok(1000));
+        assert_eq!(close_code(&[0x0f, 0xa0]), Ok(4000));
+        assert_eq!(close_code(&[0x03, 0xed]), Err(CloseError::CodeNotAllowed(1005)));
+        assert_eq!(close_code(&[0x03, 0xe8, 0xff]), Err(CloseError::InvalidUtf8));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::ws_frame::{masked_client_frame, OP_CLOSE, OP_PING, OP_PONG};
+        use proptest::prelude::*;
+
+        /// A frame the parser accepts: a data frame of any size or a final control frame of
+        /// at most 125 bytes.
+        fn valid_frame() -> impl Strategy<Value = ClientFrame> {
+            let data = (
+                any::<bool>(),
+                prop_oneof![Just(0u8), Just(1), Just(2)],
+                prop_oneof![
+                    4 => prop::collection::vec(any::<u8>(), 0..300usize),
+                    1 => prop::collection::vec(any::<u8>(), 0..70_000usize),
+                ],
+            );
+            let control = (
+                prop_oneof![Just(OP_CLOSE), Just(OP_PING), Just(OP_PONG)],
+                prop::collection::vec(any::<u8>(), 0..=125usize),
+            );
+            prop_oneof![
+                4 => data.prop_map(|(fin, opcode, p)| ClientFrame { fin, opcode, payload: BytesMut::from(&p[..]) }),
+                1 => control.prop_map(|(opcode, p)| ClientFrame { fin: true, opcode, payload: BytesMut::from(&p[..]) }),
+            ]
+        }
+
+        fn wire(f: &ClientFrame, mask: [u8; 4]) -> Vec<u8> {
+            masked_client_frame(u8::from(f.fin) << 7 | f.opcode, &f.payload, mask)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn parse_of_encode_is_identity(frames in prop::collection::vec(valid_frame(), 1..4), mask in any::<[u8; 4]>()) {
+                let mut b = BytesMut::new();
+                for f in &frames {
+                    b.extend_from_slice(&wire(f, mask));
+                }
+                for f in &frames {
+                    prop_assert_eq!(frame_len_hint(&b), Some(wire(f, mask).len()));
+                    let got = parse_client_frame(&mut b, 70_000).unwrap().unwrap();
+                    prop_assert_eq!(&got, f);
+                }
+                prop_assert!(b.is_empty());
+            }
+
+            #[test]
+            fn every_proper_prefix_needs_more(f in valid_frame(), mask in any::<[u8; 4]>(), cut in any::<prop::sample::Index>()) {
+                let w = wire(&f, mask);
+                let cut = cut.index(w.len());
+                let mut b = BytesMut::from(&w[..cut]);
+                prop_assert_eq!(parse_client_frame(&mut b, 70_000), Ok(None));
+                prop_assert_eq!(b.len(), cut, "nothing consumed");
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), max in 0usize..200) {
+                let mut b = BytesMut::from(&bytes[..]);
+                let mut r = Reassembler::default();
+                loop {
+                    let before = b.len();
+                    match parse_client_frame(&mut b, max) {
+                        Ok(Some(f)) => {
+                            prop_assert!(b.len() < before, "a frame consumes its header");
+                            prop_assert!(f.opcode >= 8 || f.payload.len() <= max);
+                            prop_assert!(f.opcode < 8 || f.payload.len() <= 125);
+                            if f.opcode == OP_CLOSE {
+                                let _ = close_code(&f.payload);
+                            } else if f.opcode < 8 {
+                                if let Ok(Some(DataMessage::Text(t))) = r.push(f, max) {
+                                    prop_assert!(std::str::from_utf8(&t).is_ok());
+                                }
+                            }
+                        }
+                        Ok(None) => {
+                            prop_assert_eq!(b.len(), before);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+
+            #[test]
+            fn fragments_join_to_the_message(msg in prop::collection::vec(any::<u8>(), 0..500), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..5), text in any::<bool>()) {
+                let msg = if text { String::from_utf8_lossy(&msg).into_owned().into_bytes() } else { msg };
+                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(msg.len() + 1)).collect();
+                at.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut prev = 0;
+                for a in at.into_iter().chain([msg.len()]) {
+                    pieces.push(&msg[prev..a]);
+                    prev = a;
+                }
+                let mut r = Reassembler::default();
+                let n = pieces.len();
+                let mut out = None;
+                for (i, p) in pieces.into_iter().enumerate() {
+                    let opcode = if i == 0 { if text { 1 } else { 2 } } else { 0 };
+                    let got = r.push(frame(i + 1 == n, opcode, p), msg.len()).unwrap();
+                    prop_assert_eq!(got.is_some(), i + 1 == n);
+                    out = got;
+                }
+                let want = if text { DataMessage::Text(Bytes::from(msg.clone())) } else { DataMessage::Binary(Bytes::from(msg.clone())) };
+                prop_assert_eq!(out, Some(want));
+                if !msg.is_empty() {
+                    let mut r = Reassembler::default();
+                    r.push(frame(false, 2, &msg), msg.len()).unwrap();
+                    prop_assert_eq!(r.push(frame(true, 0, b"x"), msg.len()), Err(MessageError::TooBig { limit: msg.len() }));
+                }
+            }
         }
     }
 }

@@ -29,8 +29,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use herald_broker::CONTROL_HIGH_WATER;
-use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
-use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
+use herald_protocol::ws_frame::{pong_frame, OP_CLOSE, OP_PING, OP_PONG};
+use herald_protocol::ws_parse::{
+    close_code, frame_len_hint, parse_client_frame, ClientFrame, CloseError, DataMessage, FrameError, MessageError,
+    Reassembler,
+};
 
 use super::counts::{kind_of, FrameCounts};
 use super::socket::Socket;
@@ -53,25 +56,21 @@ fn map_error(e: FrameError) -> Exit {
     }
 }
 
-/// Validates a close frame's payload; returns the code to echo.
-fn close_reply(payload: &[u8]) -> Result<u16, Exit> {
-    match payload.len() {
-        0 => Ok(1000),
-        1 => Err(Exit::new(1002, "close frame with a 1-byte payload", "protocol_error")),
-        _ => {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-            if !allowed {
-                return Err(Exit::new(
-                    1002,
-                    format!("close code {code} is not allowed"),
-                    "protocol_error",
-                ));
-            }
-            if std::str::from_utf8(&payload[2..]).is_err() {
-                return Err(Exit::new(1007, "invalid UTF-8 in the close reason", "invalid_utf8"));
-            }
-            Ok(code)
+/// The close a refused close frame earns.
+fn close_exit(e: CloseError) -> Exit {
+    match e {
+        CloseError::InvalidUtf8 => Exit::new(1007, e.to_string(), "invalid_utf8"),
+        CloseError::OneByte | CloseError::CodeNotAllowed(_) => Exit::new(1002, e.to_string(), "protocol_error"),
+    }
+}
+
+/// The close a refused data message earns.
+fn message_exit(e: MessageError) -> Exit {
+    match e {
+        MessageError::TooBig { .. } => Exit::new(1009, e.to_string(), "too_big"),
+        MessageError::InvalidUtf8 => Exit::new(1007, e.to_string(), "invalid_utf8"),
+        MessageError::Interleaved | MessageError::OrphanContinuation => {
+            Exit::new(1002, e.to_string(), "protocol_error")
         }
     }
 }
@@ -88,7 +87,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &Socket) -> Exit {
     // (8 KiB or more) alive for the connection's life.
     drop(prefix);
     let mut counts = FrameCounts::new(&session.state.metrics.frames_in, &session.state.metrics.bytes_in);
-    let mut fragments: Option<(u8, BytesMut)> = None;
+    let mut fragments = Reassembler::default();
     let exit = 'conn: loop {
         // Apply what is buffered, while the answers keep up.
         while !paused(session) {
@@ -203,73 +202,28 @@ fn paused(session: &Session) -> bool {
 }
 
 /// Applies one frame; `Some` ends the session.
-fn on_frame(
-    session: &mut Session,
-    frame: ClientFrame,
-    fragments: &mut Option<(u8, BytesMut)>,
-    max: usize,
-) -> Option<Exit> {
-    let ClientFrame { fin, opcode, payload } = frame;
-    let message = match opcode {
+fn on_frame(session: &mut Session, frame: ClientFrame, fragments: &mut Reassembler, max: usize) -> Option<Exit> {
+    let message = match frame.opcode {
         OP_PING => {
             // A protocol-level pong: not ordered with the JSON answers (RFC 6455 lets it
             // go first), but paced with them.
-            session.backlog = pushed(session.conn.outbox.push_control(pong_frame(&payload)));
+            session.backlog = pushed(session.conn.outbox.push_control(pong_frame(&frame.payload)));
             return None;
         }
         OP_PONG => return None,
         OP_CLOSE => {
-            return Some(match close_reply(&payload) {
+            return Some(match close_code(&frame.payload) {
                 Ok(code) => Exit::new(code, "", "client_close"),
-                Err(e) => e,
+                Err(e) => close_exit(e),
             })
         }
-        OP_TEXT | OP_BINARY if fragments.is_some() => {
-            return Some(Exit::new(
-                1002,
-                "new data frame before the fragmented message ended",
-                "protocol_error",
-            ));
-        }
-        OP_TEXT | OP_BINARY if !fin => {
-            *fragments = Some((opcode, payload));
-            return None;
-        }
-        OP_TEXT => {
-            if std::str::from_utf8(&payload).is_err() {
-                return Some(Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8"));
-            }
-            Message::Text(payload.freeze())
-        }
-        OP_BINARY => Message::Binary(payload.freeze()),
-        _ => {
-            // OP_CONTINUATION (the parser refuses every other opcode).
-            let Some((op, buf)) = fragments.as_mut() else {
-                return Some(Exit::new(
-                    1002,
-                    "continuation frame without a message to continue",
-                    "protocol_error",
-                ));
-            };
-            if buf.len() + payload.len() > max {
-                return Some(Exit::new(1009, format!("message too big: over {max} bytes"), "too_big"));
-            }
-            buf.extend_from_slice(&payload);
-            if !fin {
-                return None;
-            }
-            let op = *op;
-            let (_, whole) = fragments.take().expect("checked above");
-            let bytes = whole.freeze();
-            if op == OP_TEXT {
-                if std::str::from_utf8(&bytes).is_err() {
-                    return Some(Exit::new(1007, "invalid UTF-8 in a text message", "invalid_utf8"));
-                }
-                Message::Text(bytes)
-            } else {
-                Message::Binary(bytes)
-            }
-        }
+        // Text, binary or continuation (the parser refuses every other opcode).
+        _ => match fragments.push(frame, max) {
+            Ok(None) => return None,
+            Ok(Some(DataMessage::Text(b))) => Message::Text(b),
+            Ok(Some(DataMessage::Binary(b))) => Message::Binary(b),
+            Err(e) => return Some(message_exit(e)),
+        },
     };
     handler::handle(session, message)
 }
