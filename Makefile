@@ -79,7 +79,7 @@ loadtest:
 ## Not part of `make test`. One target: FUZZ_TARGETS=ws_frames. New corpus entries go to
 ## $(FUZZ_WORK), not to the small committed seeds in fuzz/corpus; crashes to fuzz/artifacts.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= ws_frames json_request envelope proxy_header
+FUZZ_TARGETS ?= ws_frames json_request envelope proxy_header token
 FUZZ_WORK ?= $(TARGET_DIR)/fuzz-corpus
 FUZZ_ARGS ?=
 fuzz:

@@ -7,6 +7,12 @@
 #   scripts/compare-builds.sh 3 /tmp/before/herald target/release/herald fanout -s 1000 -p 1 -r max -d 10s
 #   scripts/compare-builds.sh 3 A B cross-node -s 1000 -p 1 -r max -d 10s
 #
+# ENV_A / ENV_B: extra VAR=value words for build A's / B's nodes (so one binary can be
+# compared with itself under two configurations); LOADTEST_ARGS_A / LOADTEST_ARGS_B: extra
+# generator arguments for A's / B's rounds (e.g. `--jwt-secret ...` for a node with auth).
+# The per-connection publish rate limits are off in every round (a generator's publisher
+# at max rate is not an abusive client) unless BENCH_LIMITS=on.
+#
 # With `cross-node` each round starts its own redis-server (free port, no persistence) and
 # two nodes of the build through it; otherwise one node. Every run is bounded by the
 # generator's own duration; the script stops exactly the processes it started. Prints,
@@ -33,7 +39,10 @@ trap stop_all EXIT
 node() {
     local bin="$1" port="$2" admin="$3"
     shift 3
-    env "$@" taskset -c 0 "$bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" >/dev/null 2>&1 &
+    local limits=(HERALD_LIMITS__PUBLISH_PER_SECOND=0 HERALD_LIMITS__PUBLISH_BYTES_PER_SECOND=0)
+    [[ "${BENCH_LIMITS:-off}" == on ]] && limits=()
+    # shellcheck disable=SC2086 # ENV_* are word lists on purpose
+    env "${limits[@]}" $SIDE_ENV "$@" taskset -c 0 "$bin" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" >/dev/null 2>&1 &
     PIDS+=($!)
     wait_port "$port"
 }
@@ -67,6 +76,8 @@ round() {
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-    round "round $r: A ($A)" "$A" "$@"
-    round "round $r: B ($B)" "$B" "$@"
+    # shellcheck disable=SC2086
+    SIDE_ENV="${ENV_A:-}" round "round $r: A ($A)" "$A" "$@" ${LOADTEST_ARGS_A:-}
+    # shellcheck disable=SC2086
+    SIDE_ENV="${ENV_B:-}" round "round $r: B ($B)" "$B" "$@" ${LOADTEST_ARGS_B:-}
 done
