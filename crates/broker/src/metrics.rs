@@ -50,6 +50,9 @@ pub const CLOSE_REASONS: &[&str] = &[
     "kicked",
     "io_error",
     "internal",
+    "unauthorized",
+    "token_expired",
+    "forbidden",
 ];
 
 /// Why a connection attempt was refused before the upgrade.
@@ -60,7 +63,30 @@ pub const REJECT_REASONS: &[&str] = &[
     "socket_limit",
     "handshake_limit",
     "head_too_large",
+    "unauthorized",
+    "forbidden",
 ];
+
+/// Why a token was refused: the label of `herald_auth_failures_total`. The verifier's
+/// reasons (`herald_auth::AuthError::reason`, a gateway test keeps the lists in step) and
+/// the gateway's own: `subject_changed` (a refresh for another user).
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "malformed",
+    "algorithm_not_allowed",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "missing_subject",
+    "invalid_claim",
+    "too_long",
+    "subject_changed",
+];
+
+/// What a permission refusal refused: the label of `herald_forbidden_total`.
+pub const FORBIDDEN_ACTIONS: &[&str] = &["subscribe", "publish"];
 
 /// Why the admin listener refused a connection or a request before handling it.
 pub const ADMIN_REJECT_REASONS: &[&str] = &["connection_limit", "head_too_large", "body_budget"];
@@ -124,6 +150,12 @@ pub struct BrokerMetrics {
     pub admin_body_bytes: IntGauge,
     /// Always 1; the `version` label says which build runs (one series per process).
     pub build_info: IntGaugeVec,
+    /// Tokens refused (upgrade, `auth`, `refresh`), by reason.
+    pub auth_failures: IntCounterVec,
+    /// Subscribes and publishes refused by permissions, by action.
+    pub forbidden: IntCounterVec,
+    /// JWT key file reloads, by outcome (`reloaded`, `failed`).
+    pub auth_key_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
@@ -340,6 +372,27 @@ impl BrokerMetrics {
                 "Bytes of admin request bodies being received now.",
             ),
             build_info: build_info(&r),
+            auth_failures: counter_vec(
+                &r,
+                "herald_auth_failures_total",
+                "Tokens refused (on the upgrade, in auth or refresh), by reason.",
+                "reason",
+                AUTH_FAILURE_REASONS,
+            ),
+            forbidden: counter_vec(
+                &r,
+                "herald_forbidden_total",
+                "Subscribes and publishes refused by the connection's permissions, by action.",
+                "action",
+                FORBIDDEN_ACTIONS,
+            ),
+            auth_key_reloads: counter_vec(
+                &r,
+                "herald_auth_key_reloads_total",
+                "JWT key file reloads after a change, by outcome (a failure keeps the old keys).",
+                "outcome",
+                &["reloaded", "failed"],
+            ),
             registry: r,
         }
     }

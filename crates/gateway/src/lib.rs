@@ -13,6 +13,7 @@ pub mod core;
 pub mod drain;
 pub mod fd_budget;
 pub mod http_server;
+pub mod identity;
 pub mod node;
 pub mod public;
 pub mod query;

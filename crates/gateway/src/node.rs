@@ -15,6 +15,7 @@ use crate::api::body::BodyBudget;
 use crate::config::Config;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::identity::{Identity, IdentityError};
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
 use crate::{admin, clock, drain, http_server, public, relay_setup};
@@ -28,6 +29,8 @@ pub enum StartError {
     Relay(String),
     #[error("{0}")]
     FdLimit(#[from] FdLimitTooLow),
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -78,6 +81,7 @@ impl Node {
             config.node_id.as_str().into()
         };
         let metrics = Arc::new(BrokerMetrics::new());
+        let identity = Arc::new(Identity::new(&config.auth, metrics.clone())?);
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
@@ -111,7 +115,28 @@ impl Node {
             ws_addr,
             admin_addr,
             sockets,
+            identity: identity.clone(),
         });
+        // Other nodes' `POST /api/users/{user}/disconnect`, through the relay.
+        let core = Arc::downgrade(&state.core);
+        state.broker.set_control_handler(Box::new(move |message| {
+            if let Some(core) = core.upgrade() {
+                crate::api::users::apply_control(&core, message);
+            }
+        }));
+        if identity.is_open() {
+            if config.auth.anonymous_subscribe.is_empty() && config.auth.anonymous_publish.is_empty() {
+                tracing::warn!(
+                    %ws_addr,
+                    "no JWT key is configured: the public listener is open to anyone, who may subscribe to and publish on every topic (set [auth] keys or anonymous_* patterns)"
+                );
+            } else {
+                tracing::warn!(%ws_addr, "no JWT key is configured: anyone may connect, with the anonymous_* permissions");
+            }
+        }
+        if identity.has_key_files() {
+            tasks.spawn(crate::identity::run_key_reload(identity, shutdown.stop_all.clone()));
+        }
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
         tasks.spawn(drain::relay_gauge(state.clone()));

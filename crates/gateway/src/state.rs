@@ -1,5 +1,5 @@
 //! The state every task of a node shares ([`AppState`]) and its cancellation tree
-//! ([`Shutdown`]). It holds handles only (the core, the broker, the budgets, the trackers),
+//! ([`Shutdown`]). It holds handles only (the core, the broker, the identity, the budgets, the trackers),
 //! and imports none of the modules that use it (listeners, sessions, the API, the drain),
 //! so they all depend on it and it on none of them.
 
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::{Connections, Core};
+use crate::identity::Identity;
 use crate::socket_budget::SocketBudget;
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub admin_addr: SocketAddr,
     /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
     pub sockets: Arc<SocketBudget>,
+    /// Token verification and the permission policy.
+    pub identity: Arc<Identity>,
 }
 
 impl AppState {

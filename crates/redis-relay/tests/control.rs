@@ -28,13 +28,19 @@ async fn control_messages_reach_the_other_nodes_only() {
     let b = Node::start(fast(&redis.url(), "node-b"));
     wait_until(LIMIT, "both relays up", || a.is_up() && b.is_up()).await;
     // Both listen to the control channel without any topic interest.
-    wait_until(LIMIT, "both on the control channel", || redis.numsub("herald:#control") == 2).await;
+    wait_until(LIMIT, "both on the control channel", || {
+        redis.numsub("herald:#control") == 2
+    })
+    .await;
 
     a.relay.send_control(&kick("alice")).outcome().await.expect("sent");
     wait_until(LIMIT, "B got it", || b.sink.controls().len() == 1).await;
     assert_eq!(b.sink.controls(), vec![kick("alice")]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(a.sink.controls().is_empty(), "a node never receives its own control message");
+    assert!(
+        a.sink.controls().is_empty(),
+        "a node never receives its own control message"
+    );
 
     // Garbage and invalid messages on the control channel are counted and skipped.
     let invalid_before = b.metrics.relay_invalid.get();
@@ -43,7 +49,10 @@ async fn control_messages_reach_the_other_nodes_only() {
         "herald:#control",
         br#"{"v":1,"origin":"x","kind":"disconnect_user","user":"u","code":1000,"reason":""}"#,
     );
-    wait_until(LIMIT, "garbage counted", || b.metrics.relay_invalid.get() >= invalid_before + 2).await;
+    wait_until(LIMIT, "garbage counted", || {
+        b.metrics.relay_invalid.get() >= invalid_before + 2
+    })
+    .await;
     assert_eq!(b.sink.controls().len(), 1);
 
     // After a Redis restart both resubscribe the control channel.

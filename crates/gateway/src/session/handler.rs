@@ -1,6 +1,15 @@
 //! Applying one complete client message: JSON protocol v1 requests on `/ws`, verbatim
 //! publishes on `/raw/{topic}`. Every request goes through the core (`crate::core`), the
-//! one place where limits (and later permissions) apply.
+//! one place where limits and permissions apply. A refused publish or subscribe gets the
+//! error `forbidden`; a raw connection that publishes where it may not is closed with
+//! 1008 "publish not allowed" (raw mode has no error frames).
+//!
+//! `auth` and `refresh` are one operation: the first token makes an anonymous connection
+//! its user's, every later one must name the same user and replaces the permissions and
+//! the expiry; subscriptions the new permissions forbid are dropped, each with a
+//! `forbidden` error naming the topic, before the ack. A token that does not verify ends
+//! the connection: error `unauthorized` (or `token_expired` for an expired token that
+//! would have replaced a valid one), then close 1008 with the reason.
 //!
 //! Bad requests get an error frame (`code` and `message`, echoing the `id` when it could be
 //! read) and the connection stays up; every error sent is counted by code. Answers that
@@ -20,6 +29,8 @@ use super::answers::error_frame;
 use super::reader::{pushed, Message};
 use super::{Exit, Session};
 use crate::core::Publisher;
+use crate::identity::RefreshError;
+use herald_auth::AuthError;
 
 /// Handles one message; `Some` ends the session.
 pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
@@ -30,13 +41,18 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
                 Message::Binary(b) => Payload::binary(b),
             };
             let topic = session.conn.topics().first().cloned()?;
-            let from = Publisher::Conn {
-                id: session.conn.id,
+            let from = Publisher {
+                conn: &session.conn,
                 source: Source::Raw,
             };
             // Raw mode has no acknowledgements; the relay counts what it could not send.
-            drop(session.state.core.publish(from, &topic, payload).relay);
-            None
+            match session.state.core.publish(from, &topic, payload) {
+                Ok(report) => {
+                    drop(report.relay);
+                    None
+                }
+                Err(_) => Some(Exit::new(1008, "publish not allowed", "forbidden")),
+            }
         }
         SubscriberMode::Json => {
             session.flags.engaged.store(true, Ordering::Relaxed);
@@ -83,7 +99,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
         conn,
         answers,
         backlog,
-        ..
+        flags,
     } = session;
     let core = &state.core;
     let mut answer = |b: Option<usize>| {
@@ -108,16 +124,59 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
         }
         ClientRequest::Publish { topic, data, id } => {
             let payload = Payload::json(slice_of(&text, data));
-            let from = Publisher::Conn {
-                id: conn.id,
+            let from = Publisher {
+                conn,
                 source: Source::Websocket,
             };
-            let report = core.publish(from, &topic, payload);
-            // Without an `id` the ticket is dropped: the relay still sends (or counts the
-            // failure).
+            match core.publish(from, &topic, payload) {
+                // Without an `id` the ticket is dropped: the relay still sends (or counts
+                // the failure).
+                Ok(report) => {
+                    if let Some(id) = id {
+                        let delivered = report.local.delivered;
+                        answer(answers.publish(&conn.outbox, &state.metrics, id, report.relay, delivered));
+                    }
+                }
+                Err(refusal) => {
+                    let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
+                    answer(answers.send(&conn.outbox, frame));
+                }
+            }
+        }
+        ClientRequest::Auth { token, id } | ClientRequest::Refresh { token, id } => {
+            let result = match conn.user() {
+                None => state.identity.authenticate(&token).map_err(RefreshError::from),
+                Some(user) => state.identity.refresh(Some(user), &token),
+            };
+            let identity = match result {
+                Ok(identity) => identity,
+                Err(e) => {
+                    // Terminal: straight to the outbox (the close follows it), with the
+                    // reason in the close frame too.
+                    let expired = conn.user().is_some() && e == RefreshError::Token(AuthError::Expired);
+                    let (code, label, reason) = if expired {
+                        (ErrorCode::TokenExpired, "token_expired", "token expired".to_owned())
+                    } else {
+                        (ErrorCode::Unauthorized, "unauthorized", format!("unauthorized: {e}"))
+                    };
+                    conn.outbox
+                        .push_control(error_frame(&state.metrics, id, code, &e.to_string()));
+                    return Some(Exit::new(1008, reason, label));
+                }
+            };
+            flags
+                .expires_ms
+                .store(identity.expires_ms.unwrap_or(0), Ordering::Relaxed);
+            for topic in core.set_identity(conn, identity) {
+                let message = format!(
+                    "subscription to {} dropped: the new token does not allow it",
+                    crate::core::shown(&topic)
+                );
+                let frame = error_frame(&state.metrics, None, ErrorCode::Forbidden, &message);
+                answer(answers.send(&conn.outbox, frame));
+            }
             if let Some(id) = id {
-                let delivered = report.local.delivered;
-                answer(answers.publish(&conn.outbox, &state.metrics, id, report.relay, delivered));
+                answer(answers.send(&conn.outbox, server_msg::ack(id)));
             }
         }
     }

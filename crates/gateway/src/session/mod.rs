@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::socket::Socket;
 
 use self::answers::Answers;
-use crate::core::{Confirmation, Conn, ConnectRequest, Refusal};
+use crate::core::{Confirmation, Conn, ConnIdentity, ConnectRequest, Refusal};
 use crate::state::AppState;
 
 /// What the upgrade request asked for.
@@ -41,6 +41,8 @@ pub struct SessionParams {
     /// Receive one's own publications (`?echo=false` turns it off).
     pub echo: bool,
     pub peer: SocketAddr,
+    /// Who connects: from a token on the upgrade, or anonymous.
+    pub identity: ConnIdentity,
 }
 
 /// How a session ended: the close frame to send and the metric label.
@@ -71,6 +73,9 @@ pub struct SessionFlags {
     /// The client has sent a request or holds a subscription: the first-message deadline
     /// no longer applies.
     pub engaged: AtomicBool,
+    /// When the connection's token expires, in milliseconds since the epoch (0: never);
+    /// set by the reader (`auth`, `refresh`), watched by the writer's expiry timer.
+    pub expires_ms: AtomicU64,
 }
 
 /// Per-connection state owned by the session task.
@@ -114,10 +119,12 @@ impl Prepared {
     /// upgrade, and await the [`Confirmation`] before the 101 goes out, so that the
     /// subscriptions hold cluster-wide once the client has the answer.
     pub fn new(state: Arc<AppState>, params: SessionParams) -> Result<(Self, Confirmation), PrepareError> {
+        let expires_ms = params.identity.expires_ms.unwrap_or(0);
         let request = ConnectRequest {
             mode: params.mode,
             echo: params.echo,
             peer: params.peer,
+            identity: params.identity,
         };
         let mut conn = state.core.connect(request, CancellationToken::new())?;
         if params.mode == SubscriberMode::Json {
@@ -143,6 +150,7 @@ impl Prepared {
             flags: Arc::new(SessionFlags {
                 last_seen_ms: AtomicU64::new(crate::clock::coarse_ms()),
                 engaged: AtomicBool::new(engaged),
+                expires_ms: AtomicU64::new(expires_ms),
             }),
         };
         Ok((Self { session }, confirmation))

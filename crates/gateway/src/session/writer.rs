@@ -12,7 +12,10 @@
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
 //! `ping_interval` in which the reader saw no frame, it pings; after `idle_timeout` of
-//! silence it closes with 1001) and the first-message deadline (1008). During a drain the
+//! silence it closes with 1001), the first-message deadline (1008) and the token's expiry
+//! (`expiry_notice` before it an error frame `token_expired`, `expiry_grace` after it a
+//! close 1008 "token expired"; a `refresh` moves the expiry, and the ack it sends wakes
+//! the writer to re-arm). During a drain the
 //! node's drain task closes connections one by one across the close window. A batch that cannot
 //! be written within `write_timeout` means the peer stalled: the connection is dropped.
 //! When the slow-consumer policy disconnects the client while a write is in flight, the
@@ -36,6 +39,8 @@ use super::socket::Socket;
 use super::{Exit, SessionFlags};
 use crate::clock::coarse_ms;
 use crate::config::Config;
+use crate::identity::now_ms;
+use herald_protocol::server_msg::{self, ErrorCode};
 
 /// Frames gathered into one `writev` call.
 const MAX_IOV: usize = 128;
@@ -48,6 +53,10 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Close (1008) a connection that neither subscribed nor sent a request by then.
     pub first_message_timeout: Option<Duration>,
+    /// `token_expired` goes out this long before the token's expiry.
+    pub expiry_notice: Duration,
+    /// A connection whose token expired is closed this long after the expiry.
+    pub expiry_grace: Duration,
 }
 
 impl WriterConfig {
@@ -57,6 +66,8 @@ impl WriterConfig {
             idle_timeout: c.idle_timeout(),
             write_timeout: c.write_timeout(),
             first_message_timeout: c.first_message_timeout(),
+            expiry_notice: Duration::from_millis(c.auth.expiry_notice_ms),
+            expiry_grace: Duration::from_millis(c.auth.expiry_grace_ms),
         }
     }
 }
@@ -230,6 +241,13 @@ struct Timers {
     next_beat: Instant,
     /// Until the client engages (first request or subscription).
     first_deadline: Option<Instant>,
+    /// The expiry (epoch ms) whose `token_expired` notice went out; 0: none yet.
+    noticed_expiry: u64,
+}
+
+/// `at_ms` (epoch milliseconds) on the monotonic clock, `now_ms` being now.
+fn instant_of(at_ms: u64, now_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
 }
 
 impl Timers {
@@ -242,6 +260,16 @@ impl Timers {
         let mut t = self.next_beat.min(Instant::now() + idle_in);
         if let Some(d) = self.first_deadline {
             t = t.min(d);
+        }
+        let expires = flags.expires_ms.load(Ordering::Relaxed);
+        if expires != 0 {
+            let now_ms = now_ms();
+            let close_at = expires.saturating_add(cfg.expiry_grace.as_millis() as u64);
+            t = t.min(instant_of(close_at, now_ms));
+            if self.noticed_expiry != expires {
+                let notice_at = expires.saturating_sub(cfg.expiry_notice.as_millis() as u64);
+                t = t.min(instant_of(notice_at, now_ms));
+            }
         }
         t
     }
@@ -269,6 +297,7 @@ pub async fn run(
     let mut timers = Timers {
         next_beat: start + cfg.ping_interval,
         first_deadline: cfg.first_message_timeout.map(|t| start + t),
+        noticed_expiry: 0,
     };
 
     loop {
@@ -347,14 +376,42 @@ pub async fn run(
             // one busy subscriber cannot pin a worker thread.
             tokio::task::coop::consume_budget().await;
         }
-        check_timers(&mut timers, &cfg, &flags, outbox);
+        check_timers(&mut timers, &cfg, &flags, outbox, &metrics);
     }
 }
 
 /// Applies whatever deadline has passed: a close goes through the outbox, so queued
 /// frames and the close frame leave in order on the next iteration.
-fn check_timers(timers: &mut Timers, cfg: &WriterConfig, flags: &SessionFlags, outbox: &Outbox) {
+fn check_timers(
+    timers: &mut Timers,
+    cfg: &WriterConfig,
+    flags: &SessionFlags,
+    outbox: &Outbox,
+    metrics: &BrokerMetrics,
+) {
     let now = Instant::now();
+    let expires = flags.expires_ms.load(Ordering::Relaxed);
+    if expires != 0 {
+        let now_ms = now_ms();
+        if now_ms >= expires.saturating_add(cfg.expiry_grace.as_millis() as u64) {
+            outbox.close_as(1008, "token expired", false, "token_expired");
+            return;
+        }
+        if timers.noticed_expiry != expires && now_ms.saturating_add(cfg.expiry_notice.as_millis() as u64) >= expires {
+            timers.noticed_expiry = expires;
+            let message = if now_ms >= expires {
+                "the token has expired; send refresh with a new one now".to_owned()
+            } else {
+                format!(
+                    "the token expires in {} ms; send refresh with a new one",
+                    expires - now_ms
+                )
+            };
+            let code = ErrorCode::TokenExpired;
+            metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+            outbox.push_control(server_msg::error(None, code, &message));
+        }
+    }
     if let Some(deadline) = timers.first_deadline {
         if flags.engaged.load(Ordering::Relaxed) {
             timers.first_deadline = None;
@@ -435,6 +492,8 @@ mod tests {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(10),
             first_message_timeout: None,
+            expiry_notice: Duration::from_secs(30),
+            expiry_grace: Duration::from_secs(10),
         };
         let flags = Arc::new(SessionFlags::default());
         flags.last_seen_ms.store(coarse_ms(), Ordering::Relaxed);
