@@ -167,6 +167,9 @@ impl Verifier {
         }
         let alg: Algorithm = header.alg.parse().map_err(|_| AuthError::AlgorithmNotAllowed)?;
         let keys = self.keys.load();
+        if keys.is_empty() {
+            return Err(AuthError::UnknownKey);
+        }
         let validation = keys.validation(alg).ok_or(AuthError::AlgorithmNotAllowed)?;
         let candidates = self.candidates(&keys, alg, header.kid.as_deref())?;
         let mut last = AuthError::BadSignature;
