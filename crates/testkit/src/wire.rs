@@ -58,12 +58,26 @@ impl WireClient {
 
     /// Connects; `Err(Refused)` carries a non-101 answer.
     pub async fn try_connect(addr: SocketAddr, path: &str) -> Result<std::result::Result<Self, Refused>> {
+        Self::try_connect_with(addr, path, &[]).await
+    }
+
+    /// Like [`WireClient::try_connect`], with extra request headers (`Authorization`,
+    /// `Origin`, ...).
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<std::result::Result<Self, Refused>> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let mut extra = String::new();
+        for (k, v) in headers {
+            extra.push_str(&format!("{k}: {v}\r\n"));
+        }
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         stream.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
@@ -85,7 +99,24 @@ impl WireClient {
         let rest = buf[head_end + 4..].to_vec();
         if status != 101 {
             let mut body = rest;
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut body)).await;
+            // The body's length when the answer says it (the connection may stay open),
+            // else everything until the node closes (at most 2 s).
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut chunk = [0u8; 4096];
+                while length.is_none_or(|n| body.len() < n) {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            })
+            .await;
             return Ok(Err(Refused {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
