@@ -8,9 +8,11 @@
 #   scripts/cluster.sh status    what runs, and each node's /readyz
 #   scripts/cluster.sh render-haproxy IN OUT LB_ADDR STATS_ADDR NAME=HOST:PORT,ADMIN_PORT...
 #                                [--check "inter 200ms fall 1 rise 1"] [--maxconn N]
+#                                [--source ADDR]
 #                                write a copy of IN whose public and stats bind lines and
 #                                `server` lines are rewritten, and optionally the check
-#                                timings and maxconn (used by `up` and by the tests)
+#                                timings, maxconn and the address HAProxy connects to the
+#                                nodes from (used by `up` and by the tests)
 #
 # Fixed ports (override with the environment variables in brackets):
 #   HAProxy (public WebSocket entry) 127.0.0.1:18080 [CLUSTER_LB_PORT], stats 127.0.0.1:18404
@@ -37,6 +39,10 @@ WS_BASE="${CLUSTER_WS_BASE:-18080}"
 ADMIN_BASE="${CLUSTER_ADMIN_BASE:-19090}"
 REDIS_PORT="${CLUSTER_REDIS_PORT:-16379}"
 LB="${CLUSTER_LB:-haproxy}"
+# HAProxy connects to the nodes from this loopback address and sends each client's address
+# in a PROXY protocol v2 header; the nodes trust this address only, so a client that
+# connects to a node directly (from 127.0.0.1) is served as itself, without a header.
+HAPROXY_SOURCE=127.0.0.2
 # Local drain settings: HAProxy checks every 1 s (fastinter 250 ms, fall 2), so a draining
 # node leaves the pool within ~1.5 s; 2 s of drain delay covers that.
 DRAIN_DELAY_MS=2000
@@ -57,10 +63,10 @@ die() {
 # replace the `server` lines of `herald_nodes`; optionally the check timings (everything
 # from `inter` to `rise N` on the default-server line) and every `maxconn`.
 render_haproxy() {
-    [[ $# -ge 5 ]] || die "usage: render-haproxy IN OUT LB_ADDR STATS_ADDR NAME=HOST:PORT,ADMIN_PORT... [--check PARAMS] [--maxconn N]"
+    [[ $# -ge 5 ]] || die "usage: render-haproxy IN OUT LB_ADDR STATS_ADDR NAME=HOST:PORT,ADMIN_PORT... [--check PARAMS] [--maxconn N] [--source ADDR]"
     local in="$1" out="$2" lb="$3" stats="$4"
     shift 4
-    local servers=() check="" maxconn=""
+    local servers=() check="" maxconn="" source=""
     while [[ $# -gt 0 ]]; do
         case "$1" in
         --check)
@@ -69,6 +75,10 @@ render_haproxy() {
             ;;
         --maxconn)
             maxconn="${2:?--maxconn needs a value}"
+            shift 2
+            ;;
+        --source)
+            source="${2:?--source needs a value}"
             shift 2
             ;;
         *=*:*,*)
@@ -81,7 +91,7 @@ render_haproxy() {
     [[ ${#servers[@]} -gt 0 ]] || die "render-haproxy: no servers"
     local spec
     spec="$(printf '%s\n' "${servers[@]}")"
-    awk -v lb="$lb" -v stats="$stats" -v spec="$spec" -v check="$check" -v maxconn="$maxconn" '
+    awk -v lb="$lb" -v stats="$stats" -v spec="$spec" -v check="$check" -v maxconn="$maxconn" -v source="$source" '
         BEGIN { n = split(spec, s, "\n") }
         /^[a-z]/ { section = $1 " " $2 }
         $1 == "maxconn" && maxconn != "" { sub(/maxconn [0-9]+/, "maxconn " maxconn); print; next }
@@ -98,7 +108,7 @@ render_haproxy() {
                 for (i = 1; i <= n; i++) {
                     split(s[i], kv, "=")
                     split(kv[2], addr, ",")
-                    print "    server " kv[1] " " addr[1] " check port " addr[2]
+                    print "    server " kv[1] " " addr[1] " check port " addr[2] (source != "" ? " source " source : "")
                 }
                 done = 1
             }
@@ -233,6 +243,11 @@ kind = "redis"
 [redis]
 url = "redis://127.0.0.1:$REDIS_PORT/"
 
+[proxy]
+# HAProxy (send-proxy-v2 from $HAPROXY_SOURCE) names each client's address.
+trusted = ["$HAPROXY_SOURCE"]
+proxy_protocol = true
+
 [shutdown]
 drain_delay_ms = $DRAIN_DELAY_MS
 close_window_ms = $CLOSE_WINDOW_MS
@@ -262,7 +277,7 @@ start_haproxy() {
     fds="$(ulimit -n)"
     [[ "$fds" == unlimited ]] || maxconn=(--maxconn "$((fds / 2 - 100))")
     render_haproxy "$ROOT/deploy/haproxy/haproxy.cfg" "$STATE/haproxy.cfg" \
-        "127.0.0.1:$LB_PORT" "127.0.0.1:$LB_STATS_PORT" "${servers[@]}" "${maxconn[@]}"
+        "127.0.0.1:$LB_PORT" "127.0.0.1:$LB_STATS_PORT" "${servers[@]}" "${maxconn[@]}" --source "$HAPROXY_SOURCE"
     haproxy -c -q -f "$STATE/haproxy.cfg" || die "rendered $STATE/haproxy.cfg does not pass haproxy -c"
     launch haproxy "$STATE/haproxy.log" haproxy -db -f "$STATE/haproxy.cfg"
     wait_for 10 lb_up || die "haproxy did not start; see $STATE/haproxy.log"

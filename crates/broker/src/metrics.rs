@@ -63,6 +63,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "socket_limit",
     "handshake_limit",
     "head_too_large",
+    "ip_limit",
     "unauthorized",
     "forbidden",
 ];
@@ -87,6 +88,9 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
 
 /// What a permission refusal refused: the label of `herald_forbidden_total`.
 pub const FORBIDDEN_ACTIONS: &[&str] = &["subscribe", "publish"];
+
+/// Why a connection from a trusted proxy was closed for its PROXY protocol header.
+pub const PROXY_HEADER_ERRORS: &[&str] = &["missing", "malformed", "too_large", "timeout", "closed"];
 
 /// Why the admin listener refused a connection or a request before handling it.
 pub const ADMIN_REJECT_REASONS: &[&str] = &["connection_limit", "head_too_large", "body_budget"];
@@ -148,6 +152,14 @@ pub struct BrokerMetrics {
     pub pending_handshakes: IntGauge,
     /// Bytes of admin request bodies being received now (`admin.max_pending_body_bytes`).
     pub admin_body_bytes: IntGauge,
+    /// Upgrades refused at a client IP's limit, by which limit (`concurrent`, `rate`).
+    pub ip_refusals: IntCounterVec,
+    /// Keys in the per-IP tables (open-connection counts and rate buckets).
+    pub ip_limit_entries: IntGauge,
+    /// PROXY protocol headers accepted from trusted proxies.
+    pub proxy_headers: IntCounter,
+    /// Connections from trusted proxies closed for their PROXY protocol header, by reason.
+    pub proxy_header_errors: IntCounterVec,
     /// Always 1; the `version` label says which build runs (one series per process).
     pub build_info: IntGaugeVec,
     /// Tokens refused (upgrade, `auth`, `refresh`), by reason.
@@ -370,6 +382,30 @@ impl BrokerMetrics {
                 &r,
                 "herald_admin_body_bytes",
                 "Bytes of admin request bodies being received now.",
+            ),
+            ip_refusals: counter_vec(
+                &r,
+                "herald_ip_refusals_total",
+                "WebSocket upgrades refused (429) at a client IP's limit, by limit.",
+                "reason",
+                &["concurrent", "rate"],
+            ),
+            ip_limit_entries: gauge(
+                &r,
+                "herald_ip_limit_entries",
+                "Client keys held by the per-IP limit tables (counts and rate buckets).",
+            ),
+            proxy_headers: counter(
+                &r,
+                "herald_proxy_protocol_headers_total",
+                "PROXY protocol headers accepted from trusted proxies.",
+            ),
+            proxy_header_errors: counter_vec(
+                &r,
+                "herald_proxy_protocol_errors_total",
+                "Connections from trusted proxies closed for a missing or bad PROXY header, by reason.",
+                "reason",
+                PROXY_HEADER_ERRORS,
             ),
             build_info: build_info(&r),
             auth_failures: counter_vec(

@@ -132,10 +132,15 @@ pub struct LimitsConfig {
     pub publish_bytes_burst: u64,
     /// A connection that keeps publishing over its limits this long is closed with 1008.
     pub publish_overlimit_close_ms: u64,
-    /// WebSocket connections one client IP may hold at once; 0 turns it off.
+    /// WebSocket connections one client IP (an IPv6 client: its /64) may hold at once;
+    /// over it the upgrade gets 429. 0 turns it off.
     pub connections_per_ip: u32,
-    /// New WebSocket connections one client IP may open per second; 0 turns it off.
+    /// New WebSocket connections one client IP (IPv6: /64) may open per second (a bucket of
+    /// as many, refilled continuously); over it the upgrade gets 429. 0 turns it off.
     pub connects_per_ip_per_second: u32,
+    /// Client addresses or CIDR ranges the per-IP limits do not apply to. Loopback by
+    /// default: local tools and load generators open thousands of connections from it.
+    pub per_ip_exempt: Vec<String>,
     /// Listen backlog of the public listener (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: u32,
 }
@@ -188,11 +193,13 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key of `cert_file`.
     pub key_file: String,
-    /// How often the two files are checked for changes (SIGHUP reloads at once).
+    /// How often the two files are checked for changes (SIGHUP reloads at once); 0: on
+    /// SIGHUP only.
     pub reload_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Default: nothing trusted, no PROXY header, no `X-Forwarded-For`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Addresses or CIDR ranges (`10.0.0.0/8`, `127.0.0.1`) of trusted load balancers.
@@ -314,8 +321,9 @@ impl Default for LimitsConfig {
             publish_bytes_per_second: 4 << 20,
             publish_bytes_burst: 8 << 20,
             publish_overlimit_close_ms: 10_000,
-            connections_per_ip: 0,
-            connects_per_ip_per_second: 0,
+            connections_per_ip: 1000,
+            connects_per_ip_per_second: 100,
+            per_ip_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             listen_backlog: 4096,
         }
     }
@@ -407,16 +415,6 @@ impl Default for TlsConfig {
             cert_file: String::new(),
             key_file: String::new(),
             reload_interval_ms: 1000,
-        }
-    }
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            trusted: Vec::new(),
-            proxy_protocol: false,
-            forwarded_for: false,
         }
     }
 }
@@ -649,10 +647,33 @@ impl Config {
                 self.outbox.slow_consumer
             ));
         }
+        for (name, list) in [
+            ("proxy.trusted", &self.proxy.trusted),
+            ("limits.per_ip_exempt", &self.limits.per_ip_exempt),
+        ] {
+            if let Err(e) = crate::client_ip::parse_nets(list) {
+                p.push(format!("{name}: {e}"));
+            }
+        }
+        if (self.proxy.proxy_protocol || self.proxy.forwarded_for) && self.proxy.trusted.is_empty() {
+            p.push(
+                "proxy.trusted: proxy.proxy_protocol and proxy.forwarded_for apply to trusted peers only; list them"
+                    .into(),
+            );
+        }
         if self.log.level.trim().is_empty() {
             p.push("log.level: must not be empty".into());
         }
         self.auth.problems(&mut p);
+        match (self.tls.cert_file.is_empty(), self.tls.key_file.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                if let Err(e) = crate::tls::check_files(&self.tls) {
+                    p.push(format!("tls: {e}"));
+                }
+            }
+            _ => p.push("tls.cert_file, tls.key_file: set both (TLS) or neither (plain TCP)".into()),
+        }
         if p.is_empty() {
             Ok(())
         } else {

@@ -4,6 +4,9 @@
 //! task, back off on accept errors, and on `stop` let in-flight requests finish (graceful)
 //! within a bound.
 //!
+//! On a TLS listener (`tls.rs`) the handshake runs in the connection's task before hyper
+//! sees it, under the same budget place and within the handshake timeout.
+//!
 //! A connection the budget refuses is still accepted, answered with a canned 503 and
 //! closed at once: a client must learn the node is full, not hang in the listen backlog.
 //! A head over the cap is answered 431 by hyper (no JSON body: hyper writes it) and counted.
@@ -29,7 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client_ip::ClientAddrs;
 use crate::socket_budget::{Refusal, SocketBudget};
+use crate::tls::Tls;
 
 /// Responses are small and built whole.
 pub type Body = Full<Bytes>;
@@ -56,13 +61,27 @@ impl ServeLimits {
     }
 }
 
-/// Serves `listener` until `stop` fires, admitting connections through `budget`.
+/// What comes before HTTP on a listener's connections (none of it on the admin listener).
+#[derive(Default, Clone)]
+pub struct Edge {
+    /// Read a trusted peer's PROXY protocol header first.
+    pub proxy: Option<Arc<ClientAddrs>>,
+    /// Then the TLS handshake.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Serves `listener` until `stop` fires, admitting connections through `budget`. With
+/// `proxy`, a trusted peer's PROXY protocol header is read first (`client_ip.rs`) and the
+/// handler is given the client address it names; otherwise the handler gets the peer.
+/// With `tls`, the connection's TLS handshake comes next (within the handshake timeout,
+/// its place in `budget` held meanwhile).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
     limits: ServeLimits,
     budget: Arc<SocketBudget>,
+    edge: Edge,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -102,36 +121,37 @@ pub async fn accept_loop<F, Fut>(
         let handler = handler.clone();
         let stop = stop.clone();
         let budget = budget.clone();
+        let Edge { proxy, tls } = edge.clone();
         // Boxed: after a WebSocket upgrade the socket's reactor entry can keep this task's
         // waker (and so its allocation) alive for the WebSocket's whole life; boxed, that
         // costs the task header only, not hyper's connection state.
         let permit = Arc::new(permit);
         tracker.spawn(Box::pin(async move {
+            let mut tcp = tcp;
+            // A trusted proxy's PROXY header, before hyper reads a byte (within the handshake
+            // timeout, holding the handshake place); a missing or bad one closes the connection.
+            let peer = match &proxy {
+                Some(p) if p.expects_header(peer.ip()) => {
+                    let read = p.accept(&mut tcp, peer, limits.header_timeout);
+                    match tokio::select! { r = read => r, _ = stop.cancelled() => None } {
+                        Some(client) => client,
+                        None => return,
+                    }
+                }
+                _ => peer,
+            };
             let for_requests = permit.clone();
             let svc = service_fn(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(for_requests.clone());
                 let fut = handler(req, peer);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                // The read buffer bounds what an unfinished head can hold; the header
-                // size is the exact limit (a whole head may arrive in one larger read).
-                .max_buf_size(limits.max_head_bytes)
-                .max_header_size(limits.max_head_bytes)
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(GRACEFUL_BOUND, conn.as_mut()).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(()),
-                    }
-                }
+            let result = match tls {
+                None => serve(TokioIo::new(tcp), svc, limits, &stop).await,
+                Some(tls) => match tls.handshake(tcp, limits.header_timeout).await {
+                    Some(stream) => serve(TokioIo::new(stream), svc, limits, &stop).await,
+                    None => Ok(()),
+                },
             };
             // The place is held until hyper lets go of the connection: after an upgrade the
             // session's own slot counts the socket.
@@ -143,6 +163,36 @@ pub async fn accept_loop<F, Fut>(
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
         }));
+    }
+}
+
+/// Serves one connection's HTTP/1.1 requests (and upgrades) until it ends, or `stop` plus
+/// [`GRACEFUL_BOUND`].
+async fn serve<I, S>(io: I, svc: S, limits: ServeLimits, stop: &CancellationToken) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // The read buffer bounds what an unfinished head can hold; the header
+        // size is the exact limit (a whole head may arrive in one larger read).
+        .max_buf_size(limits.max_head_bytes)
+        .max_header_size(limits.max_head_bytes)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(GRACEFUL_BOUND, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod core;
@@ -14,13 +15,16 @@ pub mod drain;
 pub mod fd_budget;
 pub mod http_server;
 pub mod identity;
+pub mod ip_limits;
 pub mod node;
+pub mod proxy_protocol;
 pub mod public;
 pub mod query;
 pub mod relay_setup;
 pub mod session;
 pub mod socket_budget;
 pub mod state;
+pub mod tls;
 
 pub use config::{CliOverrides, Config, ConfigError};
 pub use node::{Node, StartError};

@@ -5,19 +5,22 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::api::body::BodyBudget;
+use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
 use crate::identity::{Identity, IdentityError};
+use crate::ip_limits::{self, IpLimits};
 use crate::socket_budget::SocketBudget;
 use crate::state::{AppState, Shutdown};
+use crate::tls::Tls;
 use crate::{admin, clock, drain, http_server, public, relay_setup};
 
 /// Why a node could not start.
@@ -31,6 +34,8 @@ pub enum StartError {
     FdLimit(#[from] FdLimitTooLow),
     #[error("{0}")]
     Identity(#[from] IdentityError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -82,6 +87,7 @@ impl Node {
         };
         let metrics = Arc::new(BrokerMetrics::new());
         let identity = Arc::new(Identity::new(&config.auth, metrics.clone())?);
+        let tls = Tls::from_config(&config.tls, metrics.registry())?;
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
@@ -116,6 +122,8 @@ impl Node {
             admin_addr,
             sockets,
             identity: identity.clone(),
+            client_addrs: Arc::new(ClientAddrs::new(&config.proxy, &metrics)),
+            ip_limits: IpLimits::new(&config, &metrics),
         });
         // Other nodes' `POST /api/users/{user}/disconnect`, through the relay.
         let core = Arc::downgrade(&state.core);
@@ -140,6 +148,10 @@ impl Node {
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
         tasks.spawn(drain::relay_gauge(state.clone()));
+        tasks.spawn(ip_limits::run_cleanup(
+            state.ip_limits.clone(),
+            shutdown.stop_all.clone(),
+        ));
         // One flusher per worker: direct sends to idle subscribers spread over the cores.
         for _ in 0..tokio::runtime::Handle::current().metrics().num_workers().max(1) {
             tasks.spawn(state.broker.flusher(shutdown.stop_all.clone()));
@@ -152,6 +164,10 @@ impl Node {
             tasks.clone(),
             serve,
             state.sockets.clone(),
+            http_server::Edge {
+                proxy: Some(state.client_addrs.clone()),
+                tls: tls.clone(),
+            },
             move |req, peer| public::route(st.clone(), req, peer),
         ));
         let st = state.clone();
@@ -166,14 +182,19 @@ impl Node {
             tasks.clone(),
             serve,
             SocketBudget::admin(&config, &metrics),
+            http_server::Edge::default(),
             move |mut req, peer| {
                 req.extensions_mut().insert(bodies.clone());
                 admin::route(st.clone(), req, peer)
             },
         ));
+        if let Some(tls) = &tls {
+            let every = Duration::from_millis(config.tls.reload_interval_ms);
+            tasks.spawn(tls.clone().reload_loop(every, shutdown.stop_all.clone()));
+        }
         tokio::spawn(drain::drain(state.clone()));
         state.started_up.store(true, Ordering::Release);
-        tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, "node started");
+        tracing::info!(node = %node_id, %ws_addr, %admin_addr, relay = %config.relay.kind, tls = tls.is_some(), "node started");
         tracing::info!(
             fd_limit = fds.limit,
             fd_reserve = fds.reserve,

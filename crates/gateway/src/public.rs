@@ -4,12 +4,14 @@
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
 //! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 401 a token
 //! (`Authorization: Bearer` or `?token=`) that does not verify, 403 a topic (`?topics=`,
-//! the raw path) the connection may not subscribe to, 503 connection limit or draining. The checks before the slot is reserved are cheap and
+//! the raw path) the connection may not subscribe to, 429 at a client IP's limit
+//! (`ip_limits.rs`), 503 connection limit or draining. The checks before the slot is reserved are cheap and
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
-//! After a successful upgrade the connection leaves hyper: its TCP stream is taken back and
-//! split, and the session runs in the node's session tracker (`session/`).
+//! After a successful upgrade the connection leaves hyper: its TCP stream (with its rustls
+//! connection, on a TLS listener) is taken back, and the session runs in the node's session
+//! tracker (`session/`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,8 +22,6 @@ use herald_broker::SubscriberMode;
 use herald_protocol::validate_topic;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::core::{Refusal, RELAY_ANSWER_TIMEOUT};
 use crate::http_server::{json_error, json_response, Body};
@@ -218,20 +218,6 @@ async fn upgrade(
             )
         }
     };
-    let identity = match token_of(&req, query.as_deref()) {
-        None => state.identity.anonymous(),
-        Some(Err(why)) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", why),
-        Some(Ok(token)) => match state.identity.authenticate(&token) {
-            Ok(identity) => identity,
-            Err(e) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
-        },
-    };
-    if let Err(r) = state
-        .core
-        .check_subscribe(&identity.permissions, topics.iter().map(String::as_str))
-    {
-        return reject(&state, StatusCode::FORBIDDEN, r.code().as_str(), &r.to_string());
-    }
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
@@ -253,12 +239,37 @@ async fn upgrade(
     // whatever any node publishes after the client has the answer reaches it (unless the
     // relay is down: see below). If the upgrade never completes, dropping `prepared`
     // undoes it.
+    // The client behind trusted proxies, and its per-IP limits (429 before anything is
+    // registered); its concurrent place is held by the session until it ends.
+    let peer = state.client_addrs.resolve(peer, req.headers());
+    let ip_slot = match state.ip_limits.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.response(),
+    };
+    // Who connects (401 for a token that does not verify), and whether it may subscribe
+    // to the topics it names (403): after the cheap per-IP checks, before anything is
+    // registered.
+    let identity = match token_of(&req, query.as_deref()) {
+        None => state.identity.anonymous(),
+        Some(Err(why)) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", why),
+        Some(Ok(token)) => match state.identity.authenticate(&token) {
+            Ok(identity) => identity,
+            Err(e) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+        },
+    };
+    if let Err(r) = state
+        .core
+        .check_subscribe(&identity.permissions, topics.iter().map(String::as_str))
+    {
+        return reject(&state, StatusCode::FORBIDDEN, r.code().as_str(), &r.to_string());
+    }
     let params = SessionParams {
         mode,
         topics,
         echo,
         peer,
         identity,
+        ip_slot,
     };
     let (mut prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {
         Ok(p) => p,
@@ -295,16 +306,11 @@ async fn upgrade(
                 return;
             }
         };
-        let upgraded = ws.into_inner().into_inner();
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream");
-                return;
-            }
+        let Some((socket, read_buf)) = session::Socket::from_upgraded(ws.into_inner().into_inner()) else {
+            tracing::error!("upgraded connection is neither a TCP nor a TLS stream");
+            return;
         };
-        let socket = Arc::new(session::Socket::new(parts.io.into_inner()));
-        session::run(prepared, parts.read_buf, socket).await;
+        session::run(prepared, read_buf, Arc::new(socket)).await;
     };
     state.sessions.spawn(session_task);
     let (head, _) = response.into_parts();

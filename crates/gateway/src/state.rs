@@ -12,9 +12,11 @@ use herald_broker::{Broker, BrokerMetrics, RelayState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core};
 use crate::identity::Identity;
+use crate::ip_limits::IpLimits;
 use crate::socket_budget::SocketBudget;
 
 /// The cancellation tree of one node, one token per drain phase.
@@ -56,6 +58,10 @@ pub struct AppState {
     pub sockets: Arc<SocketBudget>,
     /// Token verification and the permission policy.
     pub identity: Arc<Identity>,
+    /// Who the client of a public connection is, behind trusted proxies (`[proxy]`).
+    pub client_addrs: Arc<ClientAddrs>,
+    /// Per client IP connection limits (`limits.connections_per_ip`, ...).
+    pub ip_limits: Arc<IpLimits>,
 }
 
 impl AppState {

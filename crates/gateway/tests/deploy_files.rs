@@ -405,3 +405,40 @@ fn grafana_dashboard_names_only_exported_metrics() {
     let ds = yaml_docs("grafana/provisioning/datasources/prometheus.yml").remove(0);
     assert_eq!(uids, [s(&ds["datasources"][0]["uid"]).to_owned()].into());
 }
+
+#[test]
+fn haproxy_sends_the_client_address_and_the_nodes_trust_only_haproxy() {
+    let lines = haproxy_lines();
+    let default_server = lines
+        .iter()
+        .find(|l| l.starts_with("default-server"))
+        .expect("a default-server line");
+    assert!(default_server.contains("send-proxy-v2"), "{default_server}");
+    // Health checks go to the admin port, which never expects a header: none is sent.
+    assert!(!lines.iter().any(|l| l.contains("check-send-proxy")));
+    assert!(haproxy_servers().values().all(|(_, _, admin)| *admin != 0));
+
+    let compose = yaml_docs("docker-compose.yml").remove(0);
+    let haproxy_ip = s(&compose["services"]["haproxy"]["networks"]["default"]["ipv4_address"]).to_owned();
+    for name in ["herald-1", "herald-2", "herald-3"] {
+        let env: Vec<(String, String)> = compose["services"][name]["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), interpolate(s(v))))
+            .collect();
+        let c = load(name, &env, None);
+        assert!(c.proxy.proxy_protocol, "{name}");
+        assert_eq!(
+            c.proxy.trusted,
+            std::slice::from_ref(&haproxy_ip),
+            "{name} trusts HAProxy alone"
+        );
+    }
+
+    // `make cluster`: HAProxy connects from 127.0.0.2, which the generated node configs trust.
+    let script = std::fs::read_to_string(repo_root().join("scripts/cluster.sh")).unwrap();
+    assert!(script.contains("HAPROXY_SOURCE=127.0.0.2"));
+    assert!(script.contains("--source \"$HAPROXY_SOURCE\""));
+    assert!(script.contains("trusted = [\"$HAPROXY_SOURCE\"]\nproxy_protocol = true"));
+}

@@ -239,6 +239,9 @@ async fn rolling_restart_in(dir: &std::path::Path) -> Result<()> {
         ("HERALD_SHUTDOWN__CLOSE_WINDOW_MS", window.as_str()),
         ("HERALD_SHUTDOWN__GRACE_MS", grace.as_str()),
         ("HERALD_LOG__LEVEL", "info"),
+        // HAProxy sends a PROXY v2 header from its own address.
+        herald_testkit::fleet::BEHIND_HAPROXY[0],
+        herald_testkit::fleet::BEHIND_HAPROXY[1],
     ];
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
     let mut nodes = Vec::new();

@@ -352,6 +352,17 @@ pub fn nginx_bin() -> PathBuf {
     system_bin("nginx", "NGINX_BIN")
 }
 
+/// The local address HAProxy started by [`Haproxy::start`] connects to the nodes from (as
+/// under `make cluster`), so a node can trust it alone: `HERALD_PROXY__TRUSTED=127.0.0.2`.
+pub const HAPROXY_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// The environment of a node behind [`Haproxy::start`]: the PROXY protocol v2 header
+/// HAProxy sends (`send-proxy-v2`) is expected from [`HAPROXY_SOURCE`].
+pub const BEHIND_HAPROXY: [(&str, &str); 2] = [
+    ("HERALD_PROXY__PROXY_PROTOCOL", "true"),
+    ("HERALD_PROXY__TRUSTED", "127.0.0.2"),
+];
+
 /// Renders `deploy/haproxy/haproxy.cfg` to `out` with `scripts/cluster.sh render-haproxy`:
 /// public and stats bind addresses, one server per node, and (optionally) the check timings.
 pub fn render_haproxy(
@@ -361,6 +372,19 @@ pub fn render_haproxy(
     nodes: &[NodeSpec],
     check: Option<&str>,
     maxconn: Option<u32>,
+) -> Result<()> {
+    render_haproxy_from(out, lb, stats, nodes, check, maxconn, None)
+}
+
+/// [`render_haproxy`], with HAProxy connecting to the nodes from `source` when given.
+pub fn render_haproxy_from(
+    out: &Path,
+    lb: SocketAddr,
+    stats: SocketAddr,
+    nodes: &[NodeSpec],
+    check: Option<&str>,
+    maxconn: Option<u32>,
+    source: Option<Ipv4Addr>,
 ) -> Result<()> {
     let root = repo_root();
     let mut cmd = Command::new(root.join("scripts/cluster.sh"));
@@ -377,6 +401,9 @@ pub fn render_haproxy(
     }
     if let Some(m) = maxconn {
         cmd.args(["--maxconn", &m.to_string()]);
+    }
+    if let Some(s) = source {
+        cmd.args(["--source", &s.to_string()]);
     }
     let o = cmd.output().context("running scripts/cluster.sh render-haproxy")?;
     if !o.status.success() {
@@ -405,20 +432,23 @@ pub fn haproxy_check(config: &Path) -> Result<String> {
 
 impl Haproxy {
     /// Renders the deploy configuration for `nodes` with `check` timings, checks it with
-    /// `haproxy -c`, starts HAProxy in the foreground and waits until it accepts.
+    /// `haproxy -c`, starts HAProxy in the foreground and waits until it accepts. It sends
+    /// each connection's PROXY v2 header from [`HAPROXY_SOURCE`]: the nodes must trust it
+    /// ([`BEHIND_HAPROXY`]).
     pub async fn start(nodes: &[NodeSpec], check: &str, dir: &Path) -> Result<Self> {
         let lb_port = free_port()?;
         let stats_port = free_port()?;
         let config = dir.join("haproxy.cfg");
         let log = dir.join("haproxy.log");
         let loopback = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-        render_haproxy(
+        render_haproxy_from(
             &config,
             loopback(lb_port),
             loopback(stats_port),
             nodes,
             Some(check),
             Some(4000),
+            Some(HAPROXY_SOURCE),
         )?;
         let warnings = haproxy_check(&config)?;
         if warnings.contains("WARNING") || warnings.contains("ALERT") {

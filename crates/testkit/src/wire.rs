@@ -58,7 +58,8 @@ impl WireClient {
 
     /// Connects; `Err(Refused)` carries a non-101 answer.
     pub async fn try_connect(addr: SocketAddr, path: &str) -> Result<std::result::Result<Self, Refused>> {
-        Self::try_connect_with(addr, path, &[]).await
+        let stream = TcpStream::connect(addr).await?;
+        Self::try_upgrade(stream, addr, path, b"", &[]).await
     }
 
     /// Like [`WireClient::try_connect`], with extra request headers (`Authorization`,
@@ -68,18 +69,33 @@ impl WireClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<std::result::Result<Self, Refused>> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
+        Self::try_upgrade(stream, addr, path, b"", headers).await
+    }
+
+    /// Upgrades `path` on a stream the test connected itself (e.g. from a chosen local
+    /// address, [`connect_from`]): writes `prefix` (a PROXY protocol header, say), then the
+    /// upgrade request with `headers` added, in one write.
+    pub async fn try_upgrade(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        prefix: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<std::result::Result<Self, Refused>> {
         stream.set_nodelay(true)?;
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-        let mut extra = String::new();
-        for (k, v) in headers {
-            extra.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let req = format!(
+        let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         );
-        stream.write_all(req.as_bytes()).await?;
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut bytes = prefix.to_vec();
+        bytes.extend_from_slice(req.as_bytes());
+        stream.write_all(&bytes).await?;
         let mut buf = Vec::new();
         let head_end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -271,4 +287,15 @@ pub mod serde_json_lite {
     pub fn parse(s: &str) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(s)?)
     }
+}
+
+/// A TCP connection to `addr` from the local address `from` (any port): Linux routes all of
+/// 127.0.0.0/8 to loopback, so tests can be several distinct clients, or a trusted proxy.
+pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<TcpStream> {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    Ok(socket.connect(addr).await?)
 }

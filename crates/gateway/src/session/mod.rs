@@ -16,6 +16,7 @@ mod handler;
 mod linger;
 mod reader;
 mod socket;
+mod tls_socket;
 mod writer;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub use self::socket::Socket;
 
 use self::answers::Answers;
 use crate::core::{Confirmation, Conn, ConnIdentity, ConnectRequest, Refusal};
+use crate::ip_limits::IpSlot;
 use crate::state::AppState;
 
 /// What the upgrade request asked for.
@@ -40,9 +42,12 @@ pub struct SessionParams {
     pub topics: Vec<String>,
     /// Receive one's own publications (`?echo=false` turns it off).
     pub echo: bool,
+    /// The client's address (behind trusted proxies: the one they named).
     pub peer: SocketAddr,
     /// Who connects: from a token on the upgrade, or anonymous.
     pub identity: ConnIdentity,
+    /// The connection's place in its client IP's count (`ip_limits.rs`), when limited.
+    pub ip_slot: Option<IpSlot>,
 }
 
 /// How a session ended: the close frame to send and the metric label.
@@ -105,6 +110,9 @@ pub struct Prepared {
     // task futures that carry it keep their arguments), so the cancellation token lives in
     // the outbox and the peer address in the connection table.
     session: Session,
+    /// Given back to the client IP's count when the session ends (this is dropped once,
+    /// after `Drop::drop` has left the core).
+    _ip_slot: Option<IpSlot>,
 }
 
 /// Why a connection could not be prepared.
@@ -153,7 +161,13 @@ impl Prepared {
                 expires_ms: AtomicU64::new(expires_ms),
             }),
         };
-        Ok((Self { session }, confirmation))
+        Ok((
+            Self {
+                session,
+                _ip_slot: params.ip_slot,
+            },
+            confirmation,
+        ))
     }
 }
 
@@ -212,7 +226,7 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let _abort = AbortOnDrop(writer.abort_handle());
     let mut writer_done = false;
     let mut exit = tokio::select! {
-        e = reader::run(session, prefix, socket.stream()) => e,
+        e = reader::run(session, prefix, &socket) => e,
         w = &mut writer => {
             writer_done = true;
             w.unwrap_or_else(|_| Exit::silent("internal"))

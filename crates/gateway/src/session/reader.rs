@@ -27,9 +27,9 @@ use bytes::{Bytes, BytesMut};
 use herald_broker::CONTROL_HIGH_WATER;
 use herald_protocol::ws_frame::{pong_frame, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 use herald_protocol::ws_parse::{frame_len_hint, parse_client_frame, ClientFrame, FrameError};
-use tokio::net::TcpStream;
 
 use super::counts::{kind_of, FrameCounts};
+use super::socket::Socket;
 use super::{handler, Exit, Session};
 use crate::clock::coarse_ms;
 
@@ -74,7 +74,7 @@ fn close_reply(payload: &[u8]) -> Result<u16, Exit> {
 
 /// Reads until the connection must end; returns why. `prefix` holds bytes that arrived
 /// with the upgrade request.
-pub async fn run(session: &mut Session, prefix: Bytes, read: &TcpStream) -> Exit {
+pub async fn run(session: &mut Session, prefix: Bytes, read: &Socket) -> Exit {
     let max = session.state.config.limits.max_message_bytes;
     let mut buf = BytesMut::new();
     if !prefix.is_empty() {
@@ -147,7 +147,7 @@ enum Woke {
 
 /// Waits while answers wait for the relay or for the writer: for the head answer, for
 /// room in the outbox, and, unless paused, for bytes.
-async fn busy_wait(session: &mut Session, read: &TcpStream) -> Woke {
+async fn busy_wait(session: &mut Session, read: &Socket) -> Woke {
     let backlogged = session.backlog as usize >= CONTROL_HIGH_WATER;
     let reading = !paused(session);
     let outbox = session.conn.outbox.clone();

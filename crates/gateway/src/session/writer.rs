@@ -181,7 +181,8 @@ async fn write_rest(w: &Socket, batch: &TakenBatch, cursor: &mut Cursor) -> std:
         }
         cursor.advance(batch, written);
     }
-    Ok(())
+    // TLS: the records the socket did not take yet are part of the batch.
+    w.flush().await
 }
 
 /// After the slow-consumer policy fired mid-write: finish the frame in flight (a frame
@@ -210,7 +211,7 @@ async fn last_words(w: &Socket, batch: &TakenBatch, cursor: Cursor, outbox: &Out
     let sent = tokio::time::timeout(Duration::from_secs(1), async {
         w.write_all(rest).await?;
         w.write_all(&frame).await?;
-        w.shutdown_write()
+        w.shutdown_write().await
     })
     .await;
     match sent {
@@ -224,8 +225,11 @@ async fn last_words(w: &Socket, batch: &TakenBatch, cursor: Cursor, outbox: &Out
 struct Attached<'a>(&'a Outbox);
 
 impl<'a> Attached<'a> {
+    /// A TLS socket is not attached: its flushes wake the writer (ADR 005).
     fn new(outbox: &'a Outbox, socket: Arc<Socket>) -> Self {
-        outbox.attach(socket);
+        if socket.direct_sends() {
+            outbox.attach(socket);
+        }
         Self(outbox)
     }
 }
@@ -306,6 +310,14 @@ pub async fn run(
             // Idle: hold no batch buffers while waiting; publish what was counted.
             batch = TakenBatch::default();
             sent.flush();
+            if w.pending() {
+                // TLS records the reader produced (a key update, an alert) with a full socket.
+                match tokio::time::timeout(cfg.write_timeout, w.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Exit::silent("client_gone"),
+                    Err(_) => return Exit::silent("slow_consumer"),
+                }
+            }
             // The timer lives only inside this wait: a persistent one would sit in every
             // idle connection's task (the memory budget is tighter than its CPU saving).
             tokio::select! {
@@ -316,7 +328,7 @@ pub async fn run(
             let mut cursor = Cursor::default();
             let written = match try_write_now(w, &batch, &mut cursor) {
                 Err(e) => Ok(Err(e)),
-                Ok(()) if cursor.frame == batch.control.len() + batch.frames.len() => Ok(Ok(())),
+                Ok(()) if cursor.frame == batch.control.len() + batch.frames.len() && !w.pending() => Ok(Ok(())),
                 Ok(()) => {
                     let waited = tokio::select! {
                         biased;
@@ -365,7 +377,7 @@ pub async fn run(
                 // Boxed: a once-per-connection path, kept out of the idle task's size.
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), async {
                     w.write_all(&frame).await?;
-                    w.shutdown_write()
+                    w.shutdown_write().await
                 }))
                 .await;
                 return Exit::new(close.code, close.reason, close.label);
