@@ -168,3 +168,16 @@ async fn a_refresh_for_another_user_a_bad_or_an_expired_token_ends_the_connectio
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_connection_gets_no_notice_and_is_closed_at_expiry_plus_grace() {
+    let node = node().await;
+    let exp_s = now_s() + 2;
+    let token = hs(&json!({"sub": "alice", "exp": exp_s, "subscribe": [">"]}));
+    let mut c = ws(node.ws_addr(), &format!("/raw/feed?token={token}"), &[]).await;
+    // The first frame is the close: raw mode has no error frames.
+    let f = c.read_frame(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(f.close(), Some((1008, "token expired".into())), "{f:?}");
+    assert!(now_ms() >= exp_s * 1000 + GRACE_MS);
+    node.shutdown().await;
+}

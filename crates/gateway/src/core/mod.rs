@@ -118,7 +118,9 @@ pub struct ConnIdentity {
     pub user: Option<Arc<str>>,
     pub permissions: Arc<Permissions>,
     /// Milliseconds since the epoch after which the token no longer counts (its `exp`
-    /// plus the configured leeway); `None` without a token or without `exp`.
+    /// plus the configured leeway); `None` without a token or without `exp`. The session
+    /// keeps it where its writer's expiry timer reads it (`SessionFlags`), not in [`Conn`]:
+    /// one copy per connection.
     pub expires_ms: Option<u64>,
 }
 
@@ -158,8 +160,6 @@ pub struct Conn {
     user: Option<Arc<str>>,
     /// What it may subscribe to and publish on; replaced by `auth` and `refresh`.
     permissions: Arc<Permissions>,
-    /// When its token expires (see [`ConnIdentity::expires_ms`]).
-    expires_ms: Option<u64>,
     left: bool,
 }
 
@@ -179,10 +179,6 @@ impl Conn {
 
     pub fn permissions(&self) -> &Arc<Permissions> {
         &self.permissions
-    }
-
-    pub fn expires_ms(&self) -> Option<u64> {
-        self.expires_ms
     }
 
     /// True once [`Core::leave`] ended it.
@@ -249,12 +245,12 @@ impl Core {
             topics: Vec::new(),
             user: req.identity.user,
             permissions: req.identity.permissions,
-            expires_ms: req.identity.expires_ms,
             left: false,
         })
     }
 
-    /// Gives `conn` a new identity (after `auth` or `refresh`) and drops the subscriptions
+    /// Gives `conn` a new identity (after `auth` or `refresh`; the caller moves the
+    /// expiry, see [`ConnIdentity::expires_ms`]) and drops the subscriptions
     /// its new permissions no longer allow; returns the dropped topics (the caller tells
     /// the client about each).
     pub fn set_identity(&self, conn: &mut Conn, identity: ConnIdentity) -> Vec<Arc<str>> {
@@ -263,7 +259,6 @@ impl Core {
         }
         conn.user = identity.user;
         conn.permissions = identity.permissions;
-        conn.expires_ms = identity.expires_ms;
         let dropped: Vec<Arc<str>> = conn
             .topics
             .iter()

@@ -214,12 +214,16 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let urgent = outbox.urgent();
     let id = prepared.session.conn.id;
     let session = &mut prepared.session;
+    let mut writer_config = writer::WriterConfig::from_config(&state.config);
+    if session.conn.mode == SubscriberMode::Raw {
+        writer_config.expiry_notice = None;
+    }
 
     let mut writer = tokio::spawn(writer::run(
         socket.clone(),
         outbox.clone(),
         urgent,
-        writer::WriterConfig::from_config(&state.config),
+        writer_config,
         session.flags.clone(),
         metrics.clone(),
     ));

@@ -53,8 +53,9 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Close (1008) a connection that neither subscribed nor sent a request by then.
     pub first_message_timeout: Option<Duration>,
-    /// `token_expired` goes out this long before the token's expiry.
-    pub expiry_notice: Duration,
+    /// `token_expired` goes out this long before the token's expiry; `None` in raw mode,
+    /// which has no error frames (a raw connection is simply closed at expiry + grace).
+    pub expiry_notice: Option<Duration>,
     /// A connection whose token expired is closed this long after the expiry.
     pub expiry_grace: Duration,
 }
@@ -66,7 +67,7 @@ impl WriterConfig {
             idle_timeout: c.idle_timeout(),
             write_timeout: c.write_timeout(),
             first_message_timeout: c.first_message_timeout(),
-            expiry_notice: Duration::from_millis(c.auth.expiry_notice_ms),
+            expiry_notice: Some(Duration::from_millis(c.auth.expiry_notice_ms)),
             expiry_grace: Duration::from_millis(c.auth.expiry_grace_ms),
         }
     }
@@ -249,9 +250,10 @@ struct Timers {
     noticed_expiry: u64,
 }
 
-/// `at_ms` (epoch milliseconds) on the monotonic clock, `now_ms` being now.
+/// `at_ms` (epoch milliseconds) on the monotonic clock, `now_ms` being now; a millisecond
+/// late rather than early, so a wake-up never finds its deadline not quite reached.
 fn instant_of(at_ms: u64, now_ms: u64) -> Instant {
-    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms) + 1)
 }
 
 impl Timers {
@@ -270,8 +272,8 @@ impl Timers {
             let now_ms = now_ms();
             let close_at = expires.saturating_add(cfg.expiry_grace.as_millis() as u64);
             t = t.min(instant_of(close_at, now_ms));
-            if self.noticed_expiry != expires {
-                let notice_at = expires.saturating_sub(cfg.expiry_notice.as_millis() as u64);
+            if let Some(notice) = cfg.expiry_notice.filter(|_| self.noticed_expiry != expires) {
+                let notice_at = expires.saturating_sub(notice.as_millis() as u64);
                 t = t.min(instant_of(notice_at, now_ms));
             }
         }
@@ -409,7 +411,10 @@ fn check_timers(
             outbox.close_as(1008, "token expired", false, "token_expired");
             return;
         }
-        if timers.noticed_expiry != expires && now_ms.saturating_add(cfg.expiry_notice.as_millis() as u64) >= expires {
+        let notice_due = cfg
+            .expiry_notice
+            .is_some_and(|n| now_ms.saturating_add(n.as_millis() as u64) >= expires);
+        if timers.noticed_expiry != expires && notice_due {
             timers.noticed_expiry = expires;
             let message = if now_ms >= expires {
                 "the token has expired; send refresh with a new one now".to_owned()
@@ -504,7 +509,7 @@ mod tests {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(10),
             first_message_timeout: None,
-            expiry_notice: Duration::from_secs(30),
+            expiry_notice: Some(Duration::from_secs(30)),
             expiry_grace: Duration::from_secs(10),
         };
         let flags = Arc::new(SessionFlags::default());
