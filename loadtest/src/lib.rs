@@ -14,12 +14,13 @@
 //! Modules: [`cli`] (flags, bounds), [`scenario`] (the phases of each scenario),
 //! [`client`] (the lean WebSocket/HTTP client), [`payload`] (the stamp layout), [`stats`]
 //! (counters, histograms, sequence tracking), [`report`] (summary and JSON),
-//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU), [`procstat`] (local processes' CPU, memory and
+//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU), [`jwt`] (tokens for the clients), [`procstat`] (local processes' CPU, memory and
 //! run delay),
 //! [`topics`] (distributions), [`progress`] (the live line). See docs/loadtest.md.
 
 pub mod cli;
 pub mod client;
+pub mod jwt;
 pub mod limits;
 pub mod metrics_scrape;
 pub mod payload;

@@ -50,6 +50,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "kicked",
     "io_error",
     "internal",
+    "tls_error",
     "unauthorized",
     "token_expired",
     "forbidden",

@@ -194,7 +194,7 @@ pub struct TlsConfig {
     /// PEM private key of `cert_file`.
     pub key_file: String,
     /// How often the two files are checked for changes (SIGHUP reloads at once); 0: on
-    /// SIGHUP only.
+    /// SIGHUP only, else at least 100.
     pub reload_interval_ms: u64,
 }
 
@@ -673,6 +673,13 @@ impl Config {
                 }
             }
             _ => p.push("tls.cert_file, tls.key_file: set both (TLS) or neither (plain TCP)".into()),
+        }
+        let reload = self.tls.reload_interval_ms;
+        if reload != 0 && reload < crate::tls::MIN_RELOAD_INTERVAL_MS {
+            p.push(format!(
+                "tls.reload_interval_ms: 0 (on SIGHUP only) or at least {} (two file reads per poll), is {reload}",
+                crate::tls::MIN_RELOAD_INTERVAL_MS
+            ));
         }
         if p.is_empty() {
             Ok(())

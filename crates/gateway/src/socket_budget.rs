@@ -1,7 +1,10 @@
 //! How many sockets a listener may hold, and the refusal when it is full: the accept loop
 //! asks [`SocketBudget::admit`] before it hands a new TCP connection to hyper, and a
-//! connection that does not fit is answered with a canned 503 at once and closed, so
-//! clients never wait in the listen backlog.
+//! connection that does not fit is answered at once and closed, so clients never wait in
+//! the listen backlog: with a canned 503 ([`SocketBudget::refusal_response`]), or on a TLS
+//! listener, whose client is in its TLS handshake, with a plaintext TLS fatal
+//! `internal_error` alert (`tls::REFUSAL_ALERT`). Either way the refusal is counted by
+//! reason (`herald_connections_rejected_total`).
 //!
 //! The public listener has two bounds. Handshakes in flight (accepted, not yet upgraded or
 //! closed) are capped by `limits.max_pending_handshakes`, because each may make hyper buffer
@@ -176,7 +179,8 @@ impl SocketBudget {
         }
     }
 
-    /// The whole HTTP/1.1 response a refused connection gets.
+    /// The whole HTTP/1.1 response a refused connection gets (on a plain listener; a TLS
+    /// listener sends `tls::REFUSAL_ALERT` instead).
     pub fn refusal_response(&self, r: Refusal) -> &'static [u8] {
         match r {
             Refusal::Served => self.served_full,

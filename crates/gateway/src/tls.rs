@@ -8,6 +8,7 @@
 //! use it. Connections already established keep the certificate they were served (rustls
 //! resolves it once per handshake). A file that does not parse, or a key that does not match
 //! the chain, keeps the old certificate; the error is logged and counted once per change.
+//! Changes are detected by a SHA-256 of the two files, so the key's PEM is not kept.
 //!
 //! What happens after the handshake (the session's encrypted socket) is
 //! `session/tls_socket.rs`; this module does not see a WebSocket byte.
@@ -63,8 +64,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The two files' contents, as last read.
+/// The two files' contents, as read.
 type Contents = (Vec<u8>, Vec<u8>);
+
+/// The shortest `tls.reload_interval_ms` other than 0 (`Config::validate`; the reload loop
+/// polls no faster whatever it is given).
+pub const MIN_RELOAD_INTERVAL_MS: u64 = 100;
+
+/// A SHA-256 of the two files' contents: what a reload compares with, so the private key's
+/// PEM is not kept in memory between reloads.
+type Digest = [u8; 32];
+
+/// What a client refused at accept on a TLS listener gets instead of the HTTP 503: a
+/// plaintext TLS record, a fatal `internal_error` alert (level 2, description 80), which a
+/// client in its handshake reports as such ("received fatal alert: InternalError").
+pub const REFUSAL_ALERT: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+fn digest(contents: &Contents) -> Digest {
+    // rustls' own SHA-256 (ring), reached through a cipher suite: no other hash crate.
+    let sha256 = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite")
+        .common
+        .hash_provider;
+    let mut ctx = sha256.start();
+    // The length first, so moving bytes from one file to the other changes the digest.
+    ctx.update(&(contents.0.len() as u64).to_be_bytes());
+    ctx.update(&contents.0);
+    ctx.update(&contents.1);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
@@ -166,9 +197,9 @@ pub struct Tls {
     resolver: Arc<Resolver>,
     cert_file: PathBuf,
     key_file: PathBuf,
-    /// What the files held when last read (loaded or refused): a change is acted on, and
-    /// reported, once.
-    seen: Mutex<Option<Contents>>,
+    /// The digest of what the files held when last read (loaded or refused): a change is
+    /// acted on, and reported, once.
+    seen: Mutex<Option<Digest>>,
     metrics: TlsMetrics,
 }
 
@@ -200,16 +231,27 @@ impl Tls {
             resolver,
             cert_file,
             key_file,
-            seen: Mutex::new(Some(contents)),
+            seen: Mutex::new(Some(digest(&contents))),
             metrics: TlsMetrics::new(registry),
         })))
     }
 
-    /// Runs the TLS handshake on an accepted connection within `timeout`; a failure is
-    /// counted, logged at debug, and the connection dropped.
-    pub async fn handshake(&self, tcp: TcpStream, timeout: Duration) -> Option<TlsStream<TcpStream>> {
+    /// Runs the TLS handshake on an accepted connection, to be done by `deadline`; a failure
+    /// is counted, logged at debug, and the connection dropped. `stop` abandons it (not
+    /// counted).
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Option<TlsStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
-        let reason = match tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await {
+        let accept = tokio::time::timeout_at(deadline, self.acceptor.accept(tcp));
+        let done = tokio::select! {
+            r = accept => r,
+            _ = stop.cancelled() => return None,
+        };
+        let reason = match done {
             Ok(Ok(stream)) => return Some(stream),
             Ok(Err(e)) => {
                 tracing::debug!(?peer, error = %e, "TLS handshake failed");
@@ -239,12 +281,14 @@ impl Tls {
                 return;
             }
         };
-        if !force && seen.as_ref() == Some(&contents) {
+        let d = digest(&contents);
+        if !force && seen.as_ref() == Some(&d) {
             return;
         }
-        let result = certified_key(&self.cert_file, &self.key_file, &contents);
-        *seen = Some(contents);
+        *seen = Some(d);
         drop(seen);
+        let result = certified_key(&self.cert_file, &self.key_file, &contents);
+        drop(contents);
         match result {
             Ok(ck) => {
                 *self.resolver.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
@@ -258,8 +302,8 @@ impl Tls {
         }
     }
 
-    /// Polls the files every `interval` (never when zero) and reloads on SIGHUP, until
-    /// `stop`.
+    /// Polls the files every `interval` (never when zero, no faster than every
+    /// [`MIN_RELOAD_INTERVAL_MS`]) and reloads on SIGHUP, until `stop`.
     pub async fn reload_loop(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -269,7 +313,7 @@ impl Tls {
             }
         };
         let poll = !interval.is_zero();
-        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(MIN_RELOAD_INTERVAL_MS)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         loop {

@@ -19,7 +19,7 @@ fn bin() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_mode_is_announced_and_sighup_reloads_the_keys() {
     let dir = TempDir::new("auth-process").unwrap();
-    let open = HeraldProcess::start(&bin(), NodeSpec::new("open", &[]).unwrap(), &*dir)
+    let open = HeraldProcess::start(&bin(), NodeSpec::new("open", &[]).unwrap(), &dir)
         .await
         .unwrap();
     assert!(
@@ -29,7 +29,7 @@ async fn open_mode_is_announced_and_sighup_reloads_the_keys() {
     );
     open.terminate().unwrap();
 
-    let jwks = &*dir.join("jwks.json");
+    let jwks = dir.join("jwks.json");
     std::fs::copy(fixture("jwks-rsa2.json"), &jwks).unwrap();
     let jwks_path = jwks.display().to_string();
     let spec = NodeSpec::new(
@@ -42,7 +42,7 @@ async fn open_mode_is_announced_and_sighup_reloads_the_keys() {
     )
     .unwrap();
     let addr = spec.ws_addr();
-    let node = HeraldProcess::start(&bin(), spec, &*dir).await.unwrap();
+    let node = HeraldProcess::start(&bin(), spec, &dir).await.unwrap();
     assert!(!node.log_text().contains("open to anyone"), "{}", node.log_text());
     let rsa1 = with_key(Algorithm::RS256, "rsa1", Some("rsa1"), &claims("u", 300, json!({})));
     let path = format!("/ws?token={rsa1}");

@@ -3,7 +3,9 @@
 //! tokio-tungstenite), JSON and raw sessions, messages of many TLS records, clients that
 //! must fail (untrusted CA, plain `ws://`, a silent TCP peer), certificate rotation (polled
 //! and SIGHUP, a bad file keeping the old certificate), a stalled TLS reader under the
-//! slow-consumer policy, and the start-up checks of `[tls]`.
+//! slow-consumer policy, the start-up checks of `[tls]`, a TLS alert (not HTTP) for a client
+//! refused at accept, one handshake deadline for a slow client, and frames (and a
+//! close_notify, a forged record) in the same TLS record as the upgrade request.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,9 +87,19 @@ impl Files {
         f.write(cert, key);
         f
     }
+    /// As docs/operations.md advises: each changed file is written whole under a temporary
+    /// name and renamed over the old one (the key first), so the node, which polls, never
+    /// reads half a file. Between the two renames it may see the new key with the old chain
+    /// (a mismatch, counted as a reload error); the rotation test allows for that.
     fn write(&self, cert: &str, key: &str) {
-        std::fs::write(&self.key, key).unwrap();
-        std::fs::write(&self.cert, cert).unwrap();
+        for (path, text) in [(&self.key, key), (&self.cert, cert)] {
+            if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+                continue;
+            }
+            let tmp = path.with_extension("pem.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
     }
     fn apply(&self, c: &mut Config, reload_ms: u64) {
         c.tls.cert_file = self.cert.display().to_string();
@@ -285,28 +297,26 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
     old.send(Message::text("from old")).await.unwrap();
     assert_eq!(next(&mut new).await.to_text().unwrap(), "from old");
 
-    // A broken file keeps the current certificate, and is reported once.
+    // A broken file keeps the current certificate, and is reported once. (A poll between
+    // the rotation's two renames may have counted one error already: count from here.)
+    let errors = r#"herald_tls_reloads_total{result="error"}"#;
+    let before = node.metric(errors).await.unwrap();
+    assert!(before <= 1.0, "{before}");
     files.write(
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
         &key2,
     );
-    node.metric_reaches(r#"herald_tls_reloads_total{result="error"}"#, 1.0)
-        .await
-        .unwrap();
+    node.metric_reaches(errors, before + 1.0).await.unwrap();
     let still = tls_connect(&node, &ca).await.unwrap();
     assert_eq!(served(&still), der2);
     // A key that belongs to another certificate is refused too.
     let (cert3, _, _) = ca.leaf("third");
     files.write(&cert3, &key2);
-    node.metric_reaches(r#"herald_tls_reloads_total{result="error"}"#, 2.0)
-        .await
-        .unwrap();
+    node.metric_reaches(errors, before + 2.0).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        node.metric(r#"herald_tls_reloads_total{result="error"}"#)
-            .await
-            .unwrap(),
-        2.0,
+        node.metric(errors).await.unwrap(),
+        before + 2.0,
         "each bad change is counted once, not at every poll"
     );
     assert_eq!(served(&tls_connect(&node, &ca).await.unwrap()), der2);
@@ -392,9 +402,269 @@ async fn a_node_refuses_to_start_with_half_or_broken_tls_settings() {
     let mismatch_dir = Files::new(&other_cert, &key);
     let mismatch = check(&|c| mismatch_dir.apply(c, 1000));
     assert!(mismatch.contains("does not belong"), "{mismatch}");
+    // Polling: 0 (SIGHUP only) or at least 100 ms.
+    assert_eq!(check(&|c| files.apply(c, 0)), "");
+    assert_eq!(check(&|c| files.apply(c, 100)), "");
+    let fast = check(&|c| files.apply(c, 10));
+    assert!(fast.contains("tls.reload_interval_ms"), "{fast}");
     // Node::start (which embedders call without validate) refuses too.
     let mut c = herald_testkit::node::test_config("bad-tls");
     mismatch_dir.apply(&mut c, 1000);
     let err = TestNode::start_config(c, None).await.err().expect("refused");
     assert!(format!("{err:#}").contains("does not belong"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_refused_tls_client_gets_a_tls_alert_not_plaintext_http() {
+    let ca = Ca::new("test ca");
+    let (cert, key, _) = ca.leaf("node-1");
+    let files = Files::new(&cert, &key);
+    let node = tls_node(&files, 1000, |c| c.limits.max_pending_handshakes = 1).await;
+
+    // A silent peer holds the only handshake place.
+    let _holder = TcpStream::connect(node.ws_addr()).await.unwrap();
+    node.metric_reaches("herald_pending_handshakes", 1.0).await.unwrap();
+    let err = tls_connect(&node, &ca).await.unwrap_err();
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert!(
+        matches!(
+            inner,
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::InternalError))
+        ),
+        "a refused TLS client should get a TLS alert, got: {err}"
+    );
+    // The bytes on the wire: that alert record and nothing else.
+    let mut raw = TcpStream::connect(node.ws_addr()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(got, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50]);
+    node.metric_reaches(r#"herald_connections_rejected_total{reason="handshake_limit"}"#, 2.0)
+        .await
+        .unwrap();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_slow_tls_client_holds_its_handshake_place_no_longer_than_the_timeout() {
+    let ca = Ca::new("test ca");
+    let (cert, key, _) = ca.leaf("node-1");
+    let files = Files::new(&cert, &key);
+    let node = tls_node(&files, 1000, |c| c.limits.handshake_timeout_ms = 600).await;
+
+    // Connects, waits 400 ms, completes the TLS handshake, then never sends a request: one
+    // deadline from accept ends it at 600 ms, not 400 + 600.
+    let start = std::time::Instant::now();
+    let tcp = TcpStream::connect(node.ws_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut tls = ca
+        .client()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("handshake within the timeout");
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(WAIT, tls.read(&mut buf))
+        .await
+        .expect("closed by the node");
+    let held = start.elapsed();
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(
+        held < Duration::from_millis(900),
+        "a TLS client held its handshake place for {held:?} with a 600 ms handshake timeout"
+    );
+    assert!(held >= Duration::from_millis(550), "closed early: {held:?}");
+    assert_eq!(node.metric("herald_pending_handshakes").await.unwrap(), 0.0);
+    node.shutdown().await;
+}
+
+/// A client that writes TLS records itself (rustls without tokio-rustls after the
+/// handshake), so that an upgrade request, the frames after it and a close_notify can
+/// travel in one record, one TCP write.
+struct RawTls {
+    tcp: TcpStream,
+    conn: rustls::ClientConnection,
+    plain: Vec<u8>,
+}
+
+impl RawTls {
+    async fn connect(node: &TestNode, ca: &Ca) -> Self {
+        let (tcp, conn) = tls_connect(node, ca).await.unwrap().into_inner();
+        Self {
+            tcp,
+            conn,
+            plain: Vec::new(),
+        }
+    }
+
+    /// Encrypts `plaintext` (one record if under 16 KiB), optionally a close_notify after
+    /// it, and `extra` raw bytes, and sends it all with one write.
+    async fn send(&mut self, plaintext: &[u8], close_notify: bool, extra: &[u8]) {
+        use std::io::Write;
+        use tokio::io::AsyncWriteExt;
+        self.conn.writer().write_all(plaintext).unwrap();
+        if close_notify {
+            self.conn.send_close_notify();
+        }
+        let mut wire = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut wire).unwrap();
+        }
+        wire.extend_from_slice(extra);
+        self.tcp.write_all(&wire).await.unwrap();
+    }
+
+    /// Reads until `plain` holds at least `n` bytes; false at the end of the stream.
+    async fn fill(&mut self, n: usize) -> bool {
+        use std::io::Read;
+        while self.plain.len() < n {
+            let mut buf = vec![0u8; 16 * 1024];
+            let got = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
+                .await
+                .expect("the node answers")
+                .unwrap_or(0);
+            if got == 0 {
+                return false;
+            }
+            self.conn.read_tls(&mut &buf[..got]).unwrap();
+            self.conn.process_new_packets().unwrap();
+            let mut out = Vec::new();
+            match self.conn.reader().read_to_end(&mut out) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            self.plain.extend_from_slice(&out);
+        }
+        true
+    }
+
+    /// The HTTP response head.
+    async fn head(&mut self) -> String {
+        loop {
+            if let Some(i) = self.plain.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.plain.drain(..i + 4).collect()).unwrap();
+                return head;
+            }
+            let want = self.plain.len() + 1;
+            assert!(self.fill(want).await, "no response head");
+        }
+    }
+
+    /// The next server frame (opcode, payload); `None` at the end of the stream.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        if !self.fill(2).await {
+            return None;
+        }
+        let (op, len7) = (self.plain[0] & 0x0f, (self.plain[1] & 0x7f) as usize);
+        let (start, len) = match len7 {
+            126 => {
+                assert!(self.fill(4).await);
+                (4, u16::from_be_bytes([self.plain[2], self.plain[3]]) as usize)
+            }
+            127 => panic!("no frame this big here"),
+            n => (2, n),
+        };
+        assert!(self.fill(start + len).await, "a whole frame");
+        let payload = self.plain[start..start + len].to_vec();
+        self.plain.drain(..start + len);
+        Some((op, payload))
+    }
+
+    async fn text(&mut self) -> Value {
+        loop {
+            let (op, payload) = self.frame().await.expect("a frame");
+            if op == 0x9 || op == 0xA {
+                continue;
+            }
+            assert_eq!(op, 0x1, "a text frame");
+            return serde_json::from_slice(&payload).unwrap();
+        }
+    }
+}
+
+/// A masked client text frame.
+fn client_text(text: &str) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut f = vec![0x81];
+    assert!(text.len() < 126);
+    f.push(0x80 | text.len() as u8);
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_in_the_same_tls_record_as_the_upgrade_request_are_served_and_a_close_notify_with_them_ends_the_session()
+{
+    let ca = Ca::new("test ca");
+    let (cert, key, _) = ca.leaf("node-1");
+    let files = Files::new(&cert, &key);
+    let node = tls_node(&files, 1000, |_| {}).await;
+    let requests = || {
+        let mut all = upgrade_request("/ws").into_bytes();
+        all.extend(client_text(r#"{"op":"subscribe","topics":["t"],"id":"s"}"#));
+        all.extend(client_text(r#"{"op":"publish","topic":"t","data":1,"id":"p"}"#));
+        all
+    };
+    let types = |got: Vec<Value>| {
+        let mut t: Vec<String> = got
+            .iter()
+            .map(|v| format!("{}:{}", v["type"].as_str().unwrap(), v["id"].as_str().unwrap_or("")))
+            .collect();
+        t.sort();
+        t
+    };
+    let answers = ["ack:p", "ack:s", "message:", "welcome:"];
+
+    // The request and two frames in one record: every frame is answered.
+    let mut a = RawTls::connect(&node, &ca).await;
+    a.send(&requests(), false, &[]).await;
+    assert!(a.head().await.starts_with("HTTP/1.1 101"));
+    let got = vec![a.text().await, a.text().await, a.text().await, a.text().await];
+    assert_eq!(types(got), answers);
+
+    // The same, with the client's close_notify in the same write (TCP stays open): the
+    // node reads the frames, then the end of the client's stream, like a FIN after them:
+    // the session ends at once (not at the idle timeout) with a close frame, close_notify
+    // and FIN. Answers still waiting then may be dropped, as after a FIN.
+    let mut b = RawTls::connect(&node, &ca).await;
+    b.send(&requests(), true, &[]).await;
+    assert!(b.head().await.starts_with("HTTP/1.1 101"));
+    assert_eq!(b.text().await["type"], "welcome");
+    loop {
+        match b.frame().await.expect("a close frame before the end") {
+            (0x8, _) => break,
+            (op, _) => assert!(matches!(op, 0x1 | 0x9), "{op}"),
+        }
+    }
+    assert!(b.frame().await.is_none(), "then the end of the stream");
+    node.metric_reaches(r#"herald_connections_closed_total{reason="client_gone"}"#, 1.0)
+        .await
+        .unwrap();
+
+    // A record that does not decrypt ends a session as a TLS error (the node's alert
+    // follows: bad_record_mac).
+    let mut c = RawTls::connect(&node, &ca).await;
+    c.send(&requests(), false, &[]).await;
+    assert!(c.head().await.starts_with("HTTP/1.1 101"));
+    assert_eq!(c.text().await["type"], "welcome");
+    let forged = [0x17, 0x03, 0x03, 0x00, 0x20]
+        .into_iter()
+        .chain([0xAB; 32])
+        .collect::<Vec<u8>>();
+    c.send(&[], false, &forged).await;
+    node.metric_reaches(r#"herald_connections_closed_total{reason="tls_error"}"#, 1.0)
+        .await
+        .unwrap();
+    drop(a);
+    node.shutdown().await;
 }

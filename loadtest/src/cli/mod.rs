@@ -128,6 +128,30 @@ pub struct Args {
     /// Allow targets that are not loopback addresses (you own them and mean to load them).
     #[arg(long)]
     pub i_own_the_target: bool,
+
+    /// Give every client an HS256 token signed with this secret (env HERALD_LOADTEST_JWT_SECRET).
+    #[arg(long, env = "HERALD_LOADTEST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Give every client a token signed with this PEM private key (see --jwt-alg).
+    #[arg(long)]
+    pub jwt_key: Option<std::path::PathBuf>,
+
+    /// Algorithm of --jwt-key.
+    #[arg(long, value_enum)]
+    pub jwt_alg: Option<crate::jwt::JwtAlg>,
+
+    /// Tokens' `sub`: this prefix, then `s<i>` (subscriber i) or `p<i>` (publisher i).
+    #[arg(long, default_value = "lt-")]
+    pub jwt_sub_prefix: String,
+
+    /// Extra claims (a JSON object) merged over each token's defaults, e.g. '{"iss":"x","aud":"herald"}'.
+    #[arg(long)]
+    pub jwt_claims: Option<String>,
+
+    /// How the token is sent: `Authorization: Bearer` header, or `?token=` on the URL.
+    #[arg(long, value_enum, default_value_t = crate::jwt::JwtVia::Header)]
+    pub jwt_via: crate::jwt::JwtVia,
 }
 
 /// A checked, bounded run plan.
@@ -164,6 +188,8 @@ pub struct Config {
     pub quiet: bool,
     pub check: bool,
     pub i_own_the_target: bool,
+    /// Tokens for the clients (`None`: anonymous).
+    pub jwt: Option<crate::jwt::JwtPlan>,
 }
 
 /// Most connections one run opens.
@@ -280,6 +306,14 @@ impl Args {
                 "--subscribe-via none is for idle and churn: these subscribers would receive nothing"
             );
         }
+        let jwt = crate::jwt::JwtPlan::from_flags(
+            self.jwt_secret,
+            self.jwt_key,
+            self.jwt_alg,
+            self.jwt_sub_prefix,
+            self.jwt_claims,
+            self.jwt_via,
+        )?;
         if self.publish_via == PublishVia::Http && publishers > 0 {
             ensure!(!self.admin.is_empty(), "--publish-via http needs --admin URL(s)");
         }
@@ -313,6 +347,7 @@ impl Args {
             quiet: self.quiet,
             check: self.check,
             i_own_the_target: self.i_own_the_target,
+            jwt,
         })
     }
 }

@@ -186,7 +186,20 @@ pub async fn connect(
     seed: u64,
     timeout: Duration,
 ) -> Result<Conn, ConnectError> {
-    tokio::time::timeout(timeout, connect_inner(target, path, source, bufs, seed))
+    connect_with_headers(target, path, "", source, bufs, seed, timeout).await
+}
+
+/// [`connect`] with extra request header lines (each ending in `\r\n`), e.g. a bearer token.
+pub async fn connect_with_headers(
+    target: &Target,
+    path: &str,
+    headers: &str,
+    source: Option<IpAddr>,
+    bufs: BufSizes,
+    seed: u64,
+    timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    tokio::time::timeout(timeout, connect_inner(target, path, headers, source, bufs, seed))
         .await
         .map_err(|_| ConnectError::Timeout)?
 }
@@ -194,6 +207,7 @@ pub async fn connect(
 async fn connect_inner(
     target: &Target,
     path: &str,
+    headers: &str,
     source: Option<IpAddr>,
     bufs: BufSizes,
     seed: u64,
@@ -205,7 +219,7 @@ async fn connect_inner(
     let key = STANDARD.encode(key_bytes);
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n",
         target.host
     );
     stream.write_all(req.as_bytes()).await?;

@@ -29,13 +29,21 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     let cfg = &run.cfg;
     let mut report = run.blank_report();
     let before = run.snapshot().await;
+    // One token per topic (a churned connection subscribes to one), signed before the clock starts.
+    let tokens: Arc<Vec<Arc<str>>> = Arc::new(match &run.jwt {
+        Some(m) => {
+            let names: Vec<[String; 1]> = (0..cfg.topics).map(|k| [topics::name(&cfg.topic_prefix, k)]).collect();
+            m.mint_all(false, names.iter().map(|n| n.as_slice()))?
+        }
+        None => Vec::new(),
+    });
     run.phase.set(Phase::Measure);
     let start = Instant::now();
     let end = start + cfg.duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for _ in 0..cfg.subscribers {
-        let (run, next) = (run.clone(), next.clone());
+        let (run, next, tokens) = (run.clone(), next.clone(), tokens.clone());
         workers.spawn(async move {
             let cfg = &run.cfg;
             let mut setup = histogram();
@@ -62,6 +70,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                 let spec = ConnSpec {
                     target: slot as usize % run.sub_targets.len(),
                     topics: vec![topics::name(&cfg.topic_prefix, (slot % cfg.topics as u64) as u32)],
+                    token: tokens.get((slot % cfg.topics as u64) as usize).cloned(),
                 };
                 let target = &run.sub_targets[spec.target];
                 let bufs = BufSizes {

@@ -17,6 +17,7 @@ use crate::cli::SubscribeVia;
 use crate::client::conn::{self, BufSizes, Conn, ConnectError};
 use crate::client::frame::OP_TEXT;
 use crate::client::target::Target;
+use crate::jwt::JwtVia;
 use crate::report::Report;
 use crate::stats::{histogram, Percentiles};
 
@@ -34,6 +35,8 @@ pub struct ConnSpec {
     pub target: usize,
     /// Topic names to subscribe to (empty: none).
     pub topics: Vec<String>,
+    /// The client's token (`--jwt-*`), minted before the connection phase.
+    pub token: Option<Arc<str>>,
 }
 
 /// Outcome of opening a set of connections.
@@ -59,11 +62,22 @@ pub async fn open_one(
 ) -> Result<Conn, ConnectError> {
     let timeout = run.cfg.connect_timeout;
     let deadline = Instant::now() + timeout;
-    let path = match via {
+    let mut path = match via {
         SubscribeVia::Query if !spec.topics.is_empty() => target.path_with_query("topics", &spec.topics.join(",")),
         _ => target.path.clone(),
     };
-    let mut c = conn::connect(target, &path, run.next_source(target.addr), bufs, seed, timeout).await?;
+    let mut headers = String::new();
+    if let (Some(t), Some(m)) = (&spec.token, &run.jwt) {
+        match m.via() {
+            JwtVia::Header => headers = format!("Authorization: Bearer {t}\r\n"),
+            JwtVia::Query => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                path = format!("{path}{sep}token={t}");
+            }
+        }
+    }
+    let source = run.next_source(target.addr);
+    let mut c = conn::connect_with_headers(target, &path, &headers, source, bufs, seed, timeout).await?;
     let confirm = async {
         match via {
             SubscribeVia::Op if !spec.topics.is_empty() => {
@@ -93,6 +107,18 @@ pub async fn open_all(
     ramp: Duration,
     bufs: BufSizes,
 ) -> Opened {
+    let mut specs = specs;
+    if let Some(m) = &run.jwt {
+        // Signed before the first connection, so setup times hold no signing.
+        match m.mint_all(side == Side::Pub, specs.iter().map(|s| s.topics.as_slice())) {
+            Ok(tokens) => {
+                for (s, t) in specs.iter_mut().zip(tokens) {
+                    s.token = Some(t);
+                }
+            }
+            Err(e) => run.warn(format!("minting tokens failed ({e}); clients connect without one")),
+        }
+    }
     let started = Instant::now();
     let n = specs.len();
     let sem = Arc::new(Semaphore::new(run.cfg.connect_concurrency));

@@ -52,6 +52,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                 crate::cli::SubscribeVia::None => Vec::new(),
                 _ => t.iter().map(|&k| topics::name(&cfg.topic_prefix, k)).collect(),
             },
+            token: None,
         })
         .collect();
     let opened = open_all(&run, Side::Sub, specs, cfg.subscribe_via, cfg.ramp_up, IDLE_BUFS).await;

@@ -41,6 +41,8 @@ pub struct Run {
     /// CPUs the generator can use.
     pub cores: usize,
     sources: HashMap<SocketAddr, (SourcePlan, AtomicU64)>,
+    /// Signs the clients' tokens (`--jwt-secret` / `--jwt-key`).
+    pub jwt: Option<crate::jwt::Minter>,
     warnings: Mutex<Vec<String>>,
 }
 
@@ -156,6 +158,16 @@ pub async fn run(cfg: Config, abort: CancellationToken) -> Result<Report> {
         let plan = SourcePlan::new(*n, v4_loopback).with_context(|| format!("connections to {addr}"))?;
         sources.insert(*addr, (plan, AtomicU64::new(0)));
     }
+    let lifetime = cfg.ramp_up + cfg.connect_timeout * 3 + cfg.settle + cfg.duration + cfg.drain;
+    let jwt = match &cfg.jwt {
+        Some(plan) => Some(crate::jwt::Minter::new(
+            plan.clone(),
+            &cfg.topic_prefix,
+            cfg.topics,
+            lifetime,
+        )?),
+        None => None,
+    };
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let run = Arc::new(Run {
@@ -168,6 +180,7 @@ pub async fn run(cfg: Config, abort: CancellationToken) -> Result<Report> {
         admin_targets,
         phase: Arc::new(PhaseCell::default()),
         sources,
+        jwt,
         warnings: Mutex::new(Vec::new()),
         cfg,
     });

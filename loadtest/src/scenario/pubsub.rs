@@ -65,6 +65,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
         .map(|(i, t)| ConnSpec {
             target: i % run.sub_targets.len(),
             topics: t.iter().map(|&k| names[k as usize].clone()).collect(),
+            token: None,
         })
         .collect();
     let bufs = sub_bufs(cfg.subscribers);
@@ -106,6 +107,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                 .map(|i| ConnSpec {
                     target: i % run.pub_targets.len(),
                     topics: Vec::new(),
+                    token: None,
                 })
                 .collect();
             let bufs = BufSizes {

@@ -81,6 +81,16 @@ pub struct SessionFlags {
     /// When the connection's token expires, in milliseconds since the epoch (0: never);
     /// set by the reader (`auth`, `refresh`), watched by the writer's expiry timer.
     pub expires_ms: AtomicU64,
+    /// The expiry whose `token_expired` notice the writer sent (only the writer touches
+    /// it).
+    pub noticed_ms: AtomicU64,
+    /// `token_expired` goes out this many milliseconds before the expiry; 0: no notice
+    /// (raw mode has no error frames: a raw connection is simply closed at expiry + grace).
+    /// Here rather than in the writer's configuration: it differs by mode, and these bytes
+    /// fit the allocation the flags already take, where the writer's future would grow.
+    pub expiry_notice_ms: u32,
+    /// A connection whose token expired is closed this many milliseconds after it.
+    pub expiry_grace_ms: u32,
 }
 
 /// Per-connection state owned by the session task.
@@ -150,6 +160,13 @@ impl Prepared {
             }
         };
         let engaged = params.mode == SubscriberMode::Raw || !conn.topics().is_empty();
+        // At most a day each (`Config::validate`).
+        let auth = &state.config.auth;
+        let expiry_notice_ms = match params.mode {
+            SubscriberMode::Raw => 0,
+            SubscriberMode::Json => auth.expiry_notice_ms.min(u64::from(u32::MAX)) as u32,
+        };
+        let expiry_grace_ms = auth.expiry_grace_ms.min(u64::from(u32::MAX)) as u32;
         let session = Session {
             state,
             conn,
@@ -159,6 +176,9 @@ impl Prepared {
                 last_seen_ms: AtomicU64::new(crate::clock::coarse_ms()),
                 engaged: AtomicBool::new(engaged),
                 expires_ms: AtomicU64::new(expires_ms),
+                noticed_ms: AtomicU64::new(0),
+                expiry_notice_ms,
+                expiry_grace_ms,
             }),
         };
         Ok((
@@ -214,10 +234,7 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let urgent = outbox.urgent();
     let id = prepared.session.conn.id;
     let session = &mut prepared.session;
-    let mut writer_config = writer::WriterConfig::from_config(&state.config);
-    if session.conn.mode == SubscriberMode::Raw {
-        writer_config.expiry_notice = None;
-    }
+    let writer_config = writer::WriterConfig::from_config(&state.config);
 
     let mut writer = tokio::spawn(writer::run(
         socket.clone(),

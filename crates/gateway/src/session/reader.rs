@@ -126,6 +126,7 @@ pub async fn run(session: &mut Session, prefix: Bytes, read: &Socket) -> Exit {
             Ok(0) => break Exit::silent("client_gone"),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if super::socket::is_tls_error(&e) => break Exit::silent("tls_error"),
             Err(_) => break Exit::silent("client_gone"),
         }
     };

@@ -51,10 +51,10 @@ impl Socket {
         let (tcp, conn) = parts.io.into_inner().into_inner();
         let tls = TlsSocket::new(tcp, conn);
         let mut prefix = BytesMut::from(&parts.read_buf[..]);
-        // Decrypted by rustls but not yet taken by hyper: no readiness would announce it.
-        if tls.take_buffered(&mut prefix).is_err() {
-            return None;
-        }
+        // Decrypted by rustls but not yet taken by hyper: no readiness would announce it,
+        // nor a close_notify (or a bad record) that came with it; the socket remembers
+        // those, and the reader's first wait after the prefix finds them.
+        tls.take_buffered(&mut prefix);
         Some((Self::Tls(Box::new(tls)), prefix.freeze()))
     }
 
@@ -70,9 +70,13 @@ impl Socket {
         matches!(self, Self::Plain(_))
     }
 
-    /// Waits until the socket has bytes (or an error) to read.
+    /// Waits until the socket has bytes (or an error) to read; for TLS, also returns when
+    /// the stream's end is known already (close_notify, a TLS error).
     pub async fn readable(&self) -> io::Result<()> {
-        self.stream().readable().await
+        match self {
+            Self::Plain(s) => s.readable().await,
+            Self::Tls(t) => t.readable().await,
+        }
     }
 
     /// Reads what is there now into `buf` (plaintext for TLS): `Ok(0)` at the end of the
@@ -142,6 +146,12 @@ impl Socket {
         }
         SockRef::from(self.stream()).shutdown(Shutdown::Write)
     }
+}
+
+/// Whether a read failed on a TLS protocol error (a bad record, a fatal alert from the
+/// peer), as opposed to the connection failing.
+pub fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// The send itself, outside tokio's readiness tracking.

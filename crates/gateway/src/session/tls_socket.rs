@@ -13,6 +13,7 @@
 //! attached, so the flusher wakes its writer instead (ADR 005 says why).
 
 use std::io::{self, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -49,6 +50,10 @@ impl Write for Raw<'_> {
 pub struct TlsSocket {
     tcp: TcpStream,
     conn: Mutex<ServerConnection>,
+    /// Set once rustls saw the peer's close_notify or a TLS error: the stream's end is
+    /// known without the socket becoming readable again (the peer may keep TCP open), so
+    /// [`TlsSocket::readable`] returns at once and the next read reports it.
+    ended: AtomicBool,
 }
 
 /// Sends what rustls holds until it holds nothing (`Ok`) or the socket is full
@@ -97,6 +102,7 @@ impl TlsSocket {
         Self {
             tcp,
             conn: Mutex::new(conn),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -108,10 +114,29 @@ impl TlsSocket {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Plaintext rustls decrypted already (read with the upgrade request, past what hyper
-    /// took), appended to `buf`.
-    pub fn take_buffered(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        take_plaintext(&mut self.lock(), buf).map(|(n, _)| n)
+    /// Moves the plaintext rustls decrypted already (read with the upgrade request, past
+    /// what hyper took) to the end of `buf`. A close_notify or a TLS error found with it
+    /// is not lost: the reader's next wait returns at once and its read reports it.
+    pub fn take_buffered(&self, buf: &mut BytesMut) {
+        self.take(&mut self.lock(), buf).ok();
+    }
+
+    /// [`take_plaintext`], remembering an end or error in `ended`.
+    fn take(&self, conn: &mut ServerConnection, buf: &mut BytesMut) -> io::Result<(usize, bool)> {
+        let r = take_plaintext(conn, buf);
+        if !matches!(r, Ok((_, false))) {
+            self.ended.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Waits until the socket has bytes to read, or returns at once when the end (or an
+    /// error) of the TLS stream is already known.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.ended.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.tcp.readable().await
     }
 
     /// Reads and decrypts what the socket holds now, appending the plaintext to `buf`:
@@ -122,7 +147,7 @@ impl TlsSocket {
         let mut conn = self.lock();
         let conn = &mut *conn;
         let result = (|| loop {
-            let (n, closed) = take_plaintext(conn, buf)?;
+            let (n, closed) = self.take(conn, buf)?;
             if n > 0 || closed {
                 return Ok(n);
             }
@@ -130,7 +155,7 @@ impl TlsSocket {
                 .tcp
                 .try_io(Interest::READABLE, || conn.read_tls(&mut Raw(&self.tcp)))?;
             if read == 0 {
-                return take_plaintext(conn, buf).map(|(n, _)| n);
+                return self.take(conn, buf).map(|(n, _)| n);
             }
         })();
         if conn.wants_write() {
@@ -273,15 +298,21 @@ mod tests {
             client
         });
         let mut buf = BytesMut::new();
-        loop {
-            sock.readable().await.unwrap();
-            match sock.try_read_buf(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
+        // Bounded: a reader that misses a byte or the end must fail, not hang.
+        let read_all = async {
+            loop {
+                sock.readable().await.unwrap();
+                match sock.try_read_buf(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all)
+            .await
+            .unwrap_or_else(|_| panic!("not at the end after 10 s"));
         assert!(buf[..] == sent[..]);
         drop(writer.await.unwrap());
     }
