@@ -42,6 +42,8 @@ fn encode(req: &ClientRequest<'_>) -> String {
             format!("{{\"op\":\"publish\",\"topic\":{},\"data\":{data}{id}}}", q(topic))
         }
         ClientRequest::Ping { .. } => format!("{{\"op\":\"ping\"{id}}}"),
+        ClientRequest::Auth { token, .. } => format!("{{\"op\":\"auth\",\"token\":{}{id}}}", q(token)),
+        ClientRequest::Refresh { token, .. } => format!("{{\"op\":\"refresh\",\"token\":{}{id}}}", q(token)),
     }
 }
 
@@ -71,6 +73,13 @@ fuzz_target!(|data: &[u8]| {
                     vec![topic]
                 }
                 ClientRequest::Ping { .. } => vec![],
+                ClientRequest::Auth { token, .. } | ClientRequest::Refresh { token, .. } => {
+                    assert!(!token.is_empty());
+                    if let Cow::Borrowed(b) = token {
+                        assert!(inside(b, data));
+                    }
+                    vec![]
+                }
             };
             for t in topics {
                 assert!(validate_topic(t, rules).is_ok());

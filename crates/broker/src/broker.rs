@@ -14,11 +14,11 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_protocol::{Envelope, Payload};
+use herald_protocol::{ControlMessage, Envelope, Payload};
 
 use crate::encoding::{Delivery, Encodings, FrameCache};
 use crate::flusher::FlushQueue;
@@ -53,7 +53,12 @@ pub struct Broker {
     relay: Arc<dyn Relay>,
     metrics: Arc<BrokerMetrics>,
     flush: Arc<FlushQueue>,
+    /// Who acts on control messages from other nodes (the gateway); set once at start.
+    control: OnceLock<ControlHandler>,
 }
+
+/// Acts on a control message another node sent; must not block.
+pub type ControlHandler = Box<dyn Fn(ControlMessage) + Send + Sync>;
 
 thread_local! {
     /// The outboxes a fan-out on this thread lists for the flusher (kept for its capacity).
@@ -117,6 +122,7 @@ impl Broker {
             relay,
             metrics,
             flush: Arc::new(FlushQueue::default()),
+            control: OnceLock::new(),
         });
         let sink: Arc<dyn RelaySink> = broker.clone();
         let weak: Weak<dyn RelaySink> = Arc::downgrade(&sink);
@@ -126,6 +132,17 @@ impl Broker {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Sets who acts on control messages from other nodes (once; later calls are
+    /// ignored and return `false`). Without one they are dropped.
+    pub fn set_control_handler(&self, handler: ControlHandler) -> bool {
+        self.control.set(handler).is_ok()
+    }
+
+    /// Sends a control message to every other node through the relay.
+    pub fn send_control(&self, message: &ControlMessage) -> PublishTicket {
+        self.relay.send_control(message)
     }
 
     pub fn metrics(&self) -> &Arc<BrokerMetrics> {
@@ -279,6 +296,13 @@ impl RelaySink for Broker {
 
     fn interested_topics(&self) -> Vec<Arc<str>> {
         self.registry.topic_names()
+    }
+
+    fn control(&self, message: ControlMessage) {
+        match self.control.get() {
+            Some(handle) => handle(message),
+            None => tracing::debug!("control message without a handler dropped"),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub mod relay;
 #[cfg(test)]
 mod testing;
 
-pub use broker::{Broker, PublishReport};
+pub use broker::{Broker, ControlHandler, PublishReport};
 pub use encoding::{Delivery, DeliveryEncoder, EncodingId, Encodings};
 pub use flusher::FlushQueue;
 pub use metrics::{BrokerMetrics, Source};

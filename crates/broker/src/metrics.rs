@@ -52,6 +52,9 @@ pub const CLOSE_REASONS: &[&str] = &[
     "io_error",
     "internal",
     "tls_error",
+    "unauthorized",
+    "token_expired",
+    "forbidden",
 ];
 
 /// Why a connection attempt was refused before the upgrade.
@@ -64,7 +67,30 @@ pub const REJECT_REASONS: &[&str] = &[
     "handshake_limit",
     "head_too_large",
     "ip_limit",
+    "unauthorized",
+    "forbidden",
 ];
+
+/// Why a token was refused: the label of `herald_auth_failures_total`. The verifier's
+/// reasons (`herald_auth::AuthError::reason`, a gateway test keeps the lists in step) and
+/// the gateway's own: `subject_changed` (a refresh for another user).
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "malformed",
+    "algorithm_not_allowed",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "missing_subject",
+    "invalid_claim",
+    "too_long",
+    "subject_changed",
+];
+
+/// What a permission refusal refused: the label of `herald_forbidden_total`.
+pub const FORBIDDEN_ACTIONS: &[&str] = &["subscribe", "publish"];
 
 /// Why a connection from a trusted proxy was closed for its PROXY protocol header.
 pub const PROXY_HEADER_ERRORS: &[&str] = &["missing", "malformed", "too_large", "timeout", "closed"];
@@ -142,6 +168,12 @@ pub struct BrokerMetrics {
     pub proxy_header_errors: IntCounterVec,
     /// Always 1; the `version` label says which build runs (one series per process).
     pub build_info: IntGaugeVec,
+    /// Tokens refused (upgrade, `auth`, `refresh`), by reason.
+    pub auth_failures: IntCounterVec,
+    /// Subscribes and publishes refused by permissions, by action.
+    pub forbidden: IntCounterVec,
+    /// JWT key file reloads, by outcome (`reloaded`, `failed`).
+    pub auth_key_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
@@ -389,6 +421,27 @@ impl BrokerMetrics {
                 PROXY_HEADER_ERRORS,
             ),
             build_info: build_info(&r),
+            auth_failures: counter_vec(
+                &r,
+                "herald_auth_failures_total",
+                "Tokens refused (on the upgrade, in auth or refresh), by reason.",
+                "reason",
+                AUTH_FAILURE_REASONS,
+            ),
+            forbidden: counter_vec(
+                &r,
+                "herald_forbidden_total",
+                "Subscribes and publishes refused by the connection's permissions, by action.",
+                "action",
+                FORBIDDEN_ACTIONS,
+            ),
+            auth_key_reloads: counter_vec(
+                &r,
+                "herald_auth_key_reloads_total",
+                "JWT key file reloads after a change, by outcome (a failure keeps the old keys).",
+                "outcome",
+                &["reloaded", "failed"],
+            ),
             registry: r,
         }
     }

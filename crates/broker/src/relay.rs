@@ -10,6 +10,11 @@
 //! it hands in what other nodes published. Inbound messages from the node itself must
 //! never be delivered.
 //!
+//! Besides publications a relay carries control messages ([`ControlMessage`]: close a
+//! user's connections on every node): [`Relay::send_control`] out, [`RelaySink::control`]
+//! in, on a channel of their own that no topic can name. Like a publication, a node never
+//! receives its own.
+//!
 //! [`MemoryRelay`] without a hub is the single-node default: nothing to relay, always up.
 //! With a [`MemoryHub`] many brokers in one process form a cluster, for fast tests; the
 //! hub can be switched off to simulate a relay outage.
@@ -17,7 +22,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use herald_protocol::{Envelope, Payload};
+use herald_protocol::{ControlMessage, Envelope, Payload};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
@@ -119,6 +124,8 @@ pub trait RelaySink: Send + Sync {
     fn has_interest(&self, topic: &str) -> bool;
     /// Every topic with local listeners (after a reconnect, to resubscribe).
     fn interested_topics(&self) -> Vec<Arc<str>>;
+    /// A control message another node sent (validated already). Must not block.
+    fn control(&self, message: ControlMessage);
 }
 
 /// See the module docs.
@@ -138,6 +145,13 @@ pub trait Relay: Send + Sync {
     /// recovers. Must not block.
     fn confirm_interest(&self, topic: &str) -> InterestTicket;
     fn state(&self) -> RelayState;
+    /// Sends a control message to every other node (not to this one). `Ok` once the
+    /// backend has it: every node listening then gets it. Must not block. The default is
+    /// the single node's: there is nobody to tell.
+    fn send_control(&self, message: &ControlMessage) -> PublishTicket {
+        let _ = message;
+        PublishTicket::ok()
+    }
 }
 
 /// A hub member: its node id and where to deliver.
@@ -195,6 +209,19 @@ impl MemoryRelay {
     }
 }
 
+impl MemoryRelay {
+    /// The other live members of `hub` (the lock is released before anyone is called).
+    fn peers(&self, hub: &MemoryHub) -> Vec<Arc<dyn RelaySink>> {
+        let mut members = hub.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|(_, w)| w.strong_count() > 0);
+        members
+            .iter()
+            .filter(|(id, _)| *id != self.node_id)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect()
+    }
+}
+
 impl Relay for MemoryRelay {
     fn attach(&self, sink: Weak<dyn RelaySink>) {
         if let Some(hub) = &self.hub {
@@ -213,16 +240,7 @@ impl Relay for MemoryRelay {
         if !hub.is_up() {
             return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
         }
-        let peers: Vec<Arc<dyn RelaySink>> = {
-            let mut members = hub.members.lock().unwrap_or_else(|p| p.into_inner());
-            members.retain(|(_, w)| w.strong_count() > 0);
-            members
-                .iter()
-                .filter(|(id, _)| *id != self.node_id)
-                .filter_map(|(_, w)| w.upgrade())
-                .collect()
-        };
-        for peer in peers {
+        for peer in self.peers(hub) {
             peer.deliver(Envelope {
                 origin: self.node_id.to_string(),
                 published_at_micros,
@@ -235,6 +253,19 @@ impl Relay for MemoryRelay {
     }
 
     fn interest_changed(&self, _topic: &str) {}
+
+    fn send_control(&self, message: &ControlMessage) -> PublishTicket {
+        let Some(hub) = &self.hub else {
+            return PublishTicket::ok();
+        };
+        if !hub.is_up() {
+            return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
+        }
+        for peer in self.peers(hub) {
+            peer.control(message.clone());
+        }
+        PublishTicket::ok()
+    }
 
     fn confirm_interest(&self, _topic: &str) -> InterestTicket {
         // Delivery between hub members is synchronous: a registered subscriber is reached

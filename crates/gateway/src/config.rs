@@ -357,6 +357,62 @@ impl Default for AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// True when a JWT key is configured (then anonymous connections may do only what
+    /// `anonymous_*` allows).
+    pub fn has_key(&self) -> bool {
+        !(self.jwt_hs256_secret.is_empty()
+            && self.jwt_hs256_secret_file.is_empty()
+            && self.jwt_public_key_file.is_empty()
+            && self.jwt_jwks_file.is_empty())
+    }
+
+    /// The verifier's share.
+    pub fn key_config(&self) -> herald_auth::KeyConfig {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+        herald_auth::KeyConfig {
+            hs_secret: text(&self.jwt_hs256_secret),
+            hs_secret_file: path(&self.jwt_hs256_secret_file),
+            public_key_file: path(&self.jwt_public_key_file),
+            jwks_file: path(&self.jwt_jwks_file),
+            issuer: text(&self.jwt_issuer),
+            audience: text(&self.jwt_audience),
+            leeway_ms: self.jwt_leeway_ms,
+            algorithms: self.jwt_algorithms.clone(),
+        }
+    }
+
+    /// The permission policy's share.
+    pub fn policy_config(&self) -> herald_auth::PolicyConfig {
+        herald_auth::PolicyConfig {
+            open: !self.has_key(),
+            anonymous_subscribe: self.anonymous_subscribe.clone(),
+            anonymous_publish: self.anonymous_publish.clone(),
+            authenticated_subscribe: self.authenticated_subscribe.clone(),
+            authenticated_publish: self.authenticated_publish.clone(),
+        }
+    }
+
+    /// Problems with the `[auth]` section: the keys are loaded (so an unreadable or invalid
+    /// key file, or both a secret and a secret file, fails at start) and the patterns
+    /// compiled.
+    fn problems(&self, p: &mut Vec<String>) {
+        if let Err(e) = herald_auth::Verifier::new(self.key_config()) {
+            p.push(format!("auth: {e}"));
+        }
+        if let Err(e) = herald_auth::Policy::new(&self.policy_config()) {
+            p.push(format!("auth: {e}"));
+        }
+        if self.key_reload_interval_ms == 0 {
+            p.push("auth.key_reload_interval_ms: must be greater than 0".into());
+        }
+        if self.expiry_notice_ms > 24 * 3600 * 1000 || self.expiry_grace_ms > 24 * 3600 * 1000 {
+            p.push("auth.expiry_notice_ms, auth.expiry_grace_ms: at most 86400000 (a day)".into());
+        }
+    }
+}
+
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
@@ -617,6 +673,7 @@ impl Config {
         if self.log.level.trim().is_empty() {
             p.push("log.level: must not be empty".into());
         }
+        self.auth.problems(&mut p);
         match (self.tls.cert_file.is_empty(), self.tls.key_file.is_empty()) {
             (true, true) => {}
             (false, false) => {

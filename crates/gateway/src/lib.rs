@@ -14,6 +14,7 @@ pub mod core;
 pub mod drain;
 pub mod fd_budget;
 pub mod http_server;
+pub mod identity;
 pub mod ip_limits;
 pub mod node;
 pub mod origin;

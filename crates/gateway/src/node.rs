@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::core::rate::RateLimits;
 use crate::core::{Connections, Core, CoreLimits};
 use crate::fd_budget::{FdBudget, FdLimitTooLow};
+use crate::identity::{Identity, IdentityError};
 use crate::ip_limits::{self, IpLimits};
 use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
@@ -33,6 +34,8 @@ pub enum StartError {
     Relay(String),
     #[error("{0}")]
     FdLimit(#[from] FdLimitTooLow),
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("auth.allowed_origins: {0}")]
@@ -89,6 +92,7 @@ impl Node {
             config.node_id.as_str().into()
         };
         let metrics = Arc::new(BrokerMetrics::new());
+        let identity = Arc::new(Identity::new(&config.auth, metrics.clone())?);
         let tls = Tls::from_config(&config.tls, metrics.registry())?;
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
@@ -124,10 +128,31 @@ impl Node {
             ws_addr,
             admin_addr,
             sockets,
+            identity: identity.clone(),
             client_addrs: Arc::new(ClientAddrs::new(&config.proxy, &metrics)),
             ip_limits: IpLimits::new(&config, &metrics),
             origins,
         });
+        // Other nodes' `POST /api/users/{user}/disconnect`, through the relay.
+        let core = Arc::downgrade(&state.core);
+        state.broker.set_control_handler(Box::new(move |message| {
+            if let Some(core) = core.upgrade() {
+                crate::api::users::apply_control(&core, message);
+            }
+        }));
+        if identity.is_open() {
+            if config.auth.anonymous_subscribe.is_empty() && config.auth.anonymous_publish.is_empty() {
+                tracing::warn!(
+                    %ws_addr,
+                    "no JWT key is configured: the public listener is open to anyone, who may subscribe to and publish on every topic (set [auth] keys or anonymous_* patterns)"
+                );
+            } else {
+                tracing::warn!(%ws_addr, "no JWT key is configured: anyone may connect, with the anonymous_* permissions");
+            }
+        }
+        if identity.has_key_files() {
+            tasks.spawn(crate::identity::run_key_reload(identity, shutdown.stop_all.clone()));
+        }
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
         tasks.spawn(drain::relay_gauge(state.clone()));

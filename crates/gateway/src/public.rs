@@ -3,8 +3,10 @@
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
 //! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 403
-//! `origin_not_allowed` (`origin.rs`), 429 at a client IP's limit (`ip_limits.rs`), 503
-//! connection limit or draining. The checks before the slot is reserved are cheap and
+//! `origin_not_allowed` (`origin.rs`), 401 a token (`Authorization: Bearer` or `?token=`)
+//! that does not verify, 403 a topic (`?topics=`, the raw path) the connection may not
+//! subscribe to, 429 at a client IP's limit (`ip_limits.rs`), 503 connection limit or
+//! draining. The checks before the slot is reserved are cheap and
 //! bounded: a `topics` list is counted before any topic in it is validated, and an echoed
 //! topic is cut to [`ECHO_CHARS`] characters.
 //!
@@ -63,16 +65,8 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
     }
 }
 
-/// How much of a refused topic an error message repeats.
-pub const ECHO_CHARS: usize = 64;
-
-/// `topic` as an error message shows it: quoted, and cut after [`ECHO_CHARS`] characters.
-fn shown(topic: &str) -> String {
-    match topic.char_indices().nth(ECHO_CHARS) {
-        None => format!("{topic:?}"),
-        Some((end, _)) => format!("{:?}…", &topic[..end]),
-    }
-}
+use crate::core::shown;
+pub use crate::core::ECHO_CHARS;
 
 /// RFC 6455 §4.1: the key is the base64 of 16 bytes (24 characters with padding).
 fn valid_key(req: &Request<Incoming>) -> bool {
@@ -91,10 +85,31 @@ fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Re
         StatusCode::SERVICE_UNAVAILABLE if code == "connection_limit" => "connection_limit",
         StatusCode::SERVICE_UNAVAILABLE => "not_ready",
         StatusCode::FORBIDDEN if code == "origin_not_allowed" => "origin_not_allowed",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN if code == "forbidden" => "forbidden",
         _ => "bad_request",
     };
     state.metrics.connections_rejected.with_label_values(&[reason]).inc();
     json_error(status, code, message)
+}
+
+/// The token an upgrade carries: `Authorization: Bearer <token>` first, else `?token=`.
+/// `Some(Err)` for a header or parameter that is there but unusable.
+fn token_of(req: &Request<Incoming>, query: Option<&str>) -> Option<Result<String, &'static str>> {
+    if let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) {
+        let value = h.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        return Some(match value {
+            Some(t) if !t.is_empty() => Ok(t.to_owned()),
+            _ => Err("the Authorization header must be `Bearer <token>`"),
+        });
+    }
+    match param(query, "token")? {
+        Ok(t) if !t.is_empty() => Some(Ok(t)),
+        _ => Some(Err("`token` must be a non-empty, valid percent-encoded value")),
+    }
 }
 
 async fn upgrade(
@@ -242,11 +257,29 @@ async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => return refusal.response(),
     };
+    // Who connects (401 for a token that does not verify), and whether it may subscribe
+    // to the topics it names (403): after the cheap per-IP checks, before anything is
+    // registered.
+    let identity = match token_of(&req, query.as_deref()) {
+        None => state.identity.anonymous(),
+        Some(Err(why)) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", why),
+        Some(Ok(token)) => match state.identity.authenticate(&token) {
+            Ok(identity) => identity,
+            Err(e) => return reject(&state, StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+        },
+    };
+    if let Err(r) = state
+        .core
+        .check_subscribe(&identity.permissions, topics.iter().map(String::as_str))
+    {
+        return reject(&state, StatusCode::FORBIDDEN, r.code().as_str(), &r.to_string());
+    }
     let params = SessionParams {
         mode,
         topics,
         echo,
         peer,
+        identity,
         ip_slot,
     };
     let (mut prepared, mut confirmation) = match session::Prepared::new(state.clone(), params) {

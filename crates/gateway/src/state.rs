@@ -1,5 +1,5 @@
 //! The state every task of a node shares ([`AppState`]) and its cancellation tree
-//! ([`Shutdown`]). It holds handles only (the core, the broker, the budgets, the trackers),
+//! ([`Shutdown`]). It holds handles only (the core, the broker, the identity, the budgets, the trackers),
 //! and imports none of the modules that use it (listeners, sessions, the API, the drain),
 //! so they all depend on it and it on none of them.
 
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::client_ip::ClientAddrs;
 use crate::config::Config;
 use crate::core::{Connections, Core};
+use crate::identity::Identity;
 use crate::ip_limits::IpLimits;
 use crate::origin::OriginPolicy;
 use crate::socket_budget::SocketBudget;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub admin_addr: SocketAddr,
     /// Public sockets: handshakes in flight and sessions, within the descriptor budget.
     pub sockets: Arc<SocketBudget>,
+    /// Token verification and the permission policy.
+    pub identity: Arc<Identity>,
     /// Who the client of a public connection is, behind trusted proxies (`[proxy]`).
     pub client_addrs: Arc<ClientAddrs>,
     /// Per client IP connection limits (`limits.connections_per_ip`, ...).

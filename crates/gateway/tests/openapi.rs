@@ -94,6 +94,8 @@ async fn every_operation_answers_as_documented() {
     api.get(&format!("/api/connections/{id}")).await;
     api.post_json("/api/topics/nobody/disconnect", &json!({"code": 4000}))
         .await;
+    api.post_json("/api/users/nobody/disconnect", &json!({"code": 4000}))
+        .await;
     api.get("/metrics").await;
     api.get("/healthz").await;
     api.get("/readyz").await;
@@ -134,6 +136,10 @@ async fn every_operation_answers_as_documented() {
         .post("/api/topics/t/publish", "application/octet-stream", &[1, 2])
         .await;
     assert_eq!(r.status, 503);
+    // The hub is down: the user disconnect is local only and says why.
+    let r = api.post_json("/api/users/u/disconnect", &json!({})).await;
+    assert_eq!((r.status, r.json()["relayed"].as_bool()), (200, Some(false)));
+    assert!(r.json()["relay_error"].is_string(), "{}", r.text());
     cluster.shutdown().await;
 
     let checked = checked_so_far();

@@ -42,6 +42,18 @@ pub enum ClientRequest<'a> {
     Ping {
         id: Option<RequestId<'a>>,
     },
+    /// `{"op":"auth","token":".."}`: the connection's first token (keeps it out of URLs and
+    /// so out of proxy access logs).
+    Auth {
+        token: Cow<'a, str>,
+        id: Option<RequestId<'a>>,
+    },
+    /// `{"op":"refresh","token":".."}`: a new token for the same user before the current one
+    /// expires.
+    Refresh {
+        token: Cow<'a, str>,
+        id: Option<RequestId<'a>>,
+    },
 }
 
 impl<'a> ClientRequest<'a> {
@@ -50,7 +62,9 @@ impl<'a> ClientRequest<'a> {
             Self::Subscribe { id, .. }
             | Self::Unsubscribe { id, .. }
             | Self::Publish { id, .. }
-            | Self::Ping { id } => *id,
+            | Self::Ping { id }
+            | Self::Auth { id, .. }
+            | Self::Refresh { id, .. } => *id,
         }
     }
 }
@@ -85,6 +99,8 @@ struct Wire<'a> {
     topics: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// Distinguishes a field that is present (even as `null`) from an absent one.
@@ -230,11 +246,25 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
             })
         }
         "ping" => Ok(ClientRequest::Ping { id }),
+        "auth" | "refresh" => {
+            let Some(raw) = wire.token else {
+                return err(ErrorCode::MissingField, format!("missing field `token` for `{op}`"));
+            };
+            let token = match serde_json::from_str::<Name<'_>>(raw.get()) {
+                Ok(Name(t)) if !t.is_empty() => t,
+                _ => return err(ErrorCode::InvalidField, "`token` must be a non-empty string".into()),
+            };
+            Ok(if op == "auth" {
+                ClientRequest::Auth { token, id }
+            } else {
+                ClientRequest::Refresh { token, id }
+            })
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             err(
                 ErrorCode::UnknownOp,
-                format!("unknown op {shown:?}; expected subscribe, unsubscribe, publish or ping"),
+                format!("unknown op {shown:?}; expected subscribe, unsubscribe, publish, ping, auth or refresh"),
             )
         }
     }
@@ -274,6 +304,20 @@ mod tests {
         );
         assert_eq!(dec(r#" {"op":"ping"} "#).unwrap(), ClientRequest::Ping { id: None });
         assert_eq!(
+            dec(r#"{"op":"auth","token":"a.b.c","id":5}"#).unwrap(),
+            ClientRequest::Auth {
+                token: "a.b.c".into(),
+                id: Some("5")
+            }
+        );
+        assert_eq!(
+            dec(r#"{"op":"refresh","token":"x.y.z"}"#).unwrap(),
+            ClientRequest::Refresh {
+                token: "x.y.z".into(),
+                id: None
+            }
+        );
+        assert_eq!(
             dec(r#"{"op":"publish","topic":"a","data":null}"#).unwrap(),
             ClientRequest::Publish {
                 topic: "a".into(),
@@ -308,6 +352,9 @@ mod tests {
         assert_eq!(code(r#"{"op":"publish","data":1}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"op":"publish","topic":2,"data":1}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"op":"fly","id":1}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"auth"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"op":"auth","token":7}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"op":"refresh","token":""}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"op":"ping","id":{}}"#), ErrorCode::InvalidField);
         assert_eq!(code(r#"{"op":"ping","op":"ping"}"#), ErrorCode::InvalidMessage);
         // Found by fuzzing (json_request): a duplicate field before a syntax error was
@@ -413,6 +460,10 @@ mod tests {
                             vec![topic.as_ref()]
                         }
                         ClientRequest::Ping { .. } => vec![],
+                        ClientRequest::Auth { token, .. } | ClientRequest::Refresh { token, .. } => {
+                            prop_assert!(!token.is_empty());
+                            vec![]
+                        }
                     };
                     for t in topics {
                         prop_assert!(validate_topic(t, rules).is_ok());

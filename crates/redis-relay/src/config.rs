@@ -107,6 +107,9 @@ impl Default for RedisRelayConfig {
     }
 }
 
+/// What follows the prefix in the control channel's name; not a valid topic.
+pub const CONTROL_SUFFIX: &str = "#control";
+
 impl RedisRelayConfig {
     /// The defaults with `url` and `node_id` set.
     pub fn new(url: impl Into<String>, node_id: impl Into<String>) -> Self {
@@ -123,6 +126,13 @@ impl RedisRelayConfig {
         c.push_str(&self.channel_prefix);
         c.push_str(topic);
         c
+    }
+
+    /// The Redis channel that carries control messages between nodes:
+    /// `{channel_prefix}#control`. `#` is reserved in topic names, so no topic's channel can
+    /// be this one.
+    pub fn control_channel(&self) -> String {
+        self.channel(CONTROL_SUFFIX)
     }
 
     /// The number of delivery workers actually started.

@@ -13,6 +13,10 @@
 //! cores), count and skip malformed envelopes, and call `RelaySink::deliver`, which never
 //! blocks (it only pushes into bounded outboxes).
 //!
+//! Messages on the control channel (`{channel_prefix}#control`, no topic can name it) are
+//! decoded by the reader itself and handed to `RelaySink::control`: they are rare, and
+//! taking them in arrival order needs no worker.
+//!
 //! A full worker queue makes the reader wait; see "Back-pressure" in the crate docs for
 //! why waiting beats dropping here.
 
@@ -83,6 +87,7 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
     let node = shared.config.node_id.as_bytes();
     let prefix = shared.config.channel_prefix.as_str();
     let max = shared.config.max_payload_bytes;
+    let control = shared.config.control_channel();
     let mut log = Throttle::default();
     loop {
         let msg = tokio::select! {
@@ -96,6 +101,11 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
             return;
         };
         let payload = msg.get_payload_bytes();
+        if msg.get_channel_name() == control {
+            // Rare (an operator's request): handled here, in arrival order.
+            control_message(shared, payload, &mut log);
+            continue;
+        }
         if envelope::peek_origin(payload) == Some(node) {
             continue; // Redis echoes our own publications to us: delivered locally already.
         }
@@ -130,6 +140,28 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
         }
         if started.elapsed() > SLOW_HANDOFF {
             log.note(|| tracing::warn!("relay delivery is falling behind Redis (worker queue full)"));
+        }
+    }
+}
+
+/// A message on the control channel: validated, then handed to the sink unless this node
+/// sent it. Bounded like an envelope: an oversized one is skipped before decoding.
+fn control_message(shared: &Shared, payload: &[u8], log: &mut Throttle) {
+    if payload.len() > shared.config.max_payload_bytes {
+        shared.metrics.relay_invalid.inc();
+        log.note(|| tracing::debug!(bytes = payload.len(), "oversized control message skipped"));
+        return;
+    }
+    match herald_protocol::decode_control(payload) {
+        Ok(env) if env.origin == shared.config.node_id => {}
+        Ok(env) => {
+            if let Some(sink) = shared.sink() {
+                sink.control(env.message);
+            }
+        }
+        Err(e) => {
+            shared.metrics.relay_invalid.inc();
+            log.note(|| tracing::debug!(error = %e, "malformed control message skipped"));
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Weak};
 
 use herald_broker::{BrokerMetrics, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket};
-use herald_protocol::{envelope, Payload};
+use herald_protocol::{envelope, ControlMessage, Payload};
 use redis::io::tcp::TcpSettings;
 use redis::IntoConnectionInfo;
 use tokio::sync::{mpsc, oneshot};
@@ -153,6 +153,28 @@ impl Relay for RedisRelay {
 
     fn interest_changed(&self, topic: &str) {
         self.shared.interest.mark(topic);
+    }
+
+    /// On the control channel, through the same PUBLISH pipeline as publications.
+    fn send_control(&self, message: &ControlMessage) -> PublishTicket {
+        if self.shared.cancel.is_cancelled() {
+            return self.refuse(RelayError::ShuttingDown);
+        }
+        if !self.shared.is_publish_up() {
+            return self.refuse(RelayError::Unavailable("redis relay publish connection is down".into()));
+        }
+        let cfg = &self.shared.config;
+        let (done, rx) = oneshot::channel();
+        let item = Outgoing {
+            channel: cfg.control_channel(),
+            envelope: herald_protocol::encode_control(&cfg.node_id, message),
+            done,
+        };
+        match self.publish_tx.try_send(item) {
+            Ok(()) => PublishTicket::Pending(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => self.refuse(RelayError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.refuse(RelayError::ShuttingDown),
+        }
     }
 
     /// See `subscriptions` ("The confirmation race") and `supervisor` (the batch window).

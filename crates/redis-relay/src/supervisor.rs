@@ -99,6 +99,12 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
             Some(s) => s.interested_topics().iter().map(|t| Box::from(&**t)).collect(),
             None => Vec::new(),
         };
+        // The control channel first, on every connection: it is no topic, so the
+        // reconciler never unsubscribes it.
+        let control = shared.config.control_channel();
+        timeout(shared.config.command_timeout, sink.subscribe(&control))
+            .await
+            .map_err(|_| LinkError::Timeout("SUBSCRIBE of the control channel"))??;
         subscribe(shared, &mut sink, &topics, "SUBSCRIBE").await?;
         shared.interest.connected(&topics);
         let count = topics.len();

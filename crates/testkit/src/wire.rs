@@ -62,6 +62,17 @@ impl WireClient {
         Self::try_upgrade(stream, addr, path, b"", &[]).await
     }
 
+    /// Like [`WireClient::try_connect`], with extra request headers (`Authorization`,
+    /// `Origin`, ...).
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<std::result::Result<Self, Refused>> {
+        let stream = TcpStream::connect(addr).await?;
+        Self::try_upgrade(stream, addr, path, b"", headers).await
+    }
+
     /// Upgrades `path` on a stream the test connected itself (e.g. from a chosen local
     /// address, [`connect_from`]): writes `prefix` (a PROXY protocol header, say), then the
     /// upgrade request with `headers` added, in one write.
@@ -104,7 +115,24 @@ impl WireClient {
         let rest = buf[head_end + 4..].to_vec();
         if status != 101 {
             let mut body = rest;
-            let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut body)).await;
+            // The body's length when the answer says it (the connection may stay open),
+            // else everything until the node closes (at most 2 s).
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut chunk = [0u8; 4096];
+                while length.is_none_or(|n| body.len() < n) {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            })
+            .await;
             return Ok(Err(Refused {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),

@@ -112,6 +112,8 @@ struct ConnEntry {
     id: String,
     peer: String,
     mode: &'static str,
+    /// The token's `sub`; `null` when anonymous.
+    user: Option<String>,
     age_seconds: f64,
     queued_frames: usize,
     queued_bytes: usize,
@@ -124,6 +126,7 @@ fn entry(id: ConnId, info: &ConnInfo) -> ConnEntry {
         id: id.to_string(),
         peer: info.peer.to_string(),
         mode: info.mode,
+        user: info.user.as_deref().map(str::to_owned),
         age_seconds: (info.opened.elapsed().as_millis() as f64) / 1000.0,
         queued_frames,
         queued_bytes,

@@ -11,7 +11,8 @@
 //! - `inspect.rs`: `GET /api/node`, `/api/topics`, `/api/topics/{topic}`,
 //!   `/api/connections`, `/api/connections/{id}`;
 //! - `steer.rs`: `POST /api/connections/{id}/close`, `/api/topics/{topic}/disconnect`,
-//!   `/api/drain`.
+//!   `/api/drain`;
+//! - `users.rs`: `POST /api/users/{user}/disconnect` (every node, through the relay).
 //!
 //! Shared pieces: `body.rs` reads bodies (size bound before reading, deadline) and reads
 //! Content-Types, `message.rs` parses and validates the publish shapes, `page.rs` does
@@ -29,6 +30,7 @@ mod page;
 mod publish;
 mod router;
 mod steer;
+pub(crate) mod users;
 
 use std::sync::Arc;
 
@@ -71,6 +73,7 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<B
         Route::ConnectionClose(id) => steer::close_connection(state, id, req).await,
         Route::TopicDisconnect(t) => steer::disconnect_topic(state, t, req).await,
         Route::Drain => steer::drain(state),
+        Route::UserDisconnect(u) => users::disconnect_user(state, u, req).await,
     };
     result.unwrap_or_else(ApiError::into_response)
 }

@@ -29,7 +29,6 @@ use serde::Serialize;
 use super::body::{self, Media};
 use super::error::{ApiError, ApiResult};
 use super::message::{Limits, MessageIn};
-use crate::core::Publisher;
 use crate::http_server::Body;
 use crate::state::AppState;
 
@@ -82,7 +81,7 @@ pub fn limits(state: &AppState) -> Limits {
 /// Publishes (local fan-out now, relay started); await [`InFlight::finish`] for the verdict.
 pub fn start(state: &AppState, topic: String, payload: Payload) -> InFlight {
     let standalone = state.broker.relay_state() == RelayState::Standalone;
-    let report = state.core.publish(Publisher::Http, &topic, payload);
+    let report = state.core.publish_http(&topic, payload);
     InFlight {
         topic,
         local: report.local,

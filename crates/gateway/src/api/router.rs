@@ -25,6 +25,7 @@ pub enum Route {
     Connections,
     Connection(ConnId),
     ConnectionClose(ConnId),
+    UserDisconnect(String),
     Publish,
     PublishBatch,
     Broadcast,
@@ -47,6 +48,7 @@ pub fn resolve(method: &Method, path: &str, rules: TopicRules) -> Result<Route, 
         "/drain" => (Route::Drain, POST),
         r if r.starts_with("/topics/") => topic_route(&r["/topics/".len()..], rules)?,
         r if r.starts_with("/connections/") => connection_route(&r["/connections/".len()..])?,
+        r if r.starts_with("/users/") => user_route(&r["/users/".len()..]).ok_or_else(|| not_found(path))??,
         _ => return Err(not_found(path)),
     };
     let ok = match allow {
@@ -76,6 +78,20 @@ fn topic_route(rest: &str, rules: TopicRules) -> Result<(Route, &'static str), A
         .ok_or_else(|| ApiError::InvalidTopic("the topic in the path is not valid percent-encoded UTF-8".into()))?;
     validate_topic(&topic, rules).map_err(|e| ApiError::InvalidTopic(format!("invalid topic {topic:?}: {e}")))?;
     Ok((make(topic), allow))
+}
+
+/// `/users/{user}/disconnect`: the user is one percent-decoded segment.
+fn user_route(rest: &str) -> Option<Result<(Route, &'static str), ApiError>> {
+    let raw = rest.strip_suffix("/disconnect")?;
+    if raw.is_empty() || raw.contains('/') {
+        return None;
+    }
+    Some(match percent_decode(raw, false) {
+        None => Err(ApiError::InvalidParameter(
+            "the user in the path is not valid percent-encoded UTF-8".into(),
+        )),
+        Some(user) => super::users::check_user(&user).map(|()| (Route::UserDisconnect(user), POST)),
+    })
 }
 
 fn connection_route(rest: &str) -> Result<(Route, &'static str), ApiError> {
@@ -141,6 +157,34 @@ mod tests {
             Err(ApiError::InvalidTopic(_))
         ));
         assert!(matches!(r(Method::GET, "/api/topics/"), Err(ApiError::InvalidTopic(_))));
+    }
+
+    #[test]
+    fn user_routes() {
+        assert_eq!(
+            r(Method::POST, "/api/users/alice%40x/disconnect"),
+            Ok(Route::UserDisconnect("alice@x".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/api/users/alice/disconnect"),
+            Err(ApiError::MethodNotAllowed { allow: POST })
+        );
+        assert!(matches!(
+            r(Method::POST, "/api/users/alice"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            r(Method::POST, "/api/users//disconnect"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            r(Method::POST, "/api/users/a/b/disconnect"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            r(Method::POST, "/api/users/%FF/disconnect"),
+            Err(ApiError::InvalidParameter(_))
+        ));
     }
 
     #[test]

@@ -47,6 +47,24 @@ pub fn allowed_code(code: u16) -> bool {
 
 /// Reads and checks the close request.
 async fn close_request(req: Request<Incoming>) -> Result<(u16, String), ApiError> {
+    close_request_with(
+        req,
+        allowed_code,
+        "use 1000, 1001, 1008, 1013 or 3000-4999",
+        DEFAULT_CODE,
+        DEFAULT_REASON,
+    )
+    .await
+}
+
+/// Reads and checks a close request whose code must pass `allowed` (`hint` says which are).
+pub(super) async fn close_request_with(
+    req: Request<Incoming>,
+    allowed: fn(u16) -> bool,
+    hint: &str,
+    default_code: u16,
+    default_reason: &str,
+) -> Result<(u16, String), ApiError> {
     body::require_json(req.headers())?;
     let bytes = body::read(req, MAX_CLOSE_BODY).await?;
     let parsed: CloseIn = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -55,13 +73,13 @@ async fn close_request(req: Request<Incoming>) -> Result<(u16, String), ApiError
         serde_json::from_slice(&bytes)
             .map_err(|e| body::json_error(e, "an object {\"code\": <close code>, \"reason\": \"...\"}"))?
     };
-    let code = parsed.code.unwrap_or(DEFAULT_CODE);
-    if !allowed_code(code) {
+    let code = parsed.code.unwrap_or(default_code);
+    if !allowed(code) {
         return Err(ApiError::InvalidField(format!(
-            "close code {code} is not allowed; use 1000, 1001, 1008, 1013 or 3000-4999"
+            "close code {code} is not allowed; {hint}"
         )));
     }
-    let reason = parsed.reason.unwrap_or_else(|| DEFAULT_REASON.to_owned());
+    let reason = parsed.reason.unwrap_or_else(|| default_reason.to_owned());
     if reason.len() > MAX_REASON {
         return Err(ApiError::InvalidField(format!(
             "the reason is {} bytes; a close reason holds at most {MAX_REASON}",

@@ -21,6 +21,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub mode: &'static str,
     pub opened: Instant,
+    /// The user (the token's `sub`), `None` when anonymous.
+    pub user: Option<Arc<str>>,
 }
 
 /// Where connection slots come from.
@@ -101,6 +103,13 @@ impl Connections {
 
     pub(crate) fn insert(&self, id: ConnId, info: ConnInfo) {
         self.table.insert(id, info);
+    }
+
+    /// Records `id`'s user (after `auth`).
+    pub(crate) fn set_user(&self, id: ConnId, user: Option<Arc<str>>) {
+        if let Some(mut e) = self.table.get_mut(&id) {
+            e.user = user;
+        }
     }
 
     pub(crate) fn remove(&self, id: ConnId) {

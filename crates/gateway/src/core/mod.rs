@@ -3,9 +3,12 @@
 //! else touch the broker's registry or relay.
 //!
 //! It is the one place where per-request rules apply: the connection limit, the
-//! per-connection subscription limit and the per-connection publish rate limits
-//! (`rate.rs`, in [`Core::publish_from`]); permissions and presence hooks belong here too,
-//! beside them, so that every transport gets them at once. It answers with
+//! per-connection subscription limit, the connection's permissions (checked once per
+//! subscribe or publish request, never per delivery; all-or-nothing per request) and the
+//! per-connection publish rate limits (`rate.rs`, in [`Core::publish_from`]); presence
+//! hooks belong here too, beside them, so that every transport gets them at once. A
+//! connection's identity (user, permissions) lives in its [`Conn`] and, for the admin API
+//! and `disconnect`, in the connection table. It answers with
 //! tickets for what the cluster confirms later ([`Confirmation`] for subscribes,
 //! `PublishTicket` for publishes), which each transport awaits in its own way: the
 //! WebSocket session queues them in request order (`session/answers.rs`), the upgrade
@@ -22,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_auth::Permissions;
 use herald_broker::{
     Broker, BrokerMetrics, ConnId, EncodingId, Outbox, OutboxLimits, PublishReport, Source, Subscriber, SubscriberMode,
 };
@@ -63,6 +67,41 @@ pub enum Refusal {
     /// the connection with 1008.
     #[error("publish rate limit exceeded for {over_ms} ms")]
     OverLimit { over_ms: u64 },
+    #[error("not allowed to {action} {}", shown(topic))]
+    Forbidden { action: Action, topic: String },
+}
+
+/// What a permission governs (the `action` label of `herald_forbidden_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Subscribe,
+    Publish,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Publish => "publish",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much of a refused topic a message repeats.
+pub const ECHO_CHARS: usize = 64;
+
+/// `topic` as an error message shows it: quoted, and cut after [`ECHO_CHARS`] characters.
+pub fn shown(topic: &str) -> String {
+    match topic.char_indices().nth(ECHO_CHARS) {
+        None => format!("{topic:?}"),
+        Some((end, _)) => format!("{:?}…", &topic[..end]),
+    }
 }
 
 impl Refusal {
@@ -72,16 +111,33 @@ impl Refusal {
             Self::ConnectionLimit { .. } => ErrorCode::Internal,
             Self::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             Self::RateLimited | Self::OverLimit { .. } => ErrorCode::RateLimited,
+            Self::Forbidden { .. } => ErrorCode::Forbidden,
         }
     }
 }
 
-/// Who publishes: a connection (its echo setting is honoured, and the source is counted)
-/// or a backend over HTTP.
-#[derive(Debug, Clone, Copy)]
-pub enum Publisher {
-    Conn { id: ConnId, source: Source },
-    Http,
+/// Who a connection is: its user (the token's `sub`; `None` when anonymous), what it may do,
+/// and when its token expires.
+#[derive(Clone)]
+pub struct ConnIdentity {
+    pub user: Option<Arc<str>>,
+    pub permissions: Arc<Permissions>,
+    /// Milliseconds since the epoch after which the token no longer counts (its `exp`
+    /// plus the configured leeway); `None` without a token or without `exp`. The session
+    /// keeps it where its writer's expiry timer reads it (`SessionFlags`), not in [`Conn`]:
+    /// one copy per connection.
+    pub expires_ms: Option<u64>,
+}
+
+impl ConnIdentity {
+    /// Anonymous, with `permissions`.
+    pub fn anonymous(permissions: Arc<Permissions>) -> Self {
+        Self {
+            user: None,
+            permissions,
+            expires_ms: None,
+        }
+    }
 }
 
 /// What a connection asks for when it connects.
@@ -90,6 +146,7 @@ pub struct ConnectRequest {
     /// Receive one's own publications.
     pub echo: bool,
     pub peer: SocketAddr,
+    pub identity: ConnIdentity,
 }
 
 /// A connection registered with the core: its slot, outbox and subscriptions. It must be
@@ -106,6 +163,10 @@ pub struct Conn {
     topics: Vec<Arc<str>>,
     /// Publish rate buckets, allocated at the first publish (`rate.rs`).
     rate: Option<Box<RateState>>,
+    /// The user (the token's `sub`), `None` when anonymous.
+    user: Option<Arc<str>>,
+    /// What it may subscribe to and publish on; replaced by `auth` and `refresh`.
+    permissions: Arc<Permissions>,
     left: bool,
 }
 
@@ -117,6 +178,14 @@ impl Conn {
     /// The topics held now.
     pub fn topics(&self) -> &[Arc<str>] {
         &self.topics
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    pub fn permissions(&self) -> &Arc<Permissions> {
+        &self.permissions
     }
 
     /// True once [`Core::leave`] ended it.
@@ -178,6 +247,7 @@ impl Core {
                 peer: req.peer,
                 mode,
                 opened: Instant::now(),
+                user: req.identity.user.clone(),
             },
         );
         Ok(Conn {
@@ -188,13 +258,59 @@ impl Core {
             outbox,
             topics: Vec::new(),
             rate: None,
+            user: req.identity.user,
+            permissions: req.identity.permissions,
             left: false,
         })
     }
 
+    /// Gives `conn` a new identity (after `auth` or `refresh`; the caller moves the
+    /// expiry, see [`ConnIdentity::expires_ms`]) and drops the subscriptions
+    /// its new permissions no longer allow; returns the dropped topics (the caller tells
+    /// the client about each).
+    pub fn set_identity(&self, conn: &mut Conn, identity: ConnIdentity) -> Vec<Arc<str>> {
+        if conn.user != identity.user {
+            self.connections.set_user(conn.id, identity.user.clone());
+        }
+        conn.user = identity.user;
+        conn.permissions = identity.permissions;
+        let dropped: Vec<Arc<str>> = conn
+            .topics
+            .iter()
+            .filter(|t| !conn.permissions.can_subscribe(t))
+            .cloned()
+            .collect();
+        self.unsubscribe(conn, dropped.iter().map(|t| &**t));
+        dropped
+    }
+
+    /// Counts and builds a permission refusal.
+    fn forbidden(&self, action: Action, topic: &str) -> Refusal {
+        self.metrics.forbidden.with_label_values(&[action.as_str()]).inc();
+        Refusal::Forbidden {
+            action,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Whether `conn` may subscribe to every one of `topics` (for the upgrade's 403, before
+    /// a connection exists); counts a refusal.
+    pub fn check_subscribe<'a>(
+        &self,
+        permissions: &Permissions,
+        topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Refusal> {
+        for t in topics {
+            if !permissions.can_subscribe(t) {
+                return Err(self.forbidden(Action::Subscribe, t));
+            }
+        }
+        Ok(())
+    }
+
     /// Subscribes `conn` to `topics` (already valid names; duplicates and topics held
-    /// already are fine): all of them, or none when the subscription limit would be
-    /// passed. The [`Confirmation`] resolves once the cluster delivers every one of them
+    /// already are fine): all of them, or none when one is not allowed by its permissions
+    /// or the subscription limit would be passed. The [`Confirmation`] resolves once the cluster delivers every one of them
     /// to this node; the local subscriptions hold from now on.
     pub fn subscribe<'a>(
         &self,
@@ -206,6 +322,9 @@ impl Core {
         let mut topics: Vec<&str> = topics.into_iter().collect();
         topics.sort_unstable();
         topics.dedup();
+        if let Some(t) = topics.iter().find(|t| !conn.permissions.can_subscribe(t)) {
+            return Err(self.forbidden(Action::Subscribe, t));
+        }
         let max = self.limits.max_subscriptions;
         let holding = conn.topics.len();
         // At most `holding` of them can be held already.
@@ -254,21 +373,31 @@ impl Core {
         }
     }
 
-    /// Publishes to `topic` (an already valid name): local fan-out now, the relay's
-    /// verdict in the report's ticket.
-    pub fn publish(&self, from: Publisher, topic: &str, payload: Payload) -> PublishReport {
-        let (origin, source) = match from {
-            Publisher::Conn { id, source } => (Some(id), source),
-            Publisher::Http => (None, Source::Http),
-        };
-        self.broker.publish(topic, payload, origin, source)
+    /// Publishes for a backend over HTTP: governed by the admin API's keys, not by
+    /// connection permissions.
+    pub fn publish_http(&self, topic: &str, payload: Payload) -> PublishReport {
+        self.broker.publish(topic, payload, None, Source::Http)
     }
 
-    /// Publishes from connection `conn` (JSON or raw, as `source` says) after its rate
+    /// Closes every local connection of `user` with `code` and `reason` (after what is
+    /// queued for them); returns how many. Counted as `kicked`.
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
+        let mut closed = 0;
+        self.connections.for_each(|_, info| {
+            if info.user.as_deref() == Some(user) && !info.outbox.is_closing() {
+                info.outbox.close_as(code, reason.to_owned(), false, "kicked");
+                closed += 1;
+            }
+        });
+        closed
+    }
+
+    /// Publishes from connection `conn` (JSON or raw, as `source` says) if its permissions
+    /// allow the topic ([`Refusal::Forbidden`], counted, otherwise) and within its rate
     /// limits (`rate.rs`): over them the message is not published and the refusal is
     /// counted in `herald_rate_limited_total` by mode; [`Refusal::OverLimit`] means the
     /// connection has been over them for `limits.publish_overlimit_close_ms` and must be
-    /// closed.
+    /// closed. A forbidden publish does not spend the rate buckets.
     pub fn publish_from(
         &self,
         conn: &mut Conn,
@@ -276,8 +405,11 @@ impl Core {
         topic: &str,
         payload: Payload,
     ) -> Result<PublishReport, Refusal> {
+        if !conn.permissions.can_publish(topic) {
+            return Err(self.forbidden(Action::Publish, topic));
+        }
         match self.limits.rate.check(&mut conn.rate, payload.len()) {
-            Verdict::Admitted => Ok(self.publish(Publisher::Conn { id: conn.id, source }, topic, payload)),
+            Verdict::Admitted => Ok(self.broker.publish(topic, payload, Some(conn.id), source)),
             verdict => {
                 self.rate_limited[usize::from(conn.mode == SubscriberMode::Raw)].inc();
                 Err(match verdict {
@@ -327,7 +459,70 @@ mod tests {
             mode: SubscriberMode::Json,
             echo: true,
             peer: "127.0.0.1:1".parse().unwrap(),
+            identity: ConnIdentity::anonymous(Permissions::allow_all()),
         }
+    }
+
+    fn only(subscribe: &[&str], publish: &[&str]) -> Arc<Permissions> {
+        use herald_auth::PatternSet;
+        Arc::new(Permissions::new(
+            Arc::new(PatternSet::compile(subscribe, None).unwrap()),
+            Arc::new(PatternSet::compile(publish, None).unwrap()),
+        ))
+    }
+
+    #[test]
+    fn permissions_are_all_or_nothing_and_follow_a_new_identity() {
+        let core = core(10, 10);
+        let mut req = request();
+        req.identity = ConnIdentity::anonymous(only(&["chat.*", "news"], &["chat.room1"]));
+        let mut c = core.connect(req, CancellationToken::new()).unwrap();
+        let refused = core.subscribe(&mut c, ["chat.a", "secret", "news"]).unwrap_err();
+        assert_eq!(
+            refused,
+            Refusal::Forbidden {
+                action: Action::Subscribe,
+                topic: "secret".into()
+            }
+        );
+        assert_eq!(refused.code(), ErrorCode::Forbidden);
+        assert!(c.topics().is_empty(), "nothing subscribed");
+        core.subscribe(&mut c, ["chat.a", "news"]).unwrap();
+        let p = core.publish_from(
+            &mut c,
+            Source::Websocket,
+            "chat.other",
+            Payload::text(bytes::Bytes::from_static(b"x")),
+        );
+        assert!(matches!(
+            p,
+            Err(Refusal::Forbidden {
+                action: Action::Publish,
+                ..
+            })
+        ));
+        core.publish_http("chat.other", Payload::text(bytes::Bytes::from_static(b"x")));
+        assert_eq!(core.metrics.forbidden.with_label_values(&["subscribe"]).get(), 1);
+        assert_eq!(core.metrics.forbidden.with_label_values(&["publish"]).get(), 1);
+        // Narrower permissions drop what they no longer allow.
+        let dropped = core.set_identity(
+            &mut c,
+            ConnIdentity {
+                user: Some("u".into()),
+                permissions: only(&["news"], &[]),
+                expires_ms: Some(1),
+            },
+        );
+        assert_eq!(dropped, vec![Arc::<str>::from("chat.a")]);
+        assert_eq!(c.topics(), &[Arc::<str>::from("news")]);
+        assert!(!core.broker().registry().has_topic("chat.a"));
+        assert_eq!(
+            core.connections().with(c.id, |i| i.user.clone()).flatten().as_deref(),
+            Some("u")
+        );
+        assert_eq!(core.disconnect_user("u", 4001, "bye"), 1);
+        assert!(c.outbox.is_closing());
+        assert_eq!(core.disconnect_user("u", 4001, "bye"), 0, "closing already");
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Applying one complete client message: JSON protocol v1 requests on `/ws`, verbatim
 //! publishes on `/raw/{topic}`. Every request goes through the core (`crate::core`), the
-//! one place where limits (and later permissions) apply.
+//! one place where limits and permissions apply. A refused publish or subscribe gets the
+//! error `forbidden`; a raw connection that publishes where it may not is closed with
+//! 1008 "publish not allowed" (raw mode has no error frames).
+//!
+//! `auth` and `refresh` are one operation: the first token makes an anonymous connection
+//! its user's, every later one must name the same user and replaces the permissions and
+//! the expiry; subscriptions the new permissions forbid are dropped, each with a
+//! `forbidden` error naming the topic, before the ack. A token that does not verify ends
+//! the connection: error `unauthorized` (or `token_expired` for an expired token that
+//! would have replaced a valid one), then close 1008 with the reason.
 //!
 //! Bad requests get an error frame (`code` and `message`, echoing the `id` when it could be
 //! read) and the connection stays up; every error sent is counted by code. Answers that
@@ -25,6 +34,8 @@ use super::answers::error_frame;
 use super::reader::{pushed, Message};
 use super::{Exit, Session};
 use crate::core::Refusal;
+use crate::identity::RefreshError;
+use herald_auth::AuthError;
 
 /// The close of a connection that stayed over its publish rate limits.
 fn over_limit_exit(over_ms: u64) -> Exit {
@@ -45,7 +56,8 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
             };
             let topic = session.conn.topics().first().cloned()?;
             // Raw mode has no acknowledgements; the relay counts what it could not send,
-            // the core what its rate limits refused (dropped).
+            // the core what its rate limits refused (dropped). A raw connection that may
+            // not publish on its topic is closed at its first frame.
             match session
                 .state
                 .core
@@ -53,6 +65,7 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
             {
                 Ok(report) => drop(report.relay),
                 Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
+                Err(Refusal::Forbidden { .. }) => return Some(Exit::new(1008, "publish not allowed", "forbidden")),
                 Err(_) => {}
             }
             None
@@ -102,7 +115,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
         conn,
         answers,
         backlog,
-        ..
+        flags,
     } = session;
     let core = &state.core;
     let mut answer = |b: Option<usize>| {
@@ -130,6 +143,12 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             let report = match core.publish_from(conn, Source::Websocket, &topic, payload) {
                 Ok(report) => report,
                 Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
+                Err(refusal @ Refusal::Forbidden { .. }) => {
+                    // Always told (the topic is named), with the `id` when there is one.
+                    let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
+                    answer(answers.send(&conn.outbox, frame));
+                    return None;
+                }
                 Err(refusal) => {
                     // Refused by the rate limits: told when it has an `id`, else only counted.
                     if let Some(id) = id {
@@ -144,6 +163,42 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             if let Some(id) = id {
                 let delivered = report.local.delivered;
                 answer(answers.publish(&conn.outbox, &state.metrics, id, report.relay, delivered));
+            }
+        }
+        ClientRequest::Auth { token, id } | ClientRequest::Refresh { token, id } => {
+            let result = match conn.user() {
+                None => state.identity.authenticate(&token).map_err(RefreshError::from),
+                Some(user) => state.identity.refresh(Some(user), &token),
+            };
+            let identity = match result {
+                Ok(identity) => identity,
+                Err(e) => {
+                    // Terminal: straight to the outbox (the close follows it), with the
+                    // reason in the close frame too.
+                    let expired = conn.user().is_some() && e == RefreshError::Token(AuthError::Expired);
+                    let (code, label, reason) = if expired {
+                        (ErrorCode::TokenExpired, "token_expired", "token expired".to_owned())
+                    } else {
+                        (ErrorCode::Unauthorized, "unauthorized", format!("unauthorized: {e}"))
+                    };
+                    conn.outbox
+                        .push_control(error_frame(&state.metrics, id, code, &e.to_string()));
+                    return Some(Exit::new(1008, reason, label));
+                }
+            };
+            flags
+                .expires_ms
+                .store(identity.expires_ms.unwrap_or(0), Ordering::Relaxed);
+            for topic in core.set_identity(conn, identity) {
+                let message = format!(
+                    "subscription to {} dropped: the new token does not allow it",
+                    crate::core::shown(&topic)
+                );
+                let frame = error_frame(&state.metrics, None, ErrorCode::Forbidden, &message);
+                answer(answers.send(&conn.outbox, frame));
+            }
+            if let Some(id) = id {
+                answer(answers.send(&conn.outbox, server_msg::ack(id)));
             }
         }
     }

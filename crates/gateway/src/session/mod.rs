@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::socket::Socket;
 
 use self::answers::Answers;
-use crate::core::{Confirmation, Conn, ConnectRequest, Refusal};
+use crate::core::{Confirmation, Conn, ConnIdentity, ConnectRequest, Refusal};
 use crate::ip_limits::IpSlot;
 use crate::state::AppState;
 
@@ -44,6 +44,8 @@ pub struct SessionParams {
     pub echo: bool,
     /// The client's address (behind trusted proxies: the one they named).
     pub peer: SocketAddr,
+    /// Who connects: from a token on the upgrade, or anonymous.
+    pub identity: ConnIdentity,
     /// The connection's place in its client IP's count (`ip_limits.rs`), when limited.
     pub ip_slot: Option<IpSlot>,
 }
@@ -76,6 +78,19 @@ pub struct SessionFlags {
     /// The client has sent a request or holds a subscription: the first-message deadline
     /// no longer applies.
     pub engaged: AtomicBool,
+    /// When the connection's token expires, in milliseconds since the epoch (0: never);
+    /// set by the reader (`auth`, `refresh`), watched by the writer's expiry timer.
+    pub expires_ms: AtomicU64,
+    /// The expiry whose `token_expired` notice the writer sent (only the writer touches
+    /// it).
+    pub noticed_ms: AtomicU64,
+    /// `token_expired` goes out this many milliseconds before the expiry; 0: no notice
+    /// (raw mode has no error frames: a raw connection is simply closed at expiry + grace).
+    /// Here rather than in the writer's configuration: it differs by mode, and these bytes
+    /// fit the allocation the flags already take, where the writer's future would grow.
+    pub expiry_notice_ms: u32,
+    /// A connection whose token expired is closed this many milliseconds after it.
+    pub expiry_grace_ms: u32,
 }
 
 /// Per-connection state owned by the session task.
@@ -122,10 +137,12 @@ impl Prepared {
     /// upgrade, and await the [`Confirmation`] before the 101 goes out, so that the
     /// subscriptions hold cluster-wide once the client has the answer.
     pub fn new(state: Arc<AppState>, params: SessionParams) -> Result<(Self, Confirmation), PrepareError> {
+        let expires_ms = params.identity.expires_ms.unwrap_or(0);
         let request = ConnectRequest {
             mode: params.mode,
             echo: params.echo,
             peer: params.peer,
+            identity: params.identity,
         };
         let mut conn = state.core.connect(request, CancellationToken::new())?;
         if params.mode == SubscriberMode::Json {
@@ -143,6 +160,13 @@ impl Prepared {
             }
         };
         let engaged = params.mode == SubscriberMode::Raw || !conn.topics().is_empty();
+        // At most a day each (`Config::validate`).
+        let auth = &state.config.auth;
+        let expiry_notice_ms = match params.mode {
+            SubscriberMode::Raw => 0,
+            SubscriberMode::Json => auth.expiry_notice_ms.min(u64::from(u32::MAX)) as u32,
+        };
+        let expiry_grace_ms = auth.expiry_grace_ms.min(u64::from(u32::MAX)) as u32;
         let session = Session {
             state,
             conn,
@@ -151,6 +175,10 @@ impl Prepared {
             flags: Arc::new(SessionFlags {
                 last_seen_ms: AtomicU64::new(crate::clock::coarse_ms()),
                 engaged: AtomicBool::new(engaged),
+                expires_ms: AtomicU64::new(expires_ms),
+                noticed_ms: AtomicU64::new(0),
+                expiry_notice_ms,
+                expiry_grace_ms,
             }),
         };
         Ok((
@@ -206,12 +234,13 @@ pub async fn run(mut prepared: Prepared, prefix: bytes::Bytes, socket: Arc<Socke
     let urgent = outbox.urgent();
     let id = prepared.session.conn.id;
     let session = &mut prepared.session;
+    let writer_config = writer::WriterConfig::from_config(&state.config);
 
     let mut writer = tokio::spawn(writer::run(
         socket.clone(),
         outbox.clone(),
         urgent,
-        writer::WriterConfig::from_config(&state.config),
+        writer_config,
         session.flags.clone(),
         metrics.clone(),
     ));

@@ -12,7 +12,10 @@
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
 //! `ping_interval` in which the reader saw no frame, it pings; after `idle_timeout` of
-//! silence it closes with 1001) and the first-message deadline (1008). During a drain the
+//! silence it closes with 1001), the first-message deadline (1008) and the token's expiry
+//! (`expiry_notice` before it an error frame `token_expired`, `expiry_grace` after it a
+//! close 1008 "token expired"; a `refresh` moves the expiry, and the ack it sends wakes
+//! the writer to re-arm). During a drain the
 //! node's drain task closes connections one by one across the close window. A batch that cannot
 //! be written within `write_timeout` means the peer stalled: the connection is dropped.
 //! When the slow-consumer policy disconnects the client while a write is in flight, the
@@ -36,6 +39,8 @@ use super::socket::Socket;
 use super::{Exit, SessionFlags};
 use crate::clock::coarse_ms;
 use crate::config::Config;
+use crate::identity::now_ms;
+use herald_protocol::server_msg::{self, ErrorCode};
 
 /// Frames gathered into one `writev` call.
 const MAX_IOV: usize = 128;
@@ -236,6 +241,12 @@ struct Timers {
     first_deadline: Option<Instant>,
 }
 
+/// `at_ms` (epoch milliseconds) on the monotonic clock, `now_ms` being now; a millisecond
+/// late rather than early, so a wake-up never finds its deadline not quite reached.
+fn instant_of(at_ms: u64, now_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms) + 1)
+}
+
 impl Timers {
     fn next_wake(&self, cfg: &WriterConfig, flags: &SessionFlags) -> Instant {
         // The idle deadline follows the client's last frame (coarse clock, 20 ms).
@@ -246,6 +257,16 @@ impl Timers {
         let mut t = self.next_beat.min(Instant::now() + idle_in);
         if let Some(d) = self.first_deadline {
             t = t.min(d);
+        }
+        let expires = flags.expires_ms.load(Ordering::Relaxed);
+        if expires != 0 {
+            let now_ms = now_ms();
+            let close_at = expires.saturating_add(u64::from(flags.expiry_grace_ms));
+            t = t.min(instant_of(close_at, now_ms));
+            if flags.expiry_notice_ms > 0 && flags.noticed_ms.load(Ordering::Relaxed) != expires {
+                let notice_at = expires.saturating_sub(u64::from(flags.expiry_notice_ms));
+                t = t.min(instant_of(notice_at, now_ms));
+            }
         }
         t
     }
@@ -360,14 +381,44 @@ pub async fn run(
             // one busy subscriber cannot pin a worker thread.
             tokio::task::coop::consume_budget().await;
         }
-        check_timers(&mut timers, &cfg, &flags, outbox);
+        check_timers(&mut timers, &cfg, &flags, outbox, &metrics);
     }
 }
 
 /// Applies whatever deadline has passed: a close goes through the outbox, so queued
 /// frames and the close frame leave in order on the next iteration.
-fn check_timers(timers: &mut Timers, cfg: &WriterConfig, flags: &SessionFlags, outbox: &Outbox) {
+fn check_timers(
+    timers: &mut Timers,
+    cfg: &WriterConfig,
+    flags: &SessionFlags,
+    outbox: &Outbox,
+    metrics: &BrokerMetrics,
+) {
     let now = Instant::now();
+    let expires = flags.expires_ms.load(Ordering::Relaxed);
+    if expires != 0 {
+        let now_ms = now_ms();
+        if now_ms >= expires.saturating_add(u64::from(flags.expiry_grace_ms)) {
+            outbox.close_as(1008, "token expired", false, "token_expired");
+            return;
+        }
+        let notice_due =
+            flags.expiry_notice_ms > 0 && now_ms.saturating_add(u64::from(flags.expiry_notice_ms)) >= expires;
+        if notice_due && flags.noticed_ms.load(Ordering::Relaxed) != expires {
+            flags.noticed_ms.store(expires, Ordering::Relaxed);
+            let message = if now_ms >= expires {
+                "the token has expired; send refresh with a new one now".to_owned()
+            } else {
+                format!(
+                    "the token expires in {} ms; send refresh with a new one",
+                    expires - now_ms
+                )
+            };
+            let code = ErrorCode::TokenExpired;
+            metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+            outbox.push_control(server_msg::error(None, code, &message));
+        }
+    }
     if let Some(deadline) = timers.first_deadline {
         if flags.engaged.load(Ordering::Relaxed) {
             timers.first_deadline = None;

@@ -223,6 +223,7 @@ impl Drop for RedisServer {
 pub struct FakeSink {
     interest: Mutex<HashSet<String>>,
     delivered: Mutex<Vec<Envelope>>,
+    controls: Mutex<Vec<herald_protocol::ControlMessage>>,
 }
 
 impl RelaySink for FakeSink {
@@ -232,6 +233,10 @@ impl RelaySink for FakeSink {
 
     fn has_interest(&self, topic: &str) -> bool {
         self.interest.lock().unwrap().contains(topic)
+    }
+
+    fn control(&self, message: herald_protocol::ControlMessage) {
+        self.controls.lock().unwrap().push(message);
     }
 
     fn interested_topics(&self) -> Vec<Arc<str>> {
@@ -245,6 +250,11 @@ impl RelaySink for FakeSink {
 }
 
 impl FakeSink {
+    /// Control messages received, in order.
+    pub fn controls(&self) -> Vec<herald_protocol::ControlMessage> {
+        self.controls.lock().unwrap().clone()
+    }
+
     pub fn delivered(&self) -> Vec<Envelope> {
         self.delivered.lock().unwrap().clone()
     }
