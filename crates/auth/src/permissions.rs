@@ -48,6 +48,11 @@ impl Permissions {
         .clone()
     }
 
+    /// True when nothing at all is allowed.
+    pub fn allows_nothing(&self) -> bool {
+        self.subscribe.is_empty() && self.publish.is_empty()
+    }
+
     /// Nothing allowed. One shared instance.
     pub fn deny_all() -> Arc<Self> {
         static NONE: std::sync::OnceLock<Arc<Permissions>> = std::sync::OnceLock::new();

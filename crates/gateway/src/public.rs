@@ -97,14 +97,18 @@ fn reject(state: &AppState, status: StatusCode, code: &str, message: &str) -> Re
 /// `Some(Err)` for a header or parameter that is there but unusable.
 fn token_of(req: &Request<Incoming>, query: Option<&str>) -> Option<Result<String, &'static str>> {
     if let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) {
-        let value = h.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        return Some(match value {
-            Some(t) if !t.is_empty() => Ok(t.to_owned()),
-            _ => Err("the Authorization header must be `Bearer <token>`"),
-        });
+        // Only the Bearer scheme is ours: a proxy's own `Basic` header (say) is not a bad
+        // token, and `?token=` still counts after it.
+        let value = h.as_bytes();
+        let is_bearer = value.len() >= 6 && value[..6].eq_ignore_ascii_case(b"bearer");
+        if is_bearer {
+            let token = h.to_str().ok().map(|v| v[6..].trim());
+            let after_scheme = value.get(6).is_none_or(|b| *b == b' ');
+            return Some(match token {
+                Some(t) if !t.is_empty() && after_scheme => Ok(t.to_owned()),
+                _ => Err("the Authorization header must be `Bearer <token>`"),
+            });
+        }
     }
     match param(query, "token")? {
         Ok(t) if !t.is_empty() => Some(Ok(t)),

@@ -277,6 +277,12 @@ impl Outbox {
         waiting
     }
 
+    /// Wakes the writer with nothing new to send, so it recomputes its timers (a new
+    /// token expiry, say). Unlike [`Outbox::wake`] it leaves the flush listing alone.
+    pub fn nudge_writer(&self) {
+        self.notify.notify_one();
+    }
+
     /// Control frames waiting for the writer.
     pub fn control_backlog(&self) -> usize {
         self.lock().control.len()

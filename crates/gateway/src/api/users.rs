@@ -30,9 +30,9 @@ pub const DEFAULT_REASON: &str = "disconnected by the operator";
 
 /// Checks a user id from the path.
 pub fn check_user(user: &str) -> Result<(), ApiError> {
-    if user.is_empty() || user.len() > MAX_USER_BYTES {
+    if user.is_empty() || user.len() > MAX_USER_BYTES || user.chars().any(char::is_control) {
         return Err(ApiError::InvalidParameter(format!(
-            "a user id is 1 to {MAX_USER_BYTES} bytes"
+            "a user id is 1 to {MAX_USER_BYTES} bytes without control characters"
         )));
     }
     Ok(())

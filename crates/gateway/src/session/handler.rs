@@ -71,7 +71,12 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
             None
         }
         SubscriberMode::Json => {
-            session.flags.engaged.store(true, Ordering::Relaxed);
+            // A connection that may do nothing yet (anonymous, with a key configured) is
+            // engaged only by a successful `auth`: pings alone must not hold its slot past
+            // the first-message deadline.
+            if session.conn.user().is_some() || !session.conn.permissions().allows_nothing() {
+                session.flags.engaged.store(true, Ordering::Relaxed);
+            }
             match message {
                 Message::Text(text) => handle_request(session, text),
                 Message::Binary(_) => {
@@ -123,6 +128,22 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             *backlog = pushed(b);
         }
     };
+    // Past its token's expiry (and leeway) a connection keeps only what it has until the
+    // grace ends: no new subscribe or publish, only a `refresh`.
+    let expires = flags.expires_ms.load(Ordering::Relaxed);
+    if expires != 0
+        && matches!(request, ClientRequest::Subscribe { .. } | ClientRequest::Publish { .. })
+        && crate::identity::now_ms() >= expires
+    {
+        let frame = error_frame(
+            &state.metrics,
+            request.id(),
+            ErrorCode::TokenExpired,
+            "the token has expired; send refresh with a new one",
+        );
+        answer(answers.send(&conn.outbox, frame));
+        return None;
+    }
     match request {
         ClientRequest::Ping { id } => answer(answers.send(&conn.outbox, server_msg::pong(id))),
         ClientRequest::Subscribe { topics, id } => match core.subscribe(conn, topics.iter().map(|t| t.as_ref())) {
@@ -189,6 +210,9 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             flags
                 .expires_ms
                 .store(identity.expires_ms.unwrap_or(0), Ordering::Relaxed);
+            // The writer sleeps until its old deadline: wake it to arm the new expiry.
+            conn.outbox.nudge_writer();
+            flags.engaged.store(true, Ordering::Relaxed);
             for topic in core.set_identity(conn, identity) {
                 let message = format!(
                     "subscription to {} dropped: the new token does not allow it",
