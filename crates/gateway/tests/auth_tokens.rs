@@ -95,10 +95,19 @@ async fn every_token_source_on_ws_and_raw() {
         "{list}"
     );
 
+    // Another scheme is not ours: ignored, so the connection is anonymous, or the user of
+    // its `?token=`.
+    let mut basic = ws(addr, "/ws", &[("Authorization", "Basic abc")]).await;
+    let err = ask(&mut basic, json!({"op":"subscribe","topics":["chat.x"],"id":1})).await;
+    assert_eq!(err["code"], "forbidden", "anonymous: {err}");
+    let mut basic = ws(addr, &format!("/ws?token={token}"), &[("Authorization", "Basic abc")]).await;
+    let ack = ask(&mut basic, json!({"op":"subscribe","topics":["chat.x"],"id":1})).await;
+    assert_eq!(ack, json!({"type":"ack","id":1}), "the ?token= counts");
+
     // Unusable header or parameter.
     for (path, headers) in [
-        ("/ws", vec![("Authorization", "Basic abc")]),
         ("/ws", vec![("Authorization", "Bearer ")]),
+        ("/ws", vec![("Authorization", "Bearerx.y.z")]),
         ("/ws?token=", vec![]),
         ("/ws?token=not-a-jwt", vec![]),
     ] {
