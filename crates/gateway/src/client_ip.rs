@@ -130,15 +130,23 @@ impl ClientAddrs {
             return from;
         }
         // Several X-Forwarded-For fields form one list, in order (RFC 9110 §5.3).
-        let values: Vec<&str> = headers
+        // Split the raw bytes, not the decoded text: a client's non-ASCII garbage must not
+        // make a proxy's appended entries (to the right of it) unreadable.
+        let values: Vec<&[u8]> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.as_bytes())
             .collect();
         let mut client = from;
-        let hops = values.iter().rev().flat_map(|v| v.rsplit(',')).take(MAX_HOPS);
+        let hops = values
+            .iter()
+            .rev()
+            .flat_map(|v| v.rsplit(|b| *b == b','))
+            .take(MAX_HOPS);
         for hop in hops {
-            let Some(ip) = parse_hop(hop.trim()) else { break };
+            let Some(ip) = std::str::from_utf8(hop).ok().and_then(|h| parse_hop(h.trim())) else {
+                break;
+            };
             client = SocketAddr::new(ip, 0);
             if !self.is_trusted(ip) {
                 break;
@@ -208,5 +216,23 @@ mod tests {
         assert_eq!(p.resolve(direct, &xff(&["1.1.1.1"])), direct, "untrusted peer: ignored");
         let off = policy(&["10.0.0.0/8"], false);
         assert_eq!(off.resolve(lb, &xff(&["1.1.1.1"])), lb, "forwarded_for off");
+    }
+
+    #[test]
+    fn a_bad_byte_left_of_the_proxys_entry_does_not_hide_it() {
+        let cfg = crate::config::ProxyConfig {
+            trusted: vec!["127.0.0.1".into()],
+            proxy_protocol: false,
+            forwarded_for: true,
+        };
+        let addrs = ClientAddrs::new(&cfg, &herald_broker::BrokerMetrics::new());
+        let mut headers = HeaderMap::new();
+        // One line, as a proxy that appends to the client's value writes it.
+        headers.insert(
+            "x-forwarded-for",
+            hyper::header::HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap(),
+        );
+        let got = addrs.resolve("127.0.0.1:4000".parse().unwrap(), &headers);
+        assert_eq!(got.ip(), "203.0.113.9".parse::<IpAddr>().unwrap());
     }
 }

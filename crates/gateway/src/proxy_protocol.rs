@@ -220,4 +220,60 @@ mod tests {
             let _ = parse(&bytes);
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn v1_for(a: SocketAddr) -> Vec<u8> {
+            match a {
+                SocketAddr::V4(a) => format!("PROXY TCP4 {} 10.0.0.1 {} 8080\r\n", a.ip(), a.port()),
+                SocketAddr::V6(a) => format!("PROXY TCP6 {} ::1 {} 8080\r\n", a.ip(), a.port()),
+            }
+            .into_bytes()
+        }
+
+        fn v2_for(a: SocketAddr) -> Vec<u8> {
+            let (family, mut body) = match a {
+                SocketAddr::V4(a) => (0x11, a.ip().octets().to_vec()),
+                SocketAddr::V6(a) => (0x21, a.ip().octets().to_vec()),
+            };
+            body.extend(std::iter::repeat_n(0, body.len())); // destination address
+            body.extend_from_slice(&a.port().to_be_bytes());
+            body.extend_from_slice(&8080u16.to_be_bytes());
+            v2(1, family, &body)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes: an address or a typed error, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = parse(&raw);
+            }
+
+            /// Bytes after the v2 signature: the same.
+            #[test]
+            fn damaged_v2_headers_never_panic(rest in proptest::collection::vec(any::<u8>(), 0..120)) {
+                let mut raw = V2_SIGNATURE.to_vec();
+                raw.extend_from_slice(&rest);
+                let _ = parse(&raw);
+            }
+
+            /// A header written for an address gives it back, in both versions; one byte
+            /// more is refused.
+            #[test]
+            fn written_headers_give_their_address(a in any::<SocketAddr>()) {
+                for mut raw in [v1_for(a), v2_for(a)] {
+                    let got = parse(&raw).unwrap().expect("an address");
+                    // An IPv4-mapped IPv6 source may come back as the IPv4 address.
+                    prop_assert!(got.ip() == a.ip() || got.ip() == a.ip().to_canonical(), "{} for {}", got, a);
+                    prop_assert_eq!(got.port(), a.port());
+                    raw.push(b'x');
+                    prop_assert!(parse(&raw).is_err());
+                }
+            }
+        }
+    }
 }
