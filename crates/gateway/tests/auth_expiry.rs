@@ -6,10 +6,10 @@
 
 mod auth_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use auth_support::*;
-use herald_testkit::node::{http_request, TestNode};
+use herald_testkit::node::TestNode;
 use serde_json::json;
 
 const NOTICE_MS: u64 = 1500;
@@ -23,24 +23,6 @@ async fn node() -> TestNode {
     })
     .await
     .unwrap()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-async fn http_publish(node: &TestNode, topic: &str, data: &str) {
-    let body = json!({"topic": topic, "data": data}).to_string();
-    let (status, _) = http_request(
-        node.admin_addr(),
-        "POST",
-        "/api/publish",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,8 +85,8 @@ async fn a_refresh_before_expiry_keeps_the_connection_and_its_permissions_follow
     // Past the old expiry and grace: still open, and only a.x is delivered.
     let wait_until = exp_s * 1000 + GRACE_MS + 500;
     tokio::time::sleep(Duration::from_millis(wait_until.saturating_sub(now_ms()))).await;
-    http_publish(&node, "b.x", "dropped").await;
-    http_publish(&node, "a.x", "kept").await;
+    http_publish(&node, "b.x", json!("dropped")).await;
+    http_publish(&node, "a.x", json!("kept")).await;
     let m = json_frame(&mut c).await;
     assert_eq!(
         (m["topic"].as_str(), m["data"].as_str()),

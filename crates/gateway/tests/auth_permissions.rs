@@ -9,24 +9,10 @@ mod auth_support;
 use std::time::Duration;
 
 use auth_support::*;
-use herald_testkit::node::{http_request, TestNode};
+use herald_testkit::node::TestNode;
 use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(300);
-
-async fn http_publish(node: &TestNode, topic: &str, data: serde_json::Value) {
-    let body = json!({"topic": topic, "data": data}).to_string();
-    let (status, _) = http_request(
-        node.admin_addr(),
-        "POST",
-        "/api/publish",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_anonymous_may_do_everything() {
@@ -211,5 +197,85 @@ async fn user_scoped_topics_and_token_claims() {
         (m["topic"].as_str(), m["data"].as_str()),
         (Some("user.alice.inbox"), Some("a"))
     );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_judged_in_order_around_an_auth() {
+    // Everything sent before reading anything: refusals and acks come back in request
+    // order, and the `auth` in the middle applies to the requests after it only.
+    let node = TestNode::start_with(|c| {
+        hs_node(c);
+        c.auth.anonymous_subscribe = vec!["public.>".into()];
+    })
+    .await
+    .unwrap();
+    let token = hs(&claims(
+        "alice",
+        60,
+        json!({"subscribe": ["chat.>"], "publish": ["chat.>"]}),
+    ));
+    let mut c = ws(node.ws_addr(), "/ws", &[]).await;
+    for req in [
+        json!({"op":"publish","topic":"chat.a","data":1,"id":1}),
+        json!({"op":"subscribe","topics":["chat.a"],"id":2}),
+        json!({"op":"subscribe","topics":["public.a"],"id":3}),
+        json!({"op":"auth","token":token,"id":4}),
+        json!({"op":"subscribe","topics":["chat.a"],"id":5}),
+        json!({"op":"publish","topic":"chat.a","data":2,"id":6}),
+        json!({"op":"publish","topic":"public.a","data":3,"id":7}),
+    ] {
+        send(&mut c, req).await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 8 {
+        let v = json_frame(&mut c).await;
+        if v["type"] == "message" {
+            assert_eq!(
+                (v["topic"].as_str(), v["data"].as_i64()),
+                (Some("chat.a"), Some(2)),
+                "{v}"
+            );
+            continue;
+        }
+        // No `id`: the anonymous subscription the token's permissions drop, told first.
+        answers.push((
+            v["id"].as_i64().unwrap_or(0),
+            v["code"].as_str().unwrap_or("ack").to_owned(),
+        ));
+    }
+    let want = [
+        (1, "forbidden"),
+        (2, "forbidden"),
+        (3, "ack"),
+        (0, "forbidden"),
+        (4, "ack"),
+        (5, "ack"),
+        (6, "ack"),
+        // The token's permissions replace the anonymous ones: no `public.>` publish.
+        (7, "forbidden"),
+    ];
+    let got: Vec<(i64, &str)> = answers.iter().map(|(i, c)| (*i, c.as_str())).collect();
+    assert_eq!(got, want);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_garbage_tokens_are_refused_before_the_upgrade() {
+    let node = TestNode::start_with(hs_node).await.unwrap();
+    let addr = node.ws_addr();
+    let huge = format!("{}.{}.{}", "a".repeat(8 * 1024), "b".repeat(8 * 1024), "c");
+    for token in [huge.as_str(), "....", "a.b.c", "%00"] {
+        let (status, body) = refused(addr, &format!("/ws?token={token}"), &[]).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{token:.40}: {body}"
+        );
+        assert!(!body.to_string().contains("aaaaaaaa"), "the token is not echoed");
+    }
+    // The node still serves a good token afterwards.
+    let good = hs(&claims("bob", 60, json!({"subscribe": ["x"]})));
+    let _c = ws(addr, &format!("/ws?topics=x&token={good}"), &[]).await;
     node.shutdown().await;
 }

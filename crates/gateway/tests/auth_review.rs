@@ -11,15 +11,11 @@
 
 mod auth_support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use auth_support::*;
 use herald_testkit::node::TestNode;
 use serde_json::json;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
 
 const GRACE_MS: u64 = 300;
 

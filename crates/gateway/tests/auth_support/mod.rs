@@ -28,6 +28,26 @@ pub fn now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Publishes `data` to `topic` through the node's admin API (not subject to connection
+/// permissions) and expects 200.
+pub async fn http_publish(node: &herald_testkit::node::TestNode, topic: &str, data: Value) {
+    let body = json!({"topic": topic, "data": data}).to_string();
+    let (status, _) = herald_testkit::node::http_request(
+        node.admin_addr(),
+        "POST",
+        "/api/publish",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+}
+
 /// Claims for `sub`, valid for `ttl_s` seconds, with extra members from `extra`.
 pub fn claims(sub: &str, ttl_s: i64, extra: Value) -> Value {
     let mut c = json!({"sub": sub, "exp": (now_s() as i64 + ttl_s)});
