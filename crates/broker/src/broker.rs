@@ -367,7 +367,7 @@ mod tests {
         let s1 = conn(&b1, 1, "t", SubscriberMode::Json, true);
         let s2 = conn(&b2, 1, "t", SubscriberMode::Json, true);
         let rep = b1.publish("t", Payload::json(&b"1"[..]), None, Source::Http);
-        assert!(matches!(rep.relay, PublishTicket::Done(Ok(()))));
+        assert!(matches!(rep.relay, PublishTicket::Done(Ok(None))));
         assert_eq!(take(&s1).len(), 1);
         assert_eq!(take(&s2).len(), 1);
         hub.set_up(false);

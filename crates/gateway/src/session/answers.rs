@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use herald_broker::{BrokerMetrics, Outbox, PublishTicket};
 use herald_protocol::server_msg::{self, ErrorCode};
+use herald_protocol::StreamPos;
 use tokio::time::Instant;
 
 use crate::core::{ConfirmError, Confirmation, RELAY_ANSWER_TIMEOUT};
@@ -217,9 +218,14 @@ fn subscribe_answer(metrics: &BrokerMetrics, id: Option<&str>, result: Result<()
     }
 }
 
-fn publish_answer(metrics: &BrokerMetrics, id: &str, result: Result<(), String>, delivered: usize) -> Bytes {
+fn publish_answer(
+    metrics: &BrokerMetrics,
+    id: &str,
+    result: Result<Option<StreamPos>, String>,
+    delivered: usize,
+) -> Bytes {
     match result {
-        Ok(()) => server_msg::ack(id),
+        Ok(pos) => server_msg::publish_ack(id, pos.as_ref()),
         Err(e) => {
             let msg = format!("{e}; delivered to {delivered} local subscriber(s) only");
             error_frame(metrics, Some(id), ErrorCode::RelayUnavailable, &msg)
@@ -252,11 +258,11 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         a.publish(&outbox, &m, "2", Ticket::Pending(rx), 0);
         a.send(&outbox, server_msg::pong(Some("3")));
-        a.publish(&outbox, &m, "4", Ticket::ok(), 0);
+        a.publish(&outbox, &m, "4", Ticket::published(), 0);
         assert_eq!(a.waiting(), 3);
         let first = taken(&outbox);
         assert_eq!(first.len(), 1, "only the answer before the waiting one: {first:?}");
-        tx.send(Ok(())).unwrap();
+        tx.send(Ok(None)).unwrap();
         a.head_known().await;
         a.flush(&outbox, &m);
         let rest = taken(&outbox);
@@ -272,7 +278,7 @@ mod tests {
         let outbox = Outbox::new(OutboxLimits::default(), CancellationToken::new());
         let m = BrokerMetrics::new();
         let mut a = Answers::default();
-        let (_tx, rx) = oneshot::channel::<Result<(), RelayError>>();
+        let (_tx, rx) = oneshot::channel::<Result<Option<StreamPos>, RelayError>>();
         a.publish(&outbox, &m, "7", Ticket::Pending(rx), 2);
         a.head_known().await; // paused time: jumps to the deadline
         a.flush(&outbox, &m);

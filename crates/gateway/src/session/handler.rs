@@ -146,7 +146,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
     }
     match request {
         ClientRequest::Ping { id } => answer(answers.send(&conn.outbox, server_msg::pong(id))),
-        ClientRequest::Subscribe { topics, id } => match core.subscribe(conn, topics.iter().map(|t| t.as_ref())) {
+        ClientRequest::Subscribe { topics, id, .. } => match core.subscribe(conn, topics.iter().map(|t| t.as_ref())) {
             Ok(confirmation) => answer(answers.subscribe(&conn.outbox, &state.metrics, id, confirmation)),
             Err(refusal) => {
                 let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
