@@ -153,7 +153,11 @@ pub async fn pump(
             match f.opcode {
                 OP_TEXT => {
                     let (stamp, offset) = match &st.history {
-                        None => (payload::parse_delivery(body), None),
+                        // A history topic's frames carry offset and epoch before `data`.
+                        None => match payload::parse_delivery(body) {
+                            Some(s) => (Some(s), None),
+                            None => (wire::parse_delivery(body).stamp(), None),
+                        },
                         Some(_) => match wire::parse_delivery(body) {
                             wire::Parsed::History(d) => (Some(d.stamp), Some((d.offset, d.epoch))),
                             wire::Parsed::Plain(s) => (Some(s), None),

@@ -40,6 +40,17 @@ pub enum Parsed<'a> {
     Other,
 }
 
+impl Parsed<'_> {
+    /// The stamp, whether or not the delivery had a position.
+    pub fn stamp(&self) -> Option<Stamp> {
+        match self {
+            Self::History(d) => Some(d.stamp),
+            Self::Plain(s) => Some(*s),
+            Self::Other => None,
+        }
+    }
+}
+
 /// Reads `{"type":"message","topic":T,"offset":N,"epoch":E,"data":"<stamp>..."}` with the
 /// keys after `type` in any order. Topic, epoch and our data never contain a quote or a
 /// backslash, so a string value ends at the next quote.
@@ -188,6 +199,8 @@ mod tests {
         }
         let plain = format!(r#"{{"type":"message","topic":"lt.a","data":{data}}}"#);
         assert_eq!(parse_delivery(plain.as_bytes()), Parsed::Plain(s));
+        assert_eq!(parse_delivery(orders[1].as_bytes()).stamp(), Some(s));
+        assert_eq!(parse_delivery(b"{}").stamp(), None);
     }
 
     #[test]
