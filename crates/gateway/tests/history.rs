@@ -375,3 +375,36 @@ async fn a_replay_that_falls_behind_live_ends_with_recovery_overflow() {
     }
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_pages_oldest_first() {
+    let node = TestNode::start_with(|c| history(c, "log.*", 50, false)).await.unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    for n in 1..=60 {
+        publish(&mut pubr, "log.a", n, n).await;
+    }
+    let get = |path: String| {
+        let addr = node.admin_addr();
+        async move {
+            let (status, body) = herald_testkit::node::http_request(addr, "GET", &path, &[], b"").await.unwrap();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    // 1..10 were trimmed (size 50): not complete from 0.
+    let (s, p) = get("/api/topics/log.a/history?limit=20".into()).await;
+    assert_eq!(s, 200);
+    assert_eq!((p["offset"].clone(), p["complete"].clone(), p["more"].clone()), (json!(60), json!(false), json!(true)));
+    assert_eq!(offsets(p["messages"].as_array().unwrap()), (11..=30).collect::<Vec<_>>());
+    assert_eq!(p["messages"][0]["data"]["n"], 11);
+    let (_, p2) = get("/api/topics/log.a/history?since=30&limit=20".into()).await;
+    assert_eq!(p2["complete"], true);
+    assert_eq!(offsets(p2["messages"].as_array().unwrap()), (31..=50).collect::<Vec<_>>());
+    let (_, p3) = get("/api/topics/log.a/history?since=50&limit=20".into()).await;
+    assert_eq!((p3["more"].clone(), p3["messages"].as_array().unwrap().len()), (json!(false), 10));
+    let (_, t) = get("/api/topics/log.a".into()).await;
+    assert_eq!((t["offset"].clone(), t["epoch"].clone()), (json!(60), p["epoch"].clone()));
+    assert_eq!(get("/api/topics/other/history".into()).await.0, 404);
+    assert_eq!(get("/api/topics/log.a/history?since=x".into()).await.0, 400);
+    assert_eq!(get("/api/topics/log.a/history?limit=1001".into()).await.0, 400);
+    node.shutdown().await;
+}
