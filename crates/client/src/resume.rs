@@ -147,10 +147,25 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs the live connection (or `None` while reconnecting).
-    pub(crate) fn set_conn(&self, conn: Option<ClientHandle>) {
-        self.lock().conn = conn;
+    /// Marks the connection lost: requests wait for the next one.
+    pub(crate) fn clear_conn(&self) {
+        self.lock().conn = None;
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Installs a new live connection, unless the user has closed meanwhile (then returns
+    /// how). Checked under the state lock, which `close` takes after setting `closing`, so
+    /// a close either finds this connection or is seen here.
+    pub(crate) fn install(&self, conn: ClientHandle) -> Result<(), CloseInfo> {
+        {
+            let mut st = self.lock();
+            if let Some(info) = self.closing.borrow().clone() {
+                return Err(info);
+            }
+            st.conn = Some(conn);
+        }
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Records the end; every waiting and later request fails with `info`.
@@ -393,20 +408,19 @@ impl ResumingHandle {
         }
     }
 
-    /// Removes `topics` from the set and unsubscribes them on the current connection, if
-    /// one is up (otherwise the reconnect simply leaves them out).
+    /// Removes `topics` from the set and unsubscribes them on the current connection
+    /// (waiting up to the request timeout for one while reconnecting, so a resubscribe in
+    /// flight cannot bring them back).
     pub async fn unsubscribe(&self, topics: &[&str]) -> Result<(), ClientError> {
-        let conn = {
-            let mut st = self.inner.lock();
-            for t in topics {
-                st.topics.remove(*t);
-            }
-            st.conn.clone()
-        };
-        match conn {
-            Some(c) => c.unsubscribe(topics).await,
-            None => Ok(()),
-        }
+        let (conn, ()) = self
+            .inner
+            .with_conn(|st| {
+                for t in topics {
+                    st.topics.remove(*t);
+                }
+            })
+            .await?;
+        conn.unsubscribe(topics).await
     }
 
     /// Publishes on the current connection (see [`ClientHandle::publish`]), waiting up to
@@ -464,7 +478,7 @@ impl ResumingHandle {
             }
             first
         });
-        let conn = self.inner.lock().conn.clone();
+        let conn = self.inner.current_conn();
         match conn {
             Some(c) => c.close(code, reason).await,
             None => Ok(()),

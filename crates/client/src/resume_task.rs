@@ -52,7 +52,7 @@ async fn supervise(inner: &Arc<Inner>, url: &str, opts: &ClientOptions, mut even
             Ok(info) => info,
             Err(stop) => return stop,
         };
-        inner.set_conn(None);
+        inner.clear_conn();
         if closing.borrow().is_some() {
             return Stop::Closed(info);
         }
@@ -173,12 +173,10 @@ async fn reconnect(
         };
         inner.apply_resubscribe(&ack);
         // A close requested while the subscribe was in flight found no connection to close.
-        let closed = closing.borrow().clone();
-        if let Some(info) = closed {
+        if let Err(info) = inner.install(handle.clone()) {
             let _ = handle.close(info.code, &info.reason).await;
             return Err(Stop::Closed(info));
         }
-        inner.set_conn(Some(handle.clone()));
         inner.count_reconnect();
         let mut lost: Vec<String> = ack
             .recovered

@@ -283,6 +283,40 @@ async fn a_user_close_does_not_reconnect() {
 }
 
 #[tokio::test]
+async fn a_close_while_reconnecting_stops_the_attempts() {
+    let mut server = Server::start().await;
+    let base = server.base.clone();
+    let (mut c, ws) = tokio::join!(
+        async {
+            ResumingClient::connect_with(&format!("{base}/ws"), fast(None))
+                .await
+                .unwrap()
+        },
+        server.next("c1"),
+    );
+    server.refuse.store(true, Ordering::SeqCst);
+    drop(ws);
+    assert!(matches!(
+        c.next_event_timeout(T).await.unwrap(),
+        ResumeEvent::Disconnected(_)
+    ));
+    // Let a few attempts fail, then close: the attempts stop.
+    while server.refused.lock().unwrap().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.close(1000, "bye").await.unwrap();
+    match c.next_event_timeout(T).await.unwrap() {
+        ResumeEvent::Closed(info) => assert_eq!((info.code, info.reason.as_str()), (1000, "bye")),
+        other => panic!("{other:?}"),
+    }
+    // At most one connect already in the listener's backlog; retrying would make ~10.
+    let after_close = server.refused.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.refused.lock().unwrap().len() <= after_close + 1);
+    assert!(c.is_closed());
+}
+
+#[tokio::test]
 async fn backoff_is_bounded_and_reconnecting_gives_up() {
     let mut server = Server::start().await;
     let base = server.base.clone();
