@@ -11,27 +11,38 @@
 //!   slow-consumer policy applied at push time so a publisher never waits.
 //! - [`Broker`]: encode once, fan out to local subscribers, hand to the [`Relay`].
 //! - [`FlushQueue`]: direct sends to subscribers whose writer is idle, without waking it.
+//! - [`History`]: topic streams (offsets, epochs, reads) for topics with history;
+//!   [`MemoryStreams`] keeps them in memory for the memory relay.
 //! - [`Relay`]: how messages reach other nodes; [`MemoryRelay`] is the in-process one
 //!   (single node by default, or a hub joining many brokers in one process for tests).
 
 pub mod broker;
 pub mod encoding;
 pub mod flusher;
+pub mod history;
+pub mod memory_history;
 pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod relay;
+pub mod replay;
+pub mod sequencer;
 #[cfg(test)]
 mod testing;
 
 pub use broker::{Broker, ControlHandler, PublishReport};
 pub use encoding::{Delivery, DeliveryEncoder, EncodingId, Encodings};
 pub use flusher::FlushQueue;
+pub use history::{History, HistoryPage, HistoryRules, ReadTicket, StoredMessage, StreamPolicy};
+pub use memory_history::MemoryStreams;
 pub use metrics::{BrokerMetrics, Source};
 pub use outbox::{
     CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch, CONTROL_HIGH_WATER,
 };
-pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, UnsubscribeOutcome};
+pub use registry::{
+    ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, TopicStream, UnsubscribeOutcome,
+};
 pub use relay::{
     InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
 };
+pub use replay::{Gate, Recovery, ReplayHandle, ReplayRequest, Start};

@@ -22,9 +22,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use herald_protocol::{ControlMessage, Envelope, Payload};
+use herald_protocol::{ControlMessage, Envelope, Payload, StreamPos};
 use thiserror::Error;
 use tokio::sync::oneshot;
+
+use crate::history::{History, ReadTicket, StreamPolicy};
+use crate::memory_history::MemoryStreams;
+use crate::registry::ConnId;
 
 /// Where a relay stands, for `/readyz` and the `relay_up` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +60,17 @@ pub enum RelayError {
     ShuttingDown,
 }
 
-/// A relay's answer to come: to [`Relay::publish`] (the other nodes got it) or to
-/// [`Relay::confirm_interest`] (the relay listens for the topic). Known at once, or when
-/// the backend confirms.
-pub enum Ticket {
-    Done(Result<(), RelayError>),
-    Pending(oneshot::Receiver<Result<(), RelayError>>),
+/// A relay's answer to come: to [`Relay::publish`] (the other nodes got it), to
+/// [`Relay::confirm_interest`] (the relay listens for the topic) or to a history read.
+/// Known at once, or when the backend confirms.
+pub enum Ticket<T = ()> {
+    Done(Result<T, RelayError>),
+    Pending(oneshot::Receiver<Result<T, RelayError>>),
 }
 
-/// The answer to [`Relay::publish`].
-pub type PublishTicket = Ticket;
+/// The answer to [`Relay::publish`] and [`History::append`]: `Some(position)` for a message
+/// appended to its topic's stream, `None` for a topic without history.
+pub type PublishTicket = Ticket<Option<StreamPos>>;
 /// The answer to [`Relay::confirm_interest`].
 pub type InterestTicket = Ticket;
 
@@ -73,10 +78,25 @@ impl Ticket {
     pub fn ok() -> Self {
         Self::Done(Ok(()))
     }
+}
+
+impl PublishTicket {
+    /// Published, no stream position (a topic without history).
+    pub fn published() -> Self {
+        Self::Done(Ok(None))
+    }
+}
+
+impl<T: Clone> Ticket<T> {
+    /// A ticket and the sender that resolves it.
+    pub fn pending() -> (oneshot::Sender<Result<T, RelayError>>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self::Pending(rx))
+    }
 
     /// Waits for the outcome. A relay that dropped the request without answering counts as
     /// unavailable, never as success.
-    pub async fn outcome(self) -> Result<(), RelayError> {
+    pub async fn outcome(self) -> Result<T, RelayError> {
         match self {
             Self::Done(r) => r,
             Self::Pending(rx) => rx.await.unwrap_or(Err(RelayError::ShuttingDown)),
@@ -85,7 +105,7 @@ impl Ticket {
 
     /// The outcome if it is known already (a pending ticket that has resolved counts),
     /// without waiting; `None` while pending.
-    pub fn try_outcome(&mut self) -> Option<Result<(), RelayError>> {
+    pub fn try_outcome(&mut self) -> Option<Result<T, RelayError>> {
         match self {
             Self::Done(r) => Some(r.clone()),
             Self::Pending(rx) => match rx.try_recv() {
@@ -104,7 +124,7 @@ impl Ticket {
 
     /// Waits for the outcome without consuming the ticket (cancel-safe: dropping the
     /// future loses nothing, the ticket can be awaited again).
-    pub async fn wait(&mut self) -> Result<(), RelayError> {
+    pub async fn wait(&mut self) -> Result<T, RelayError> {
         if let Self::Pending(rx) = self {
             let r = rx.await.unwrap_or(Err(RelayError::ShuttingDown));
             *self = Self::Done(r);
@@ -126,6 +146,12 @@ pub trait RelaySink: Send + Sync {
     fn interested_topics(&self) -> Vec<Arc<str>>;
     /// A control message another node sent (validated already). Must not block.
     fn control(&self, message: ControlMessage);
+    /// The relay listens again after its subscription to the backend broke (Redis
+    /// restarted, hung, or the network between them was cut) and every topic is
+    /// resubscribed: what other nodes published meanwhile did not arrive. The broker reads
+    /// each history topic's stream from the last offset it delivered and delivers what
+    /// it missed. Must not block.
+    fn relinked(&self) {}
 }
 
 /// See the module docs.
@@ -150,7 +176,12 @@ pub trait Relay: Send + Sync {
     /// the single node's: there is nobody to tell.
     fn send_control(&self, message: &ControlMessage) -> PublishTicket {
         let _ = message;
-        PublishTicket::ok()
+        PublishTicket::published()
+    }
+    /// The relay's topic history, when it keeps one. Without it no topic has history
+    /// whatever the configuration says (the gateway refuses to start that way).
+    fn history(&self) -> Option<&dyn History> {
+        None
     }
 }
 
@@ -158,10 +189,11 @@ pub trait Relay: Send + Sync {
 type Member = (Arc<str>, Weak<dyn RelaySink>);
 
 /// Joins the brokers of one process into a cluster (tests, embedded use).
-#[derive(Default)]
 pub struct MemoryHub {
     members: Mutex<Vec<Member>>,
     up: AtomicBool,
+    /// The members' shared topic history (one offset sequence per topic for the hub).
+    streams: Arc<MemoryStreams>,
 }
 
 impl MemoryHub {
@@ -169,6 +201,7 @@ impl MemoryHub {
         Arc::new(Self {
             members: Mutex::new(Vec::new()),
             up: AtomicBool::new(true),
+            streams: Arc::new(MemoryStreams::new()),
         })
     }
 
@@ -187,6 +220,8 @@ pub struct MemoryRelay {
     node_id: Arc<str>,
     hub: Option<Arc<MemoryHub>>,
     sink: OnceLock<Weak<dyn RelaySink>>,
+    /// This node's topic history (standalone) or the hub's.
+    streams: Arc<MemoryStreams>,
 }
 
 impl MemoryRelay {
@@ -196,6 +231,7 @@ impl MemoryRelay {
             node_id: node_id.into(),
             hub: None,
             sink: OnceLock::new(),
+            streams: Arc::new(MemoryStreams::new()),
         }
     }
 
@@ -203,9 +239,15 @@ impl MemoryRelay {
     pub fn with_hub(node_id: &str, hub: Arc<MemoryHub>) -> Self {
         Self {
             node_id: node_id.into(),
+            streams: hub.streams.clone(),
             hub: Some(hub),
             sink: OnceLock::new(),
         }
+    }
+
+    /// The in-memory topic history (for its metrics and the TTL sweep).
+    pub fn streams(&self) -> &Arc<MemoryStreams> {
+        &self.streams
     }
 }
 
@@ -235,7 +277,7 @@ impl Relay for MemoryRelay {
 
     fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket {
         let Some(hub) = &self.hub else {
-            return PublishTicket::ok();
+            return PublishTicket::published();
         };
         if !hub.is_up() {
             return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
@@ -247,16 +289,17 @@ impl Relay for MemoryRelay {
                 topic: topic.to_owned(),
                 payload: payload.clone(),
                 stream: None,
+                origin_conn: None,
             });
         }
-        PublishTicket::ok()
+        PublishTicket::published()
     }
 
     fn interest_changed(&self, _topic: &str) {}
 
     fn send_control(&self, message: &ControlMessage) -> PublishTicket {
         let Some(hub) = &self.hub else {
-            return PublishTicket::ok();
+            return PublishTicket::published();
         };
         if !hub.is_up() {
             return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
@@ -264,7 +307,11 @@ impl Relay for MemoryRelay {
         for peer in self.peers(hub) {
             peer.control(message.clone());
         }
-        PublishTicket::ok()
+        PublishTicket::published()
+    }
+
+    fn history(&self) -> Option<&dyn History> {
+        Some(self)
     }
 
     fn confirm_interest(&self, _topic: &str) -> InterestTicket {
@@ -282,5 +329,52 @@ impl Relay for MemoryRelay {
             Some(h) if h.is_up() => RelayState::Up,
             Some(_) => RelayState::Down,
         }
+    }
+}
+
+/// The in-process history: appends under the topic stream's lock and delivers to every
+/// member (this one first) before letting go, so offsets and delivery order agree on every
+/// member. A hub that is down refuses appends, like publishes; reads are local and always
+/// work.
+impl History for MemoryRelay {
+    fn append(
+        &self,
+        topic: &str,
+        payload: &Payload,
+        published_at_micros: u64,
+        origin_conn: Option<ConnId>,
+        policy: &StreamPolicy,
+    ) -> PublishTicket {
+        let mut sinks: Vec<Arc<dyn RelaySink>> = Vec::new();
+        if let Some(me) = self.sink.get().and_then(Weak::upgrade) {
+            sinks.push(me);
+        }
+        if let Some(hub) = &self.hub {
+            if !hub.is_up() {
+                return PublishTicket::Done(Err(RelayError::Unavailable("in-process hub is down".into())));
+            }
+            sinks.extend(self.peers(hub));
+        }
+        let pos = self.streams.append(topic, payload, published_at_micros, policy, |pos| {
+            for sink in &sinks {
+                sink.deliver(Envelope {
+                    origin: self.node_id.to_string(),
+                    published_at_micros,
+                    topic: topic.to_owned(),
+                    payload: payload.clone(),
+                    stream: Some(pos.clone()),
+                    origin_conn,
+                });
+            }
+        });
+        PublishTicket::Done(Ok(Some(pos)))
+    }
+
+    fn read(&self, topic: &str, after: u64, limit: usize, policy: &StreamPolicy) -> ReadTicket {
+        Ticket::Done(Ok(self.streams.read(topic, after, limit, policy)))
+    }
+
+    fn latest(&self, topic: &str, policy: &StreamPolicy) -> ReadTicket {
+        Ticket::Done(Ok(self.streams.latest(topic, policy)))
     }
 }

@@ -15,6 +15,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::envelope::StreamPos;
 use crate::server_msg::ErrorCode;
 use crate::topic::{validate_topic, TopicRules};
 
@@ -27,6 +28,9 @@ pub type RequestId<'a> = &'a str;
 pub enum ClientRequest<'a> {
     Subscribe {
         topics: Vec<Cow<'a, str>>,
+        /// `since`: per topic (each one of `topics`), the position the client has seen up
+        /// to; messages after it are replayed (history topics). Empty when absent.
+        since: Vec<(Cow<'a, str>, StreamPos)>,
         id: Option<RequestId<'a>>,
     },
     Unsubscribe {
@@ -101,11 +105,44 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+}
+
+/// One entry of `since`: `{"offset": N, "epoch": "E"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePos {
+    offset: u64,
+    epoch: String,
 }
 
 /// Distinguishes a field that is present (even as `null`) from an absent one.
 pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// `since` as its entries, in the order sent (a map would hide a repeated key).
+struct SinceMap<'a>(Vec<(Name<'a>, WirePos)>);
+
+impl<'de> Deserialize<'de> for SinceMap<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SinceMap<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<Name<'de>, WirePos>()? {
+                    out.push((k, v));
+                }
+                Ok(SinceMap(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A topic name borrowed from the frame when it has no escapes.
@@ -220,8 +257,45 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
                 }
                 out.push(t);
             }
+            let since = match (op, wire.since) {
+                ("subscribe", Some(raw)) => {
+                    let map: Vec<(Name<'_>, WirePos)> = match serde_json::from_str::<SinceMap<'_>>(raw.get()) {
+                        Ok(m) => m.0,
+                        Err(_) => {
+                            return err(
+                                ErrorCode::InvalidField,
+                                "`since` must be an object of {\"offset\": <u64>, \"epoch\": <string>} by topic".into(),
+                            )
+                        }
+                    };
+                    let mut since = Vec::with_capacity(map.len());
+                    for (Name(t), p) in map {
+                        if !out.contains(&t) {
+                            return err(
+                                ErrorCode::InvalidField,
+                                format!("`since` names {t:?}, which is not among `topics`"),
+                            );
+                        }
+                        if p.epoch.len() > 255 {
+                            return err(ErrorCode::InvalidField, "an epoch is at most 255 bytes".into());
+                        }
+                        if since.iter().any(|(s, _): &(Cow<'_, str>, StreamPos)| *s == t) {
+                            return err(ErrorCode::InvalidField, format!("`since` names {t:?} twice"));
+                        }
+                        since.push((
+                            t,
+                            StreamPos {
+                                offset: p.offset,
+                                epoch: p.epoch,
+                            },
+                        ));
+                    }
+                    since
+                }
+                _ => Vec::new(),
+            };
             Ok(if op == "subscribe" {
-                ClientRequest::Subscribe { topics: out, id }
+                ClientRequest::Subscribe { topics: out, since, id }
             } else {
                 ClientRequest::Unsubscribe { topics: out, id }
             })
@@ -284,9 +358,40 @@ mod tests {
             dec(r#"{"op":"subscribe","topics":["a","b"],"id":1}"#).unwrap(),
             ClientRequest::Subscribe {
                 topics: vec!["a".into(), "b".into()],
+                since: vec![],
                 id: Some("1")
             }
         );
+        assert_eq!(
+            dec(r#"{"op":"subscribe","topics":["a","b"],"since":{"b":{"offset":41,"epoch":"e1"}},"id":1}"#).unwrap(),
+            ClientRequest::Subscribe {
+                topics: vec!["a".into(), "b".into()],
+                since: vec![(
+                    "b".into(),
+                    StreamPos {
+                        offset: 41,
+                        epoch: "e1".into()
+                    }
+                )],
+                id: Some("1")
+            }
+        );
+        for bad in [
+            r#"{"op":"subscribe","topics":["a"],"since":{"c":{"offset":1,"epoch":"e"}},"id":2}"#,
+            r#"{"op":"subscribe","topics":["a"],"since":{"a":{"offset":-1,"epoch":"e"}},"id":2}"#,
+            r#"{"op":"subscribe","topics":["a"],"since":{"a":{"offset":1}},"id":2}"#,
+            r#"{"op":"subscribe","topics":["a"],"since":{"a":{"offset":1,"epoch":"e","x":1}},"id":2}"#,
+            r#"{"op":"subscribe","topics":["a"],"since":[1],"id":2}"#,
+            r#"{"op":"subscribe","topics":["a"],"since":{"a":{"offset":1,"epoch":"e"},"a":{"offset":2,"epoch":"e"}},"id":2}"#,
+        ] {
+            let e = dec(bad).unwrap_err();
+            assert_eq!((e.code, e.id), (ErrorCode::InvalidField, Some("2")), "{bad}");
+        }
+        let long = format!(
+            r#"{{"op":"subscribe","topics":["a"],"since":{{"a":{{"offset":1,"epoch":"{}"}}}}}}"#,
+            "e".repeat(256)
+        );
+        assert_eq!(dec(&long).unwrap_err().code, ErrorCode::InvalidField);
         assert_eq!(
             dec(r#"{"op":"unsubscribe","topics":["a"],"id":"x"}"#).unwrap(),
             ClientRequest::Unsubscribe {
@@ -330,6 +435,7 @@ mod tests {
             dec(r#"{"op":"subscribe","topics":["\u0061"]}"#).unwrap(),
             ClientRequest::Subscribe {
                 topics: vec!["a".into()],
+                since: vec![],
                 id: None
             }
         );
@@ -498,7 +604,7 @@ mod tests {
                     serde_json::from_str::<Vec<String>>(field("topics").unwrap()).unwrap().into_iter().map(Cow::Owned).collect()
                 };
                 let want = match op.as_str() {
-                    "subscribe" => ClientRequest::Subscribe { topics: names(), id },
+                    "subscribe" => ClientRequest::Subscribe { topics: names(), since: vec![], id },
                     "unsubscribe" => ClientRequest::Unsubscribe { topics: names(), id },
                     "publish" => ClientRequest::Publish {
                         topic: Cow::Owned(serde_json::from_str(field("topic").unwrap()).unwrap()),

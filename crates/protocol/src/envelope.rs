@@ -20,13 +20,20 @@
 //! Version 2 adds a flags byte and, when flag bit 0 is set, the message's stream position
 //! (topics with history):
 //! ```text
-//! 13+N+T  1     flags: bit 0 = stream position follows; every other bit must be 0
+//! 13+N+T  1     flags: bit 0 = stream position follows, bit 1 = origin connection
+//!               follows; every other bit must be 0
 //! if bit 0:
 //! +0      8     offset, big-endian u64
 //! +8      1     epoch length E (0..=255)
 //! +9      E     epoch, UTF-8
+//! if bit 1:
+//! +0      8     the publishing connection's number on the origin node, big-endian u64
 //! then    rest  payload bytes, exactly as published
 //! ```
+//! The origin connection is written only for a message of a history topic whose publisher
+//! does not want its own messages back (`/raw/{topic}?echo=false`): on a cluster the
+//! origin node delivers such a message from the relay, like every other node, and needs
+//! to know whom to skip. Bit 1 may only be set together with bit 0.
 //! [`encode`] writes version 1 whenever there is no stream position, so nodes of the
 //! previous release (which know only version 1) keep understanding every message that has
 //! none during a rolling upgrade; only messages that carry a position need version 2.
@@ -53,8 +60,10 @@ pub const ENVELOPE_VERSION: u8 = 1;
 pub const ENVELOPE_VERSION_STREAM: u8 = 2;
 /// Version 2 flag: a stream position follows the flags byte.
 const FLAG_STREAM: u8 = 0x01;
+/// Version 2 flag: the origin connection's number follows (after the stream position).
+const FLAG_ORIGIN_CONN: u8 = 0x02;
 /// Every flag this code understands; any other bit is refused.
-const KNOWN_FLAGS: u8 = FLAG_STREAM;
+const KNOWN_FLAGS: u8 = FLAG_STREAM | FLAG_ORIGIN_CONN;
 /// The shortest possible envelope: version 1 with a 1-byte origin, an empty topic and no
 /// payload.
 const MIN_LEN: usize = 13;
@@ -68,6 +77,9 @@ pub struct Envelope {
     pub payload: Payload,
     /// The message's place in its topic's stream, for topics with history (version 2).
     pub stream: Option<StreamPos>,
+    /// The publishing connection on the origin node, when it asked not to get its own
+    /// messages back (version 2, with `stream` only).
+    pub origin_conn: Option<u64>,
 }
 
 /// A message's place in its topic's stream: the offset (1 for the first message) and the
@@ -95,6 +107,8 @@ pub enum EnvelopeError {
     Topic(String),
     #[error("stream epoch is longer than 255 bytes or not UTF-8")]
     Epoch,
+    #[error("an origin connection needs a stream position")]
+    OriginConn,
     #[error("payload is not valid {0}")]
     Payload(&'static str),
 }
@@ -128,6 +142,7 @@ pub fn encode_with_stream(
     topic: &str,
     payload: &Payload,
     stream: Option<&StreamPos>,
+    origin_conn: Option<u64>,
 ) -> Result<Bytes, EnvelopeError> {
     if origin.is_empty() || origin.len() > 255 {
         return Err(EnvelopeError::Origin);
@@ -139,12 +154,15 @@ pub fn encode_with_stream(
         )));
     }
     let Some(pos) = stream else {
+        if origin_conn.is_some() {
+            return Err(EnvelopeError::OriginConn);
+        }
         return Ok(encode(origin, published_at_micros, topic, payload));
     };
     if pos.epoch.len() > 255 {
         return Err(EnvelopeError::Epoch);
     }
-    let len = MIN_LEN + origin.len() + topic.len() + 1 + 9 + pos.epoch.len() + payload.len();
+    let len = MIN_LEN + origin.len() + topic.len() + 1 + 9 + pos.epoch.len() + 8 + payload.len();
     let mut b = BytesMut::with_capacity(len);
     put_prefix(
         &mut b,
@@ -154,10 +172,13 @@ pub fn encode_with_stream(
         origin.as_bytes(),
         topic,
     );
-    b.put_u8(FLAG_STREAM);
+    b.put_u8(FLAG_STREAM | if origin_conn.is_some() { FLAG_ORIGIN_CONN } else { 0 });
     b.put_u64(pos.offset);
     b.put_u8(pos.epoch.len() as u8);
     b.put_slice(pos.epoch.as_bytes());
+    if let Some(c) = origin_conn {
+        b.put_u64(c);
+    }
     b.put_slice(&payload.bytes);
     Ok(b.freeze())
 }
@@ -198,6 +219,7 @@ struct Layout {
     origin: Range<usize>,
     topic: Range<usize>,
     stream: Option<(u64, Range<usize>)>,
+    origin_conn: Option<u64>,
     payload_at: usize,
 }
 
@@ -233,6 +255,7 @@ fn layout(buf: &[u8]) -> Result<Layout, EnvelopeError> {
     )?;
     let mut at = topic.end;
     let mut stream = None;
+    let mut origin_conn = None;
     if version == ENVELOPE_VERSION_STREAM {
         let flags = buf[span(buf, at, 1)?.start];
         at += 1;
@@ -247,6 +270,14 @@ fn layout(buf: &[u8]) -> Result<Layout, EnvelopeError> {
             at = epoch.end;
             stream = Some((offset, epoch));
         }
+        if flags & FLAG_ORIGIN_CONN != 0 {
+            if flags & FLAG_STREAM == 0 {
+                return Err(EnvelopeError::OriginConn);
+            }
+            let c = span(buf, at, 8)?;
+            origin_conn = Some(u64::from_be_bytes(buf[c.clone()].try_into().expect("8 bytes")));
+            at = c.end;
+        }
     }
     Ok(Layout {
         kind,
@@ -254,6 +285,7 @@ fn layout(buf: &[u8]) -> Result<Layout, EnvelopeError> {
         origin,
         topic,
         stream,
+        origin_conn,
         payload_at: at,
     })
 }
@@ -295,6 +327,7 @@ pub fn decode(buf: Bytes, rules: TopicRules) -> Result<Envelope, EnvelopeError> 
         topic,
         payload: Payload { kind: l.kind, bytes },
         stream,
+        origin_conn: l.origin_conn,
     })
 }
 
@@ -335,7 +368,7 @@ mod tests {
     #[test]
     fn without_a_position_encode_with_stream_writes_v1() {
         let p = Payload::text("hi");
-        let b = encode_with_stream("n", 5, "t", &p, None).unwrap();
+        let b = encode_with_stream("n", 5, "t", &p, None, None).unwrap();
         assert_eq!(b, encode("n", 5, "t", &p));
         assert_eq!(b[0], ENVELOPE_VERSION);
     }
@@ -344,7 +377,7 @@ mod tests {
     fn round_trip_and_layout_v2() {
         let p = Payload::json(&b"[1,2]"[..]);
         let s = pos(0x1112131415161718, "ep-7");
-        let b = encode_with_stream("node-1", 9, "room", &p, Some(&s)).unwrap();
+        let b = encode_with_stream("node-1", 9, "room", &p, Some(&s), None).unwrap();
         assert_eq!(b[0], 2);
         assert_eq!(peek_origin(&b), Some(&b"node-1"[..]), "same offsets as v1");
         let flags_at = 13 + 6 + 4;
@@ -375,7 +408,7 @@ mod tests {
         v.insert(13 + 1 + 1, 0);
         let e = decode(v.into(), r).unwrap();
         assert_eq!((e.stream, &e.payload.bytes[..]), (None, &b"xy"[..]));
-        let b = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, ""))).unwrap();
+        let b = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, "")), None).unwrap();
         assert_eq!(decode(b, r).unwrap().stream, Some(pos(1, "")));
     }
 
@@ -386,7 +419,7 @@ mod tests {
         // the ones inside the header as truncated.
         let p = Payload::json(&br#"{"k":[1,2,3]}"#[..]);
         let v1 = encode("origin", 7, "a.topic", &p);
-        let v2 = encode_with_stream("origin", 7, "a.topic", &p, Some(&pos(42, "epoch"))).unwrap();
+        let v2 = encode_with_stream("origin", 7, "a.topic", &p, Some(&pos(42, "epoch")), None).unwrap();
         for (full, header) in [
             (v1, header_len("origin", "a.topic", None)),
             (v2, header_len("origin", "a.topic", Some("epoch"))),
@@ -409,9 +442,9 @@ mod tests {
     #[test]
     fn unknown_flags_and_versions_are_refused() {
         let r = TopicRules::default();
-        let b = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, "e"))).unwrap();
+        let b = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, "e")), None).unwrap();
         let flags_at = 13 + 1 + 1;
-        for bit in 1..8 {
+        for bit in 2..8 {
             let mut v = b.to_vec();
             v[flags_at] |= 1 << bit;
             let flags = v[flags_at];
@@ -444,7 +477,7 @@ mod tests {
         assert_eq!(decode(bad_text, r), Err(EnvelopeError::Payload("UTF-8")));
         let bad_topic = encode("n", 1, "a b", &Payload::binary(&[][..]));
         assert!(matches!(decode(bad_topic, r), Err(EnvelopeError::Topic(_))));
-        let mut bad_epoch = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, "é")))
+        let mut bad_epoch = encode_with_stream("n", 1, "t", &Payload::binary(&[][..]), Some(&pos(1, "é")), None)
             .unwrap()
             .to_vec();
         let last = bad_epoch.len() - 1;
@@ -453,20 +486,52 @@ mod tests {
     }
 
     #[test]
+    fn origin_connection_round_trips_and_needs_a_position() {
+        let p = Payload::text(&b"x"[..]);
+        let b = encode_with_stream("n", 1, "t", &p, Some(&pos(7, "e")), Some(99)).unwrap();
+        assert_eq!(payload_len(&b), Ok(1));
+        let e = decode(b.clone(), TopicRules::default()).unwrap();
+        assert_eq!(e.origin_conn, Some(99));
+        assert_eq!(e.stream, Some(pos(7, "e")));
+        assert_eq!(&e.payload.bytes[..], b"x");
+        assert_eq!(
+            encode_with_stream("n", 1, "t", &p, None, Some(1)),
+            Err(EnvelopeError::OriginConn)
+        );
+        // Bit 1 without bit 0 is refused.
+        let mut v = encode_with_stream("n", 1, "t", &p, Some(&pos(7, "e")), None)
+            .unwrap()
+            .to_vec();
+        let flags_at = MIN_LEN + 1 + 1;
+        v[flags_at] = 0x02;
+        assert_eq!(
+            decode(Bytes::from(v), TopicRules::default()),
+            Err(EnvelopeError::OriginConn)
+        );
+        // Truncated connection number.
+        let mut v = b.to_vec();
+        v.truncate(v.len() - 5);
+        assert!(decode(Bytes::from(v), TopicRules::default()).is_err());
+    }
+
+    #[test]
     fn encode_with_stream_refuses_what_does_not_fit() {
         let p = Payload::binary(&[][..]);
-        assert_eq!(encode_with_stream("", 1, "t", &p, None), Err(EnvelopeError::Origin));
         assert_eq!(
-            encode_with_stream(&"o".repeat(256), 1, "t", &p, None),
+            encode_with_stream("", 1, "t", &p, None, None),
+            Err(EnvelopeError::Origin)
+        );
+        assert_eq!(
+            encode_with_stream(&"o".repeat(256), 1, "t", &p, None, None),
             Err(EnvelopeError::Origin)
         );
         assert!(matches!(
-            encode_with_stream("o", 1, &"t".repeat(65536), &p, None),
+            encode_with_stream("o", 1, &"t".repeat(65536), &p, None, None),
             Err(EnvelopeError::Topic(_))
         ));
         let long = pos(1, &"e".repeat(256));
         assert_eq!(
-            encode_with_stream("o", 1, "t", &p, Some(&long)),
+            encode_with_stream("o", 1, "t", &p, Some(&long), None),
             Err(EnvelopeError::Epoch)
         );
     }
@@ -514,7 +579,7 @@ mod tests {
             ) {
                 let p = Payload::text("payload");
                 let s = v2.then(|| pos(3, "epoch"));
-                let mut v = encode_with_stream("node", 1, "topic", &p, s.as_ref()).unwrap().to_vec();
+                let mut v = encode_with_stream("node", 1, "topic", &p, s.as_ref(), None).unwrap().to_vec();
                 let i = at.index(v.len());
                 v[i] = byte;
                 v.truncate(cut.index(v.len() + 1));
@@ -531,11 +596,11 @@ mod tests {
                 stream in proptest::option::of((any::<u64>(), utf8(0, 255))),
             ) {
                 let stream = stream.map(|(offset, epoch)| StreamPos { offset, epoch });
-                let b = encode_with_stream(&origin, at, &topic, &payload, stream.as_ref()).unwrap();
+                let b = encode_with_stream(&origin, at, &topic, &payload, stream.as_ref(), None).unwrap();
                 prop_assert_eq!(peek_origin(&b), Some(origin.as_bytes()));
                 prop_assert_eq!(payload_len(&b), Ok(payload.len()));
                 let e = decode(b, TopicRules::default()).unwrap();
-                prop_assert_eq!(e, Envelope { origin, published_at_micros: at, topic, payload, stream });
+                prop_assert_eq!(e, Envelope { origin, published_at_micros: at, topic, payload, stream, origin_conn: None });
             }
         }
     }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::envelope::StreamPos;
 use crate::payload::{Payload, PayloadKind};
 use crate::ws_frame::{binary_frame, encode_frame, text_frame, OP_TEXT};
 
@@ -55,6 +56,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The connection's token expires soon: send `refresh` with a new one.
     TokenExpired,
+    /// While a subscription replayed history, live messages piled up past the node's
+    /// buffer: the subscription ended (resubscribe with `since` to continue).
+    RecoveryOverflow,
 }
 
 impl ErrorCode {
@@ -75,11 +79,12 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::TokenExpired => "token_expired",
+            Self::RecoveryOverflow => "recovery_overflow",
         }
     }
 
     /// Every code, for docs and metric label pre-registration.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::MissingField,
@@ -95,6 +100,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::RateLimited,
         Self::TokenExpired,
+        Self::RecoveryOverflow,
     ];
 }
 
@@ -115,6 +121,69 @@ pub fn welcome(node: &str, connection: &str) -> Bytes {
 /// `{"type":"ack","id":..}` echoing the raw id.
 pub fn ack(id: &str) -> Bytes {
     encode_frame(OP_TEXT, &[br#"{"type":"ack","id":"#, id.as_bytes(), b"}"])
+}
+
+/// `"offset":N,"epoch":"E"` (no braces), the position fields of frames and answers.
+fn position_fields(pos: &StreamPos) -> String {
+    format!(r#""offset":{},"epoch":{}"#, pos.offset, json_string(&pos.epoch))
+}
+
+/// The ack of a publish: `{"type":"ack","id":..}`, with `"offset"` and `"epoch"` for a
+/// message of a history topic.
+pub fn publish_ack(id: &str, pos: Option<&StreamPos>) -> Bytes {
+    match pos {
+        None => ack(id),
+        Some(p) => text_frame(format!(r#"{{"type":"ack","id":{id},{}}}"#, position_fields(p)).as_bytes()),
+    }
+}
+
+/// The ack of a subscribe: `{"type":"ack","id":..}`, with `"recovered":{topic:bool}` for the
+/// topics given in `since` and `"positions":{topic:{"offset":..,"epoch":..}}` for its
+/// history topics, when there are any. `id` is the raw id.
+pub fn subscribe_ack(id: &str, recovered: &[(&str, bool)], positions: &[(&str, &StreamPos)]) -> Bytes {
+    if recovered.is_empty() && positions.is_empty() {
+        return ack(id);
+    }
+    let mut body = format!(r#"{{"type":"ack","id":{id}"#);
+    if !recovered.is_empty() {
+        body.push_str(r#","recovered":{"#);
+        for (i, (t, r)) in recovered.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&json_string(t));
+            body.push(':');
+            body.push_str(if *r { "true" } else { "false" });
+        }
+        body.push('}');
+    }
+    if !positions.is_empty() {
+        body.push_str(r#","positions":{"#);
+        for (i, (t, p)) in positions.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&json_string(t));
+            body.push_str(":{");
+            body.push_str(&position_fields(p));
+            body.push('}');
+        }
+        body.push('}');
+    }
+    body.push('}');
+    text_frame(body.as_bytes())
+}
+
+/// `{"type":"error","code":"..","topic":"..","message":".."}`: an error about one
+/// subscription, not about a request.
+pub fn topic_error(code: ErrorCode, topic: &str, message: &str) -> Bytes {
+    let body = format!(
+        r#"{{"type":"error","code":"{}","topic":{},"message":{}}}"#,
+        code.as_str(),
+        json_string(topic),
+        json_string(message)
+    );
+    text_frame(body.as_bytes())
 }
 
 /// `{"type":"pong"}` or `{"type":"pong","id":..}`.
@@ -145,20 +214,25 @@ pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Bytes {
 /// The frame a `/ws` subscriber receives for a message on `topic`.
 /// `topic` must be valid (so it needs no JSON escaping).
 pub fn json_delivery(topic: &str, payload: &Payload) -> Bytes {
+    json_delivery_at(topic, payload, None)
+}
+
+/// [`json_delivery`] of a message with a stream position (history topics): `"offset"` and
+/// `"epoch"` follow the topic.
+pub fn json_delivery_at(topic: &str, payload: &Payload, pos: Option<&StreamPos>) -> Bytes {
     const HEAD: &[u8] = br#"{"type":"message","topic":""#;
+    let fields = pos.map(|p| format!(r#"",{},"data":"#, position_fields(p)));
+    let data_key: &[u8] = match &fields {
+        Some(f) => f.as_bytes(),
+        None => br#"","data":"#,
+    };
     match payload.kind {
-        PayloadKind::Json => encode_frame(
-            OP_TEXT,
-            &[HEAD, topic.as_bytes(), br#"","data":"#, &payload.bytes, b"}"],
-        ),
+        PayloadKind::Json => encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), data_key, &payload.bytes, b"}"]),
         PayloadKind::Text => {
             // The bytes were checked to be UTF-8 on the way in; a lossy view never allocates then.
             let text = String::from_utf8_lossy(&payload.bytes);
             let quoted = json_string(&text);
-            encode_frame(
-                OP_TEXT,
-                &[HEAD, topic.as_bytes(), br#"","data":"#, quoted.as_bytes(), b"}"],
-            )
+            encode_frame(OP_TEXT, &[HEAD, topic.as_bytes(), data_key, quoted.as_bytes(), b"}"])
         }
         PayloadKind::Binary => {
             let b64 = base64::engine::general_purpose::STANDARD.encode(&payload.bytes);
@@ -167,7 +241,8 @@ pub fn json_delivery(topic: &str, payload: &Payload) -> Bytes {
                 &[
                     HEAD,
                     topic.as_bytes(),
-                    br#"","data":""#,
+                    data_key,
+                    b"\"",
                     b64.as_bytes(),
                     br#"","encoding":"base64"}"#,
                 ],
@@ -299,5 +374,52 @@ mod tests {
         assert_eq!(m.data.map(|d| d.get()), Some("null"), "null data is data");
         let req = publish_request("a", b"{\"n\":1}", Some(5));
         assert_eq!(req, br#"{"op":"publish","topic":"a","data":{"n":1},"id":5}"#);
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+
+    fn body(frame: &Bytes) -> serde_json::Value {
+        // Server frames are unmasked; the payload follows a 2- or 4-byte header here.
+        let at = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[at..]).unwrap()
+    }
+
+    #[test]
+    fn frames_with_positions() {
+        let pos = StreamPos {
+            offset: 42,
+            epoch: "e\"1".into(),
+        };
+        for p in [
+            Payload::json(&br#"{"a":1}"#[..]),
+            Payload::text(&b"hi"[..]),
+            Payload::binary(&[1u8, 2][..]),
+        ] {
+            let v = body(&json_delivery_at("room", &p, Some(&pos)));
+            assert_eq!(v["offset"], 42);
+            assert_eq!(v["epoch"], "e\"1");
+            assert_eq!(v["topic"], "room");
+            assert_eq!(
+                body(&json_delivery_at("room", &p, None)),
+                body(&json_delivery("room", &p))
+            );
+            assert!(body(&json_delivery("room", &p)).get("offset").is_none());
+        }
+        let v = body(&publish_ack("7", Some(&pos)));
+        assert_eq!((v["id"].clone(), v["offset"].clone()), (7.into(), 42.into()));
+        assert_eq!(body(&publish_ack("7", None)), body(&ack("7")));
+        let v = body(&subscribe_ack("\"x\"", &[("a", true), ("b", false)], &[("a", &pos)]));
+        assert_eq!(v["id"], "x");
+        assert_eq!(v["recovered"]["a"], true);
+        assert_eq!(v["recovered"]["b"], false);
+        assert_eq!(v["positions"]["a"]["offset"], 42);
+        let v = body(&topic_error(ErrorCode::RecoveryOverflow, "a", "m"));
+        assert_eq!(
+            (v["code"].clone(), v["topic"].clone()),
+            ("recovery_overflow".into(), "a".into())
+        );
     }
 }

@@ -94,6 +94,6 @@ fn answer(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayEr
     }
     for item in batch.drain(..) {
         // The caller may have stopped waiting; that is its business.
-        let _ = item.done.send(result.clone());
+        let _ = item.done.send(result.clone().map(|()| None));
     }
 }

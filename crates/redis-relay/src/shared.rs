@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use herald_broker::{BrokerMetrics, RelayError, RelaySink};
+use herald_protocol::StreamPos;
 use prometheus::IntCounter;
 use redis::aio::{MultiplexedConnection, PubSubStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,7 +26,7 @@ use crate::subscriptions::Interest;
 pub(crate) struct Outgoing {
     pub(crate) channel: String,
     pub(crate) envelope: Bytes,
-    pub(crate) done: oneshot::Sender<Result<(), RelayError>>,
+    pub(crate) done: oneshot::Sender<Result<Option<StreamPos>, RelayError>>,
 }
 
 /// The live publish connection, as the publisher sees it.

@@ -11,7 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_broker::{PublishTicket, RelayError};
+use herald_broker::RelayError;
 use support::{fast, init_logs, wait_until, within, Node, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(5);
@@ -62,17 +62,17 @@ async fn a_subscribed_topic_is_confirmed_at_once() {
     assert_eq!(redis.numsub("herald:room"), 1, "confirmed means Redis has it");
     for _ in 0..3 {
         assert!(
-            matches!(b.join_confirmed("room"), PublishTicket::Done(Ok(()))),
+            matches!(b.join_confirmed("room"), herald_broker::Ticket::Done(Ok(()))),
             "already subscribed: answered without waiting"
         );
     }
 }
 
-fn refused_at_once(t: PublishTicket) {
+fn refused_at_once(t: herald_broker::InterestTicket) {
     match t {
-        PublishTicket::Done(Err(RelayError::Unavailable(_))) => {}
-        PublishTicket::Done(other) => panic!("expected Unavailable, got {other:?}"),
-        PublishTicket::Pending(_) => panic!("a confirmation while down must fail at once"),
+        herald_broker::Ticket::Done(Err(RelayError::Unavailable(_))) => {}
+        herald_broker::Ticket::Done(other) => panic!("expected Unavailable, got {other:?}"),
+        herald_broker::Ticket::Pending(_) => panic!("a confirmation while down must fail at once"),
     }
 }
 
@@ -122,7 +122,7 @@ async fn a_waiting_confirmation_is_answered_when_redis_goes_away() {
     let b = Node::start(config);
     wait_until(LIMIT, "up", || b.is_up()).await;
     let ticket = b.join_confirmed("t");
-    assert!(matches!(ticket, PublishTicket::Pending(_)));
+    assert!(matches!(ticket, herald_broker::Ticket::Pending(_)));
     redis.kill();
     let got = within(LIMIT, "an answer, not a hang", ticket.outcome()).await;
     assert!(matches!(got, Err(RelayError::Unavailable(_))), "{got:?}");

@@ -57,7 +57,7 @@ pub async fn disconnect_user(state: &Arc<AppState>, user: String, req: Request<I
     let standalone = state.broker.relay_state() == RelayState::Standalone;
     let ticket = state.broker.send_control(&message);
     let relay_error = match tokio::time::timeout(RELAY_ANSWER_TIMEOUT, ticket.outcome()).await {
-        Ok(Ok(())) => None,
+        Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => {
             Some("the relay did not answer in time; other nodes may or may not close the user's connections".into())

@@ -17,9 +17,10 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use herald_broker::{BrokerMetrics, Outbox, PublishTicket};
 use herald_protocol::server_msg::{self, ErrorCode};
+use herald_protocol::StreamPos;
 use tokio::time::Instant;
 
-use crate::core::{ConfirmError, Confirmation, RELAY_ANSWER_TIMEOUT};
+use crate::core::{ConfirmError, Confirmation, Recovered, RELAY_ANSWER_TIMEOUT};
 
 /// Answers that may wait at once; the reader pauses at this many.
 pub const MAX_WAITING: usize = 256;
@@ -94,7 +95,11 @@ impl Answers {
         mut confirmation: Confirmation,
     ) -> Option<usize> {
         match confirmation.try_now() {
-            Some(result) if self.is_empty() => subscribe_answer(metrics, id, result).and_then(|f| self.send(outbox, f)),
+            Some(result) if self.is_empty() => {
+                let sent = subscribe_answer(metrics, id, result).and_then(|f| self.send(outbox, f));
+                confirmation.release();
+                sent
+            }
             _ => {
                 self.push(Pending::Subscribe {
                     id: id.map(Box::from),
@@ -176,9 +181,13 @@ impl Answers {
                     None => break,
                 },
             };
-            q.pop_front();
+            let done = q.pop_front();
             if let Some(f) = frame {
                 backlog = Some(outbox.push_control(f));
+            }
+            // A history subscription's replay follows its answer, never precedes it.
+            if let Some(Pending::Subscribe { confirmation, .. }) = done {
+                confirmation.release();
             }
         }
         if q.is_empty() {
@@ -207,9 +216,17 @@ impl Answers {
     }
 }
 
-fn subscribe_answer(metrics: &BrokerMetrics, id: Option<&str>, result: Result<(), ConfirmError>) -> Option<Bytes> {
+fn subscribe_answer(
+    metrics: &BrokerMetrics,
+    id: Option<&str>,
+    result: Result<Recovered, ConfirmError>,
+) -> Option<Bytes> {
     match result {
-        Ok(()) => id.map(server_msg::ack),
+        Ok(r) => id.map(|id| {
+            let recovered: Vec<(&str, bool)> = r.recovered.iter().map(|(t, ok)| (&**t, *ok)).collect();
+            let positions: Vec<(&str, &StreamPos)> = r.positions.iter().map(|(t, p)| (&**t, p)).collect();
+            server_msg::subscribe_ack(id, &recovered, &positions)
+        }),
         Err(e) => {
             let msg = format!("{e}; messages from other nodes follow once the relay recovers");
             Some(error_frame(metrics, id, ErrorCode::RelayUnavailable, &msg))
@@ -217,9 +234,14 @@ fn subscribe_answer(metrics: &BrokerMetrics, id: Option<&str>, result: Result<()
     }
 }
 
-fn publish_answer(metrics: &BrokerMetrics, id: &str, result: Result<(), String>, delivered: usize) -> Bytes {
+fn publish_answer(
+    metrics: &BrokerMetrics,
+    id: &str,
+    result: Result<Option<StreamPos>, String>,
+    delivered: usize,
+) -> Bytes {
     match result {
-        Ok(()) => server_msg::ack(id),
+        Ok(pos) => server_msg::publish_ack(id, pos.as_ref()),
         Err(e) => {
             let msg = format!("{e}; delivered to {delivered} local subscriber(s) only");
             error_frame(metrics, Some(id), ErrorCode::RelayUnavailable, &msg)
@@ -252,11 +274,11 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         a.publish(&outbox, &m, "2", Ticket::Pending(rx), 0);
         a.send(&outbox, server_msg::pong(Some("3")));
-        a.publish(&outbox, &m, "4", Ticket::ok(), 0);
+        a.publish(&outbox, &m, "4", Ticket::published(), 0);
         assert_eq!(a.waiting(), 3);
         let first = taken(&outbox);
         assert_eq!(first.len(), 1, "only the answer before the waiting one: {first:?}");
-        tx.send(Ok(())).unwrap();
+        tx.send(Ok(None)).unwrap();
         a.head_known().await;
         a.flush(&outbox, &m);
         let rest = taken(&outbox);
@@ -272,7 +294,7 @@ mod tests {
         let outbox = Outbox::new(OutboxLimits::default(), CancellationToken::new());
         let m = BrokerMetrics::new();
         let mut a = Answers::default();
-        let (_tx, rx) = oneshot::channel::<Result<(), RelayError>>();
+        let (_tx, rx) = oneshot::channel::<Result<Option<StreamPos>, RelayError>>();
         a.publish(&outbox, &m, "7", Ticket::Pending(rx), 2);
         a.head_known().await; // paused time: jumps to the deadline
         a.flush(&outbox, &m);

@@ -318,7 +318,7 @@ impl Node {
 
     /// A local subscriber arrives and waits for the relay's confirmation, as the broker
     /// does before acknowledging a subscribe: registered first, hinted, then confirmed.
-    pub fn join_confirmed(&self, topic: &str) -> PublishTicket {
+    pub fn join_confirmed(&self, topic: &str) -> herald_broker::InterestTicket {
         self.join(topic);
         self.relay.confirm_interest(topic)
     }
