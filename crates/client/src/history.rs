@@ -3,8 +3,8 @@
 //! the ack of a publish.
 //!
 //! Topics without history carry none of this; every field that holds it is optional or an
-//! empty map. What the node promises about them is in docs/protocol.md ("History and
-//! recovery").
+//! empty map. What the node promises about them is in docs/protocol.md; the wire names
+//! are fixed in the "History and recovery" contract of the design.
 
 use std::collections::HashMap;
 
