@@ -386,25 +386,80 @@ async fn the_history_api_pages_oldest_first() {
     let get = |path: String| {
         let addr = node.admin_addr();
         async move {
-            let (status, body) = herald_testkit::node::http_request(addr, "GET", &path, &[], b"").await.unwrap();
+            let (status, body) = herald_testkit::node::http_request(addr, "GET", &path, &[], b"")
+                .await
+                .unwrap();
             (status, serde_json::from_slice::<Value>(&body).unwrap())
         }
     };
     // 1..10 were trimmed (size 50): not complete from 0.
     let (s, p) = get("/api/topics/log.a/history?limit=20".into()).await;
     assert_eq!(s, 200);
-    assert_eq!((p["offset"].clone(), p["complete"].clone(), p["more"].clone()), (json!(60), json!(false), json!(true)));
-    assert_eq!(offsets(p["messages"].as_array().unwrap()), (11..=30).collect::<Vec<_>>());
+    assert_eq!(
+        (p["offset"].clone(), p["complete"].clone(), p["more"].clone()),
+        (json!(60), json!(false), json!(true))
+    );
+    assert_eq!(
+        offsets(p["messages"].as_array().unwrap()),
+        (11..=30).collect::<Vec<_>>()
+    );
     assert_eq!(p["messages"][0]["data"]["n"], 11);
     let (_, p2) = get("/api/topics/log.a/history?since=30&limit=20".into()).await;
     assert_eq!(p2["complete"], true);
-    assert_eq!(offsets(p2["messages"].as_array().unwrap()), (31..=50).collect::<Vec<_>>());
+    assert_eq!(
+        offsets(p2["messages"].as_array().unwrap()),
+        (31..=50).collect::<Vec<_>>()
+    );
     let (_, p3) = get("/api/topics/log.a/history?since=50&limit=20".into()).await;
-    assert_eq!((p3["more"].clone(), p3["messages"].as_array().unwrap().len()), (json!(false), 10));
+    assert_eq!(
+        (p3["more"].clone(), p3["messages"].as_array().unwrap().len()),
+        (json!(false), 10)
+    );
     let (_, t) = get("/api/topics/log.a".into()).await;
-    assert_eq!((t["offset"].clone(), t["epoch"].clone()), (json!(60), p["epoch"].clone()));
+    assert_eq!(
+        (t["offset"].clone(), t["epoch"].clone()),
+        (json!(60), p["epoch"].clone())
+    );
     assert_eq!(get("/api/topics/other/history".into()).await.0, 404);
     assert_eq!(get("/api/topics/log.a/history?since=x".into()).await.0, 400);
     assert_eq!(get("/api/topics/log.a/history?limit=1001".into()).await.0, 400);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_obeys_the_subscribe_permissions() {
+    let node = TestNode::start_with(|c| {
+        history(c, ">", 100, true);
+        c.auth.jwt_hs256_secret = "history-permissions-test-secret-0123456789".into();
+        c.auth.anonymous_subscribe = vec!["public.>".into()];
+        c.auth.anonymous_publish = vec![">".into()];
+    })
+    .await
+    .unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    let epoch = publish(&mut pubr, "secret.a", 1, 1).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    publish(&mut pubr, "public.a", 1, 2).await;
+    let mut c = client(&node, "/ws").await;
+    send(
+        &mut c,
+        json!({"op":"subscribe","topics":["secret.a"],"since":{"secret.a":{"offset":0,"epoch":epoch}},"id":1}),
+    )
+    .await;
+    let (err, msgs) = until_answer(&mut c, 1).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    assert!(msgs.is_empty());
+    // Neither the replay nor the latest value leaks: only the allowed topic's comes.
+    send(&mut c, json!({"op":"subscribe","topics":["public.a"],"id":2})).await;
+    let (ack, _) = until_answer(&mut c, 2).await;
+    assert_eq!(ack["type"], "ack");
+    let m = messages(&mut c, 1).await;
+    assert_eq!(m[0]["topic"], "public.a");
+    assert!(
+        c.read_text(Duration::from_millis(300)).await.is_err(),
+        "nothing else arrives"
+    );
     node.shutdown().await;
 }

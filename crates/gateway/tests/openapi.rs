@@ -94,10 +94,17 @@ async fn every_operation_answers_as_documented() {
     api.get("/api/node").await;
     api.get("/api/topics?limit=1").await;
     api.get("/api/topics/t").await;
-    api.post_json("/api/publish", &json!({"topic": "h.a", "data": {"x": 1}})).await;
-    api.post("/api/topics/h.a/publish", "application/octet-stream", &[1, 2]).await;
+    api.post_json("/api/publish", &json!({"topic": "h.a", "data": {"x": 1}}))
+        .await;
+    api.post("/api/topics/h.a/publish", "application/octet-stream", &[1, 2])
+        .await;
     let page = api.get("/api/topics/h.a/history?since=0&limit=10").await;
-    assert_eq!(page.json()["messages"].as_array().map(Vec::len), Some(2), "{}", page.text());
+    assert_eq!(
+        page.json()["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        page.text()
+    );
     api.get("/api/topics/h.a").await;
     assert_eq!(api.get("/api/topics/t/history").await.status, 404);
     assert_eq!(api.get("/api/topics/h.a/history?limit=0").await.status, 400);
