@@ -476,13 +476,21 @@ async fn unsubscribing_stops_a_running_replay() {
     let pad = "y".repeat(4096);
     let mut epoch = String::new();
     for n in 1..=3000u64 {
-        send(&mut pubr, json!({"op":"publish","topic":"u","data":{"n":n,"pad":pad},"id":n})).await;
+        send(
+            &mut pubr,
+            json!({"op":"publish","topic":"u","data":{"n":n,"pad":pad},"id":n}),
+        )
+        .await;
         if n % 300 == 0 {
             epoch = until_answer(&mut pubr, n).await.0["epoch"].as_str().unwrap().to_owned();
         }
     }
     let mut sub = client(&node, "/ws").await;
-    send(&mut sub, json!({"op":"subscribe","topics":["u"],"since":{"u":{"offset":0,"epoch":epoch}},"id":1})).await;
+    send(
+        &mut sub,
+        json!({"op":"subscribe","topics":["u"],"since":{"u":{"offset":0,"epoch":epoch}},"id":1}),
+    )
+    .await;
     send(&mut sub, json!({"op":"unsubscribe","topics":["u"],"id":2})).await;
     // Whatever was queued before the unsubscribe may still come; the rest of the 12 MB
     // replay must not.
@@ -502,6 +510,9 @@ async fn unsubscribing_stops_a_running_replay() {
         }
     }
     assert!(acked);
-    assert!(after_ack < 100, "{after_ack} replayed messages after the unsubscribe ack");
+    assert!(
+        after_ack < 100,
+        "{after_ack} replayed messages after the unsubscribe ack"
+    );
     node.shutdown().await;
 }
