@@ -195,7 +195,7 @@ pub struct BrokerMetrics {
 }
 
 /// The outcomes of `herald_history_replays_total`.
-pub const REPLAY_OUTCOMES: &[&str] = &["completed", "overflow", "abandoned", "failed"];
+pub const REPLAY_OUTCOMES: &[&str] = &["completed", "overflow", "lost", "abandoned", "failed"];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");

@@ -98,7 +98,7 @@ async fn offsets_agree_across_nodes_and_a_client_recovers_onto_another_node() {
     let mut pa = client(a, "/ws").await;
     let mut pb = client(b, "/ws").await;
     for n in 1..=20u64 {
-        let p = if n % 2 == 0 { &mut pa } else { &mut pb };
+        let p = if n.is_multiple_of(2) { &mut pa } else { &mut pb };
         send(p, json!({"op":"publish","topic":"h.room","data":n,"id":n})).await;
         let (ack, _) = until_answer(p, n).await;
         assert_eq!(ack["offset"], n, "{ack}");
@@ -194,7 +194,7 @@ async fn a_cut_between_one_node_and_redis_loses_nothing_on_history_topics() {
     let started = tokio::time::Instant::now();
     for n in 1..=1000u64 {
         send(&mut p, json!({"op":"publish","topic":"h.feed","data":n,"id":n})).await;
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             until_answer(&mut p, n).await;
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
