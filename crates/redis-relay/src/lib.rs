@@ -91,11 +91,13 @@
 
 mod backoff;
 mod config;
+mod history;
 mod inbound;
 mod link;
 mod publish_link;
 mod publisher;
 mod relay;
+mod scripts;
 mod shared;
 mod subscriptions;
 mod supervisor;

@@ -1,5 +1,7 @@
-//! The publisher task: drains the bounded publish queue and sends PUBLISH commands to
-//! Redis in pipelines, answering each publication's oneshot when Redis has replied.
+//! The publisher task: drains the bounded publish queue and sends its commands to Redis in
+//! pipelines (PUBLISH for topics without history and control messages, `EVALSHA` of the
+//! append script for topics with history), answering each one's oneshot when Redis has
+//! replied: an append with the offset and epoch the script allocated.
 //!
 //! Ordering: one task takes the queue in order and has one pipeline in flight at a time,
 //! and Redis executes a connection's commands in order, so publications from one publisher
@@ -18,10 +20,14 @@
 use std::sync::Arc;
 
 use herald_broker::RelayError;
+use herald_protocol::StreamPos;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
 use tokio::sync::mpsc;
 
 use crate::link::is_connection_failure;
-use crate::shared::{Outgoing, Shared};
+use crate::scripts;
+use crate::shared::{Command, Outgoing, PublishLink, Shared};
 
 /// Runs until the relay is cancelled, then fails whatever is still queued with
 /// [`RelayError::ShuttingDown`].
@@ -46,54 +52,201 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     }
     if !batch.is_empty() {
         tracing::debug!(count = batch.len(), "relay shutting down: failing queued publications");
-        answer(&shared, &mut batch, Err(RelayError::ShuttingDown));
+        answer_all(&shared, &mut batch, Err(RelayError::ShuttingDown));
     }
 }
 
 /// Sends one pipeline and answers every entry of `batch` (which is left empty).
+///
+/// Each command gets its own answer: a PUBLISH or an append Redis refused (an ACL, a
+/// wrong key type) fails alone. Appends refused with `NOSCRIPT` (the script cache was
+/// flushed) are retried once, in order, after loading the script again; see `scripts`.
 async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
     let link = shared.publish_link.borrow().clone();
     let Some(link) = link else {
-        answer(
+        answer_all(
             shared,
             batch,
             Err(RelayError::Unavailable("redis relay is down".into())),
         );
         return;
     };
-    let mut pipe = redis::pipe();
-    for item in batch.iter() {
-        pipe.cmd("PUBLISH").arg(&item.channel).arg(&item.envelope[..]).ignore();
-    }
     let mut conn = link.conn.clone();
+    for attempt in 0..2 {
+        let replies = match exec(shared, &link, &mut conn, batch).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                answer_all(shared, batch, Err(e));
+                return;
+            }
+        };
+        let mut retry = Vec::new();
+        for (item, reply) in batch.drain(..).zip(replies) {
+            if attempt == 0 && matches!(item.command, Command::Append(_)) && scripts::is_noscript_reply(&reply) {
+                retry.push(item);
+            } else {
+                let result = outcome(&item.command, reply);
+                answer(shared, item, result);
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        tracing::info!(
+            appends = retry.len(),
+            "redis forgot the append script (NOSCRIPT); loading it again"
+        );
+        batch.extend(retry);
+        if let Err(e) = scripts::APPEND.load(&mut conn).await {
+            if is_connection_failure(&e) {
+                link.failed.cancel();
+            }
+            answer_all(
+                shared,
+                batch,
+                Err(RelayError::Unavailable(format!(
+                    "redis: loading the append script: {e}"
+                ))),
+            );
+            return;
+        }
+    }
+    // Still NOSCRIPT right after a successful load: answered by `outcome` above.
+}
+
+/// Sends `batch` as one pipeline within `command_timeout`; one reply per entry, or why the
+/// pipeline as a whole failed (then the connection is replaced when it is to blame).
+async fn exec(
+    shared: &Shared,
+    link: &PublishLink,
+    conn: &mut MultiplexedConnection,
+    batch: &[Outgoing],
+) -> Result<Vec<Value>, RelayError> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for item in batch {
+        match &item.command {
+            Command::Publish { channel, envelope } => {
+                pipe.cmd("PUBLISH").arg(channel).arg(&envelope[..]);
+            }
+            Command::Append(a) => {
+                pipe.cmd("EVALSHA")
+                    .arg(&scripts::APPEND.sha)
+                    .arg(2)
+                    .arg(&a.stream_key)
+                    .arg(&a.meta_key)
+                    .arg(&a.channel)
+                    .arg(&a.epoch_candidate)
+                    .arg(a.size)
+                    .arg(a.ttl_ms)
+                    .arg(a.published_at_micros)
+                    .arg(a.kind)
+                    .arg(&a.head[..])
+                    .arg(&a.origin_conn[..])
+                    .arg(&a.payload[..]);
+            }
+        }
+    }
     let timeout = shared.config.command_timeout;
-    let result = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
-        Ok(Ok(())) => Ok(()),
+    match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
+        Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
+        Ok(Ok(replies)) => {
+            // Not seen in practice; the connection's framing cannot be trusted after it.
+            link.failed.cancel();
+            tracing::warn!(sent = batch.len(), got = replies.len(), "pipeline reply count mismatch");
+            Err(RelayError::Unavailable(
+                "redis answered the pipeline incompletely".into(),
+            ))
+        }
         Ok(Err(e)) => {
             if is_connection_failure(&e) {
                 link.failed.cancel();
             }
-            tracing::debug!(error = %e, count = batch.len(), "PUBLISH pipeline failed");
+            tracing::debug!(error = %e, count = batch.len(), "publish pipeline failed");
             Err(RelayError::Unavailable(format!("redis: {e}")))
         }
         Err(_) => {
             link.failed.cancel();
-            tracing::debug!(count = batch.len(), "PUBLISH pipeline timed out");
-            Err(RelayError::Unavailable("redis did not answer PUBLISH in time".into()))
+            tracing::debug!(count = batch.len(), "publish pipeline timed out");
+            Err(RelayError::Unavailable(
+                "redis did not answer the publish pipeline in time".into(),
+            ))
         }
-    };
-    answer(shared, batch, result);
+    }
 }
 
-/// Answers every entry and counts the outcome once per message.
-fn answer(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayError>) {
+/// What one reply means for its command.
+fn outcome(command: &Command, reply: Value) -> Result<Option<StreamPos>, RelayError> {
+    match (command, reply) {
+        (_, Value::ServerError(e)) => Err(RelayError::Unavailable(format!("redis: {e}"))),
+        (Command::Publish { .. }, _) => Ok(None),
+        (Command::Append(_), reply) => append_position(reply)
+            .map(Some)
+            .ok_or_else(|| RelayError::Unavailable("redis: the append script answered something unexpected".into())),
+    }
+}
+
+/// The append script's `{offset, epoch}`.
+fn append_position(reply: Value) -> Option<StreamPos> {
+    let Value::Array(v) = reply else { return None };
+    let [offset, Value::BulkString(epoch)] = <[Value; 2]>::try_from(v).ok()? else {
+        return None;
+    };
+    let offset = match offset {
+        Value::Int(n) => u64::try_from(n).ok()?,
+        Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok()?,
+        _ => return None,
+    };
+    Some(StreamPos {
+        offset,
+        epoch: String::from_utf8(epoch).ok()?,
+    })
+}
+
+/// Answers one entry and counts its outcome.
+fn answer(shared: &Shared, item: Outgoing, result: Result<Option<StreamPos>, RelayError>) {
+    match &result {
+        Ok(_) => shared.sent.inc(),
+        Err(_) => shared.unrelayed.inc(),
+    }
+    // The caller may have stopped waiting; that is its business.
+    let _ = item.done.send(result);
+}
+
+/// Answers every entry with the same failure and counts it once per message.
+fn answer_all(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayError>) {
     let n = batch.len() as u64;
     match &result {
         Ok(()) => shared.sent.inc_by(n),
         Err(_) => shared.unrelayed.inc_by(n),
     }
     for item in batch.drain(..) {
-        // The caller may have stopped waiting; that is its business.
         let _ = item.done.send(result.clone().map(|()| None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_append_scripts_answer() {
+        let ok = Value::Array(vec![Value::Int(42), Value::BulkString(b"ep".to_vec())]);
+        assert_eq!(
+            append_position(ok),
+            Some(StreamPos {
+                offset: 42,
+                epoch: "ep".into()
+            })
+        );
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(-1), Value::BulkString(b"ep".to_vec())]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(1), Value::Int(2)]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(vec![0xff])]),
+        ] {
+            assert_eq!(append_position(bad), None);
+        }
     }
 }

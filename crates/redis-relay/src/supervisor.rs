@@ -3,6 +3,8 @@
 //! One loop, one owner: connect a dedicated RESP2 pub/sub connection (within
 //! `connect_timeout`), hand its message stream to the reader, SUBSCRIBE every topic the
 //! broker has local interest in (in batches), confirm them, and mark the pub/sub link up.
+//! After a reconnect (not after the first connection), once every topic is resubscribed,
+//! it calls `RelaySink::relinked`, so the broker fills the gap from history.
 //! While up it serves three things: the heartbeat (PING on the pub/sub connection with
 //! `heartbeat_timeout`), interest hints (batched SUBSCRIBE after the batch window,
 //! UNSUBSCRIBE after `unsubscribe_delay`), and the reader's signal that the stream ended.
@@ -113,6 +115,11 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
         if retry.up() {
             shared.count_link_reconnect(Link::PubSub);
             tracing::info!(topics = count, "redis relay pub/sub reconnected and resubscribed");
+            // Every topic listens again: what other nodes published while this connection
+            // was away did not arrive, and the broker reads it from history now.
+            if let Some(s) = shared.sink() {
+                s.relinked();
+            }
         } else {
             tracing::info!(topics = count, "redis relay pub/sub connected");
         }
