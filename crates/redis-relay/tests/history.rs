@@ -128,8 +128,8 @@ async fn the_keys_are_a_stream_and_a_hash_sharing_a_hash_tag() {
     let meta: std::collections::HashMap<String, String> = redis.query(redis::cmd("HGETALL").arg("herald:{room.{x}}:m"));
     assert_eq!(meta["offset"], "1");
     assert_eq!(meta["epoch"], pos.epoch);
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis.query(redis::cmd("XRANGE").arg("herald:{room.{x}}:s").arg("-").arg("+"));
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis.query(redis::cmd("XRANGE").arg("herald:{room.{x}}:s").arg("-").arg("+"));
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].0, "1-0");
     let fields: Vec<&str> = entries[0].1.iter().map(|(f, _)| f.as_str()).collect();
