@@ -28,6 +28,7 @@ fn registry(c: &mut Criterion) {
         outbox: outbox(),
         encoding: SubscriberMode::Json.encoding(),
         echo: true,
+        gate: None,
     };
 
     // The topic exists only during the cycle: creates and removes the topic entry.

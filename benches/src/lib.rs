@@ -99,6 +99,7 @@ pub fn subscribe_many(
                     outbox: ob.clone(),
                     encoding: mode(i).encoding(),
                     echo: true,
+                    gate: None,
                 },
             );
             ob

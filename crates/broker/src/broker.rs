@@ -18,14 +18,16 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_protocol::{ControlMessage, Envelope, Payload};
+use herald_protocol::{ControlMessage, Envelope, Payload, StreamPos};
 
 use crate::encoding::{Delivery, Encodings, FrameCache};
 use crate::flusher::FlushQueue;
+use crate::history::{History, HistoryRules, StreamPolicy, MAX_READ};
 use crate::metrics::{BrokerMetrics, Source};
 use crate::outbox::{Outbox, PushOutcome};
-use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, UnsubscribeOutcome};
+use crate::registry::{ConnId, Registry, SubscribeOutcome, Subscriber, Topic, UnsubscribeOutcome};
 use crate::relay::{InterestTicket, PublishTicket, Relay, RelaySink, RelayState};
+use crate::sequencer::{Offered, Sequenced};
 
 /// What one local fan-out did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Broker {
     flush: Arc<FlushQueue>,
     /// Who acts on control messages from other nodes (the gateway); set once at start.
     control: OnceLock<ControlHandler>,
+    /// This broker, for the gap-filling tasks that `RelaySink::deliver` (`&self`) starts.
+    me: OnceLock<Weak<Broker>>,
 }
 
 /// Acts on a control message another node sent; must not block.
@@ -115,15 +119,35 @@ impl Broker {
         metrics: Arc<BrokerMetrics>,
         encodings: Encodings,
     ) -> Arc<Self> {
+        Self::with_history(node_id, relay, metrics, encodings, HistoryRules::none())
+    }
+
+    /// Like [`Broker::with_encodings`], with the topics that keep history. A topic only
+    /// has history when `relay` keeps one ([`Relay::history`]); the gateway refuses to
+    /// start with rules and a relay without.
+    pub fn with_history(
+        node_id: &str,
+        relay: Arc<dyn Relay>,
+        metrics: Arc<BrokerMetrics>,
+        encodings: Encodings,
+        rules: HistoryRules,
+    ) -> Arc<Self> {
+        let rules = if relay.history().is_some() {
+            rules
+        } else {
+            HistoryRules::none()
+        };
         let broker = Arc::new(Self {
             node_id: node_id.into(),
-            registry: Registry::new(),
+            registry: Registry::with_rules(Arc::new(rules)),
             encodings,
             relay,
             metrics,
             flush: Arc::new(FlushQueue::default()),
             control: OnceLock::new(),
+            me: OnceLock::new(),
         });
+        let _ = broker.me.set(Arc::downgrade(&broker));
         let sink: Arc<dyn RelaySink> = broker.clone();
         let weak: Weak<dyn RelaySink> = Arc::downgrade(&sink);
         broker.relay.attach(weak);
@@ -209,10 +233,42 @@ impl Broker {
         outcome
     }
 
+    /// The relay's history (when the relay keeps one).
+    pub fn relay_history(&self) -> Option<&dyn History> {
+        self.relay.history()
+    }
+
+    /// The history policy of `topic`, `None` for a topic without history. Costs nothing
+    /// when no topic has history; otherwise the registry's cached answer, or one match of
+    /// the configured patterns for a topic without local subscribers.
+    pub fn stream_policy(&self, topic: &str) -> Option<Arc<StreamPolicy>> {
+        let rules = self.registry.rules();
+        if rules.is_empty() {
+            return None;
+        }
+        match self.registry.topic(topic) {
+            Some(t) => t.stream().map(|s| s.policy.clone()),
+            None => rules.policy(topic).cloned(),
+        }
+    }
+
     /// Publishes a message that entered this node (client or HTTP): local fan-out, then
-    /// the relay. `origin` is the publishing connection, for echo suppression.
+    /// the relay. `origin` is the publishing connection, for echo suppression. A message
+    /// of a history topic is appended to the topic's stream instead, and delivered here
+    /// when the relay hands it back with its offset, like on every other node; its
+    /// report's local fan-out is empty, and its ticket carries the position.
     pub fn publish(&self, topic: &str, payload: Payload, origin: Option<ConnId>, source: Source) -> PublishReport {
         self.metrics.published.with_label_values(&[source.as_str()]).inc();
+        if let (Some(policy), Some(history)) = (self.stream_policy(topic), self.relay.history()) {
+            let relay = history.append(topic, &payload, now_micros(), origin, &policy);
+            if let PublishTicket::Done(Err(_)) = &relay {
+                self.metrics.dropped.with_label_values(&["relay_unavailable"]).inc();
+            }
+            return PublishReport {
+                local: FanOut::default(),
+                relay,
+            };
+        }
         let local = self.fan_out(topic, &payload, origin);
         let relay = self.relay.publish(topic, &payload, now_micros());
         if let PublishTicket::Done(Err(_)) = &relay {
@@ -227,7 +283,11 @@ impl Broker {
     /// encoding in use.
     pub fn fan_out(&self, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
         let started = Instant::now();
-        let delivery = Delivery { topic, payload };
+        let delivery = Delivery {
+            topic,
+            payload,
+            stream: None,
+        };
         let mut frames = FrameCache::default();
         let mut out = FanOut::default();
         let direct = self.flush.is_running();
@@ -273,8 +333,222 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Delivers one message of a history topic to local subscribers, in offset order
+    /// (`sequencer.rs`): at once, held behind a gap (and a fill started), or dropped as
+    /// a duplicate.
+    fn deliver_sequenced(&self, t: &Arc<Topic>, msg: Sequenced) {
+        let Some(stream) = t.stream() else {
+            // A topic without history here (another node's configuration differs): plain
+            // delivery, position shown.
+            self.fan_out_stream(t, &msg);
+            return;
+        };
+        let offered = {
+            let mut seq = stream.sequence.lock().unwrap_or_else(|p| p.into_inner());
+            seq.offer(msg, |m| {
+                self.fan_out_stream(t, m);
+            })
+        };
+        self.after_offer(t, offered);
+    }
+
+    fn after_offer(&self, t: &Arc<Topic>, offered: Offered) {
+        if offered.duplicate {
+            self.metrics.history_duplicates.inc();
+        }
+        if offered.lost > 0 {
+            self.count_lost(t, offered.lost);
+        }
+        if let Some(after) = offered.fill_after {
+            self.spawn_fill(t.clone(), after);
+        }
+    }
+
+    fn count_lost(&self, t: &Topic, lost: u64) {
+        self.metrics.history_gaps.with_label_values(&["lost"]).inc();
+        self.metrics.history_lost.inc_by(lost);
+        tracing::warn!(topic = %t.name(), lost, "history no longer holds messages this node missed; its subscribers did not get them");
+    }
+
+    /// Fills a history topic's gap after `after` from history, in a task (reads wait for
+    /// the relay). Without a runtime (some unit tests) the gap stays until the next fill.
+    fn spawn_fill(&self, t: Arc<Topic>, after: u64) {
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move { me.fill(t, after).await });
+    }
+
+    async fn fill(self: Arc<Self>, t: Arc<Topic>, mut after: u64) {
+        let Some(stream) = t.stream() else { return };
+        let policy = stream.policy.clone();
+        let mut failures = 0u32;
+        let mut filled_any = false;
+        loop {
+            let read = match self.relay.history() {
+                Some(h) => h.read(t.name(), after, MAX_READ, &policy).outcome().await,
+                None => return,
+            };
+            let page = match read {
+                Ok(p) => p,
+                Err(e) if failures < 5 => {
+                    failures += 1;
+                    tracing::debug!(topic = %t.name(), error = %e, "history read for a gap failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << failures)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %t.name(), error = %e, "history read for a gap failed; giving the gap up");
+                    crate::history::HistoryPage {
+                        head: StreamPos {
+                            offset: 0,
+                            epoch: String::new(),
+                        },
+                        messages: Vec::new(),
+                    }
+                }
+            };
+            let more = page.messages.len() >= MAX_READ;
+            let next = {
+                let mut seq = stream.sequence.lock().unwrap_or_else(|p| p.into_inner());
+                let mut deliver = |m: &Sequenced| {
+                    self.fan_out_stream(&t, m);
+                };
+                let same_epoch = seq.epoch() == Some(page.head.epoch.as_str());
+                let mut lost = 0;
+                if same_epoch {
+                    for m in page.messages {
+                        if seq.position().is_some_and(|p| m.offset > p.offset) {
+                            filled_any = true;
+                            let o = seq.offer(
+                                Sequenced {
+                                    pos: StreamPos {
+                                        offset: m.offset,
+                                        epoch: page.head.epoch.clone(),
+                                    },
+                                    payload: m.payload,
+                                    skip_conn: None,
+                                },
+                                &mut deliver,
+                            );
+                            lost += o.lost;
+                        }
+                    }
+                }
+                let (next, gave_up) = seq.fill_step(more && same_epoch, &mut deliver);
+                lost += gave_up;
+                drop(seq);
+                if lost > 0 {
+                    self.count_lost(&t, lost);
+                }
+                next
+            };
+            match next {
+                Some(a) => after = a,
+                None => break,
+            }
+        }
+        if filled_any {
+            self.metrics.history_gaps.with_label_values(&["filled"]).inc();
+        }
+    }
+
+    /// Tells the topic's sequence where the stream stands, if it knew nothing yet (a
+    /// replay read the head), so a later gap can be filled from there.
+    pub(crate) fn learn_position(&self, topic: &str, head: &StreamPos) {
+        if let Some(t) = self.registry.topic(topic) {
+            if let Some(s) = t.stream() {
+                s.sequence.lock().unwrap_or_else(|p| p.into_inner()).learn(head);
+            }
+        }
+    }
+
+    /// Queues a history topic's message to every local subscriber (under the topic's
+    /// sequence lock): one encoding per format, the position in the frame, replaying
+    /// subscribers' copies into their gates.
+    fn fan_out_stream(&self, t: &Topic, msg: &Sequenced) -> FanOut {
+        let started = Instant::now();
+        let delivery = Delivery {
+            topic: t.name(),
+            payload: &msg.payload,
+            stream: Some(&msg.pos),
+        };
+        let mut frames = FrameCache::default();
+        let mut out = FanOut::default();
+        let mut overflowed = 0u64;
+        let visited = t.for_each_subscriber(|s| {
+            if !s.echo && msg.skip_conn == Some(s.conn) {
+                return;
+            }
+            let frame: Bytes = frames.get(&self.encodings, s.encoding, &delivery);
+            let outcome = match &s.gate {
+                Some(g) => {
+                    let (o, over) = g.offer(msg.pos.offset, frame, &s.outbox, started);
+                    if over {
+                        overflowed += 1;
+                        crate::replay::overflowed(self, t.name(), &s.outbox);
+                    }
+                    o
+                }
+                None => s.outbox.push(frame, started),
+            };
+            match outcome {
+                PushOutcome::Queued => out.delivered += 1,
+                PushOutcome::Dropped | PushOutcome::Disconnected => out.dropped_slow += 1,
+                PushOutcome::Closed => out.dropped_closed += 1,
+            }
+        });
+        if visited > 0 {
+            let m = &self.metrics;
+            m.delivered.inc_by(out.delivered as u64);
+            if out.dropped_slow > 0 {
+                m.dropped
+                    .with_label_values(&["slow_consumer"])
+                    .inc_by(out.dropped_slow.saturating_sub(overflowed as usize) as u64);
+            }
+            if overflowed > 0 {
+                m.dropped.with_label_values(&["recovery_overflow"]).inc_by(overflowed);
+            }
+            if out.dropped_closed > 0 {
+                m.dropped
+                    .with_label_values(&["closed"])
+                    .inc_by(out.dropped_closed as u64);
+            }
+            m.fanout_duration.observe(started.elapsed().as_secs_f64());
+        }
+        out
+    }
+}
+
 impl RelaySink for Broker {
     fn deliver(&self, env: Envelope) {
+        if let Some(pos) = env.stream {
+            // A history topic's message: delivered from here on every node, the origin too.
+            self.metrics
+                .published
+                .with_label_values(&[Source::Relay.as_str()])
+                .inc();
+            let own = *env.origin == *self.node_id;
+            if !own {
+                self.metrics.relay_messages.with_label_values(&["in"]).inc();
+                let lag = now_micros().saturating_sub(env.published_at_micros);
+                self.metrics.relay_latency.observe(lag as f64 / 1e6);
+            }
+            let Some(t) = self.registry.topic(&env.topic) else {
+                return; // nobody listens here
+            };
+            let msg = Sequenced {
+                pos,
+                payload: env.payload,
+                skip_conn: if own { env.origin_conn } else { None },
+            };
+            self.deliver_sequenced(&t, msg);
+            return;
+        }
         if *env.origin == *self.node_id {
             // Our own publication came back (e.g. Redis echoes to every subscriber of a
             // channel, us included): it was delivered locally already.
@@ -304,6 +578,17 @@ impl RelaySink for Broker {
             None => tracing::debug!("control message without a handler dropped"),
         }
     }
+
+    fn relinked(&self) {
+        for t in self.registry.stream_topics() {
+            let start = t
+                .stream()
+                .and_then(|s| s.sequence.lock().unwrap_or_else(|p| p.into_inner()).start_fill());
+            if let Some(after) = start {
+                self.spawn_fill(t, after);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +609,7 @@ mod tests {
                 outbox: ob.clone(),
                 encoding,
                 echo,
+                gate: None,
             },
         );
         ob

@@ -12,8 +12,8 @@
 //! the JSON protocol v1 and raw-mode encoders of `herald_protocol::server_msg`.
 
 use bytes::Bytes;
-use herald_protocol::server_msg::{json_delivery, raw_delivery};
-use herald_protocol::Payload;
+use herald_protocol::server_msg::{json_delivery_at, raw_delivery};
+use herald_protocol::{Payload, StreamPos};
 
 /// Most encodings one broker can hold (fan-out keeps a slot per id on its stack).
 pub const MAX_ENCODINGS: usize = 8;
@@ -39,6 +39,8 @@ impl EncodingId {
 pub struct Delivery<'a> {
     pub topic: &'a str,
     pub payload: &'a Payload,
+    /// The message's offset and epoch (history topics).
+    pub stream: Option<&'a StreamPos>,
 }
 
 /// Turns a delivery into the complete frame a subscriber's socket receives.
@@ -56,7 +58,7 @@ impl DeliveryEncoder for JsonV1 {
         "json"
     }
     fn encode(&self, d: &Delivery<'_>) -> Bytes {
-        json_delivery(d.topic, d.payload)
+        json_delivery_at(d.topic, d.payload, d.stream)
     }
 }
 
@@ -173,6 +175,7 @@ mod tests {
         let d = Delivery {
             topic: "t",
             payload: &p,
+            stream: None,
         };
         let mut cache = FrameCache::default();
         let a = cache.get(&e, up, &d);

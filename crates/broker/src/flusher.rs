@@ -223,6 +223,7 @@ mod tests {
                 outbox: ob.clone(),
                 encoding: crate::EncodingId::JSON,
                 echo: true,
+                gate: None,
             };
             broker.subscribe("t", sub);
             peers.push(peer);

@@ -25,6 +25,8 @@ pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod relay;
+pub mod replay;
+pub mod sequencer;
 #[cfg(test)]
 mod testing;
 
@@ -37,7 +39,10 @@ pub use metrics::{BrokerMetrics, Source};
 pub use outbox::{
     CloseRequest, DirectSocket, Outbox, OutboxLimits, PushOutcome, SlowConsumerPolicy, TakenBatch, CONTROL_HIGH_WATER,
 };
-pub use registry::{ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, UnsubscribeOutcome};
+pub use registry::{
+    ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, TopicStream, UnsubscribeOutcome,
+};
 pub use relay::{
     InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
 };
+pub use replay::{Gate, Recovery, ReplayHandle, ReplayRequest, Start};

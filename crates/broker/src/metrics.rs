@@ -174,7 +174,28 @@ pub struct BrokerMetrics {
     pub forbidden: IntCounterVec,
     /// JWT key file reloads, by outcome (`reloaded`, `failed`).
     pub auth_key_reloads: IntCounterVec,
+    /// History replays of subscriptions, by outcome (`completed`, `overflow`, `abandoned`,
+    /// `failed`).
+    pub history_replays: IntCounterVec,
+    /// Messages sent to subscribers from history (replays and latest values).
+    pub history_replayed: IntCounter,
+    /// Gaps in a history topic's delivery on this node, by outcome: `filled` (read back
+    /// from history), `lost` (offsets given up: trimmed, expired, unreadable).
+    pub history_gaps: IntCounterVec,
+    /// Offsets skipped as lost by the gap filling.
+    pub history_lost: IntCounter,
+    /// Messages of history topics received twice (dropped).
+    pub history_duplicates: IntCounter,
+    /// Topic streams held in this node's memory (memory relay).
+    pub history_streams: IntGauge,
+    /// Messages held in this node's memory history.
+    pub history_messages: IntGauge,
+    /// Bytes held in this node's memory history (payloads plus a fixed overhead each).
+    pub history_bytes: IntGauge,
 }
+
+/// The outcomes of `herald_history_replays_total`.
+pub const REPLAY_OUTCOMES: &[&str] = &["completed", "overflow", "abandoned", "failed"];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
@@ -441,6 +462,50 @@ impl BrokerMetrics {
                 "JWT key file reloads after a change, by outcome (a failure keeps the old keys).",
                 "outcome",
                 &["reloaded", "failed"],
+            ),
+            history_replays: counter_vec(
+                &r,
+                "herald_history_replays_total",
+                "History replays of subscriptions (since, latest value, position), by outcome.",
+                "outcome",
+                REPLAY_OUTCOMES,
+            ),
+            history_replayed: counter(
+                &r,
+                "herald_history_replayed_total",
+                "Messages sent to subscribers from history (replays and latest values).",
+            ),
+            history_gaps: counter_vec(
+                &r,
+                "herald_history_gaps_total",
+                "Gaps in a history topic's delivery on this node, by outcome (filled from history, lost).",
+                "outcome",
+                &["filled", "lost"],
+            ),
+            history_lost: counter(
+                &r,
+                "herald_history_lost_total",
+                "Offsets of history topics skipped by gap filling because history no longer held them.",
+            ),
+            history_duplicates: counter(
+                &r,
+                "herald_history_duplicates_total",
+                "Messages of history topics that reached this node twice (the second is dropped).",
+            ),
+            history_streams: gauge(
+                &r,
+                "herald_history_streams",
+                "Topic streams held in this node's memory history (memory relay).",
+            ),
+            history_messages: gauge(
+                &r,
+                "herald_history_messages",
+                "Messages held in this node's memory history (memory relay).",
+            ),
+            history_bytes: gauge(
+                &r,
+                "herald_history_bytes",
+                "Bytes held in this node's memory history: payloads plus a fixed per-message overhead.",
             ),
             registry: r,
         }

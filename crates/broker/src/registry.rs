@@ -17,18 +17,24 @@
 //! its last subscriber (marked dead under its lock first, so a racing subscribe retries on
 //! a fresh entry), so subscribe/unsubscribe churn cannot grow the map.
 //!
-//! The `Topic` is where per-topic state belongs: today its subscribers; the stream
-//! sequence and history ring of history topics and presence attach here.
+//! The `Topic` is where per-topic state belongs: its subscribers, and for a topic with
+//! history its policy and delivery sequence ([`TopicStream`], see `sequencer.rs`), decided
+//! once when the topic object is created (so a fan-out of a topic without history never
+//! matches a pattern). The history ring itself lives with the relay's history (it must
+//! outlive the topic's last local subscriber); presence will attach here.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::encoding::EncodingId;
+use crate::history::{HistoryRules, StreamPolicy};
 use crate::outbox::Outbox;
+use crate::replay::Gate;
+use crate::sequencer::Sequence;
 
 /// A connection's number on this node (unique for the node's lifetime).
 pub type ConnId = u64;
@@ -69,6 +75,9 @@ pub struct Subscriber {
     pub encoding: EncodingId,
     /// Whether this connection receives what it publishes itself.
     pub echo: bool,
+    /// Set while the subscription replays history (history topics): live messages wait
+    /// in the gate and are merged by offset when the replay has caught up (`replay.rs`).
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// Connection ids are sequential, so a multiplicative hash spreads them well and costs one
@@ -101,22 +110,39 @@ struct Members {
     dead: bool,
 }
 
+/// A history topic's policy and the order its messages are delivered in on this node.
+pub struct TopicStream {
+    pub policy: Arc<StreamPolicy>,
+    pub(crate) sequence: Mutex<Sequence>,
+}
+
 /// One topic with local subscribers. See the module docs.
 pub struct Topic {
     name: Arc<str>,
     members: RwLock<Members>,
+    /// `Some` for a topic with history.
+    stream: Option<TopicStream>,
 }
 
 impl Topic {
-    fn new(name: Arc<str>) -> Self {
+    fn new(name: Arc<str>, policy: Option<Arc<StreamPolicy>>) -> Self {
         Self {
             name,
             members: RwLock::new(Members::default()),
+            stream: policy.map(|policy| TopicStream {
+                policy,
+                sequence: Mutex::new(Sequence::default()),
+            }),
         }
     }
 
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The history policy and sequence of a topic with history.
+    pub fn stream(&self) -> Option<&TopicStream> {
+        self.stream.as_ref()
     }
 
     // A panic while holding these locks cannot leave the map inconsistent (every mutation
@@ -127,6 +153,16 @@ impl Topic {
 
     fn write(&self) -> RwLockWriteGuard<'_, Members> {
         self.members.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls `f` for every subscriber under the topic's read lock; returns how many.
+    /// `f` must not block or touch the registry.
+    pub fn for_each_subscriber(&self, mut f: impl FnMut(&Subscriber)) -> usize {
+        let m = self.read();
+        for s in m.subs.values() {
+            f(s);
+        }
+        m.subs.len()
     }
 
     /// Subscribers now.
@@ -161,11 +197,25 @@ pub enum UnsubscribeOutcome {
 #[derive(Default)]
 pub struct Registry {
     topics: DashMap<Arc<str>, Arc<Topic>>,
+    rules: Arc<HistoryRules>,
 }
 
 impl Registry {
+    /// A registry in which no topic has history.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose topics take their history policy from `rules`.
+    pub fn with_rules(rules: Arc<HistoryRules>) -> Self {
+        Self {
+            topics: DashMap::new(),
+            rules,
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<HistoryRules> {
+        &self.rules
     }
 
     /// The topic object, if `topic` has local subscribers (the shard lock is released
@@ -182,7 +232,7 @@ impl Registry {
                 None => match self.topics.entry(Arc::from(topic)) {
                     Entry::Occupied(e) => e.get().clone(),
                     Entry::Vacant(v) => {
-                        let t = Topic::new(v.key().clone());
+                        let t = Topic::new(v.key().clone(), self.rules.policy(topic).cloned());
                         t.write().subs.insert(sub.conn, sub);
                         v.insert(Arc::new(t));
                         return SubscribeOutcome::FirstOnNode;
@@ -200,6 +250,30 @@ impl Registry {
                 Some(_) => SubscribeOutcome::AlreadySubscribed,
                 None => SubscribeOutcome::Added,
             };
+        }
+    }
+
+    /// The gate of `conn`'s subscription to `topic`, while it replays.
+    pub fn gate_of(&self, topic: &str, conn: ConnId) -> Option<Arc<Gate>> {
+        let t = self.topic(topic)?;
+        let m = t.read();
+        m.subs.get(&conn).and_then(|s| s.gate.clone())
+    }
+
+    /// Ends `conn`'s replay on `topic`: its subscriber entry loses `gate`, if it still holds
+    /// that very gate (a later resubscribe or an unsubscribe may have replaced or removed
+    /// it meanwhile, and must not be undone). Returns whether it did.
+    pub fn ungate(&self, topic: &str, conn: ConnId, gate: &Arc<Gate>) -> bool {
+        let Some(t) = self.topic(topic) else {
+            return false;
+        };
+        let mut m = t.write();
+        match m.subs.get_mut(&conn) {
+            Some(s) if s.gate.as_ref().is_some_and(|g| Arc::ptr_eq(g, gate)) => {
+                s.gate = None;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -261,6 +335,15 @@ impl Registry {
         }
     }
 
+    /// Every topic with history that has local subscribers (after a relay relink).
+    pub fn stream_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .iter()
+            .filter(|e| e.value().stream().is_some())
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
     /// Every topic name (for the relay's resubscription after a reconnect).
     pub fn topic_names(&self) -> Vec<Arc<str>> {
         self.topics.iter().map(|e| e.key().clone()).collect()
@@ -279,6 +362,7 @@ mod tests {
             outbox: Arc::new(Outbox::new(OutboxLimits::default(), CancellationToken::new())),
             encoding: EncodingId::JSON,
             echo: true,
+            gate: None,
         }
     }
 

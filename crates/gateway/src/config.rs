@@ -42,6 +42,40 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Load balancers in front of the node, whose word on the client address is taken.
     pub proxy: ProxyConfig,
+    /// Topics that keep history (`[[history]]` entries, first match wins); none by
+    /// default.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One `[[history]]` entry: the topics matching `topics` keep their last `size` messages
+/// for `ttl_ms` (docs/protocol.md, "History and recovery").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryEntry {
+    /// A topic pattern (`*` one segment, `>` the trailing ones).
+    pub topics: String,
+    /// Messages kept per topic (Redis trims approximately, so a few more may stay).
+    pub size: usize,
+    /// Messages older than this are not replayed; a topic nobody published to for this
+    /// long loses its stream (and the next message starts a new epoch).
+    pub ttl_ms: u64,
+    /// Send each new subscriber the topic's most recent message at once.
+    pub latest_on_subscribe: bool,
+    /// Payload bytes kept per topic by a node's memory history (the memory relay); 0: no
+    /// byte bound. Redis is bounded by `size` and its own `maxmemory`.
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryEntry {
+    fn default() -> Self {
+        Self {
+            topics: String::new(),
+            size: 1000,
+            ttl_ms: 600_000,
+            latest_on_subscribe: false,
+            max_bytes: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +181,9 @@ pub struct LimitsConfig {
     /// Listen backlog of the public and admin listeners (the kernel caps it at
     /// `net.core.somaxconn`); 1024 to 65535.
     pub listen_backlog: u32,
+    /// Live messages held per subscription while it replays history; past it the
+    /// subscription ends with `recovery_overflow`.
+    pub replay_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +307,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             proxy: ProxyConfig::default(),
+            history: Vec::new(),
         }
     }
 }
@@ -329,6 +367,7 @@ impl Default for LimitsConfig {
             connects_per_ip_per_second: 100,
             per_ip_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             listen_backlog: 4096,
+            replay_buffer: 10_000,
         }
     }
 }
@@ -494,11 +533,24 @@ impl Config {
         }
         let known = known_keys();
         let mut warnings = Vec::new();
+        let mut history_env: Option<Vec<HistoryEntry>> = None;
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("HERALD_") else {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
+            if key == "history" {
+                // A list of tables: JSON in the environment (`[{"topics":"chat.>"}]`).
+                match serde_json::from_str::<Vec<HistoryEntry>>(&value) {
+                    Ok(h) => history_env = Some(h),
+                    Err(e) => {
+                        return Err(ConfigError(vec![format!(
+                            "HERALD_HISTORY: expected a JSON array of history entries ({e})"
+                        )]))
+                    }
+                }
+                continue;
+            }
             match known.get(&key) {
                 Some(true) => {
                     let list: Vec<String> = value
@@ -531,7 +583,7 @@ impl Config {
                 .map_err(|e| ConfigError(vec![e.to_string()]))?;
         }
         let built = builder.build().map_err(|e| ConfigError(vec![e.to_string()]))?;
-        let cfg: Config = match built.clone().try_deserialize() {
+        let mut cfg: Config = match built.clone().try_deserialize() {
             Ok(c) => c,
             Err(e) => {
                 // serde stops at the first problem; walk the merged tree to list them all.
@@ -545,6 +597,9 @@ impl Config {
                 return Err(ConfigError(problems));
             }
         };
+        if let Some(h) = history_env {
+            cfg.history = h;
+        }
         cfg.validate()?;
         Ok((cfg, warnings))
     }
@@ -721,6 +776,31 @@ impl Config {
         }
         if let Err(errors) = crate::origin::OriginPolicy::from_config(&self.auth) {
             p.extend(errors.iter().map(|e| format!("auth.allowed_origins: {e}")));
+        }
+        self.validate_history(p);
+    }
+
+    fn validate_history(&self, p: &mut Vec<String>) {
+        for (i, h) in self.history.iter().enumerate() {
+            let at = format!("history[{i}]");
+            if h.topics.is_empty() {
+                p.push(format!("{at}.topics: a topic pattern is required"));
+            } else if h.topics.contains("{sub}") {
+                p.push(format!(
+                    "{at}.topics: {{sub}} has no meaning here (history is per topic, not per user)"
+                ));
+            } else if let Err(e) = herald_auth::PatternSet::compile(&[h.topics.as_str()], None) {
+                p.push(format!("{at}.topics: {e}"));
+            }
+            if h.size == 0 || h.size > 1_000_000 {
+                p.push(format!("{at}.size: at least 1 and at most 1000000 messages"));
+            }
+            if h.ttl_ms < 1000 {
+                p.push(format!("{at}.ttl_ms: at least 1000"));
+            }
+        }
+        if !self.history.is_empty() && self.limits.replay_buffer == 0 {
+            p.push("limits.replay_buffer: at least 1 when topics keep history".into());
         }
     }
 

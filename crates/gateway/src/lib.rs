@@ -13,6 +13,7 @@ pub mod config;
 pub mod core;
 pub mod drain;
 pub mod fd_budget;
+pub mod history;
 pub mod http_server;
 pub mod identity;
 pub mod ip_limits;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_broker::{Broker, BrokerMetrics, MemoryRelay, Relay};
+use herald_broker::{Broker, BrokerMetrics, Encodings, MemoryRelay, Relay};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
@@ -96,21 +96,46 @@ impl Node {
         let tls = Tls::from_config(&config.tls, metrics.registry())?;
         let shutdown = Shutdown::default();
         let tasks = TaskTracker::new();
+        let mut memory_history = None;
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
             (Some(r), _) => r,
             (None, "redis") => {
                 relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone(), &tasks)
                     .map_err(|e| StartError::Relay(e.to_string()))?
             }
-            (None, _) => Arc::new(MemoryRelay::standalone(&node_id)),
+            (None, _) => {
+                let r = MemoryRelay::standalone(&node_id);
+                memory_history = Some(r.streams().clone());
+                Arc::new(r)
+            }
         };
-        let broker = Broker::new(&node_id, relay, metrics.clone());
+        if !config.history.is_empty() && relay.history().is_none() {
+            return Err(StartError::Relay(format!(
+                "[[history]] is configured, but relay.kind = {:?} keeps no history",
+                config.relay.kind
+            )));
+        }
+        let broker = Broker::with_history(
+            &node_id,
+            relay,
+            metrics.clone(),
+            Encodings::default(),
+            crate::history::rules(&config.history),
+        );
+        if let (Some(streams), false) = (memory_history, config.history.is_empty()) {
+            tasks.spawn(crate::history::run_sweeper(
+                streams,
+                metrics.clone(),
+                shutdown.stop_all.clone(),
+            ));
+        }
         let sockets = SocketBudget::public(&fds, &config, &metrics);
         let connections = Arc::new(Connections::with_budget(sockets.clone()));
         let limits = CoreLimits {
             max_subscriptions: config.limits.max_subscriptions,
             outbox: config.outbox_limits(),
             rate: RateLimits::from_config(&config.limits),
+            replay_buffer: config.limits.replay_buffer,
         };
         let core = Core::new(broker.clone(), limits, connections.clone());
         let state = Arc::new(AppState {

@@ -306,12 +306,17 @@ async fn upgrade(
         permit.hand_over();
     }
     let deadline = tokio::time::Instant::now() + RELAY_ANSWER_TIMEOUT;
-    if let Err(e) = confirmation.wait(deadline).await {
-        // The relay cannot promise these topics now (down, or no answer in time). The node
-        // still serves its own clients: the subscriptions hold here and are extended to the
-        // cluster when the relay recovers; a JSON client is told so right after the
-        // welcome, a raw one (no answers in raw mode) has the metric and the readiness.
-        prepared.relay_unavailable(&e);
+    match confirmation.wait(deadline).await {
+        // Latest values (`latest_on_subscribe`) follow the welcome.
+        Ok(_) => confirmation.release(),
+        Err(e) => {
+            // The relay cannot promise these topics now (down, or no answer in time). The
+            // node still serves its own clients: the subscriptions hold here and are
+            // extended to the cluster when the relay recovers; a JSON client is told so
+            // right after the welcome, a raw one (no answers in raw mode) has the metric
+            // and the readiness.
+            prepared.relay_unavailable(&e);
+        }
     }
     let session_task = async move {
         let ws = match fut.await {

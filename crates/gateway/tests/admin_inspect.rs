@@ -282,6 +282,7 @@ async fn a_hundred_thousand_topics_page_without_trouble() {
             outbox: outbox.clone(),
             encoding: SubscriberMode::Json.encoding(),
             echo: true,
+            gate: None,
         };
         broker.subscribe(&format!("big/{i:06}"), sub);
     }

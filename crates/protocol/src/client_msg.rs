@@ -270,7 +270,7 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
                     };
                     let mut since = Vec::with_capacity(map.len());
                     for (Name(t), p) in map {
-                        if !out.iter().any(|o| *o == t) {
+                        if !out.contains(&t) {
                             return err(
                                 ErrorCode::InvalidField,
                                 format!("`since` names {t:?}, which is not among `topics`"),

@@ -103,6 +103,10 @@ impl Outbox {
                 written -= len;
                 st.bytes -= len;
                 st.frames.pop_front();
+                if st.data_waiter {
+                    st.data_waiter = false;
+                    self.drained.notify_waiters();
+                }
             }
             if !whole {
                 // The socket is full for now.

@@ -111,6 +111,8 @@ struct State {
     taken_bytes: u32,
     /// Waiting in the flusher's list for a direct send.
     listed: bool,
+    /// A history replay waits for data frames to leave (`data_room`).
+    pub(crate) data_waiter: bool,
     socket: Option<Arc<dyn DirectSocket>>,
 }
 
@@ -161,6 +163,8 @@ pub struct Outbox {
     notify: Notify,
     /// Wakes a reader paused at [`CONTROL_HIGH_WATER`] when the writer takes answers.
     room: Notify,
+    /// Wakes a history replay waiting in [`Outbox::data_room`] when data frames leave.
+    pub(crate) drained: Notify,
     limits: OutboxLimits,
     /// Cancelled when the slow-consumer policy disconnects the connection, so a writer
     /// blocked on a stalled socket gives up at once.
@@ -173,6 +177,7 @@ impl Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             room: Notify::new(),
+            drained: Notify::new(),
             limits,
             cancel,
         }
@@ -205,6 +210,7 @@ impl Outbox {
         drop(st);
         self.notify.notify_one();
         self.room.notify_one();
+        self.drained.notify_waiters();
         self.cancel.cancel();
     }
 
@@ -326,8 +332,10 @@ impl Outbox {
         });
         drop(st);
         self.notify.notify_one();
-        // A reader paused for room must see the close (and stop taking requests).
+        // A reader paused for room must see the close (and stop taking requests), and so
+        // must a replay waiting for the queue to drain.
         self.room.notify_one();
+        self.drained.notify_waiters();
     }
 
     /// True once a close has been requested.
@@ -351,9 +359,38 @@ impl Outbox {
             batch.close = st.close.clone();
         }
         st.writing = !batch.is_empty();
+        let drained = std::mem::take(&mut st.data_waiter);
         drop(st);
         if answers {
             self.room.notify_one();
+        }
+        if drained {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until at most `frames` data frames and `bytes` bytes are this connection's
+    /// (queued, or taken by the writer and not written yet); `false` once a close was
+    /// requested. A history replay paces itself with it, so a long replay is sent in
+    /// chunks as the outbox drains rather than queued whole. Cancel-safe.
+    pub async fn data_room(&self, frames: usize, bytes: usize) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.close.is_some() {
+                    return false;
+                }
+                let f = st.frames.len() + st.taken_frames as usize;
+                let b = st.bytes + st.taken_bytes as usize;
+                if f <= frames && b <= bytes {
+                    return true;
+                }
+                st.data_waiter = true;
+            }
+            drained.await;
         }
     }
 

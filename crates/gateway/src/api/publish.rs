@@ -60,6 +60,12 @@ pub struct Outcome {
     /// The payload kind chosen by the raw-body endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
+    /// The message's offset in its topic's stream (topics with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The stream's epoch (topics with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// A publication whose local fan-out is done and whose relay verdict is to come.
@@ -99,6 +105,7 @@ impl InFlight {
         };
         let dropped = self.local.dropped_slow + self.local.dropped_closed;
         let delivered = self.local.delivered;
+        let position = verdict.as_ref().ok().cloned().flatten();
         let mut out = Outcome {
             accepted: true,
             topic: self.topic,
@@ -109,6 +116,8 @@ impl InFlight {
             code: None,
             message: None,
             kind: None,
+            offset: position.as_ref().map(|p| p.offset),
+            epoch: position.map(|p| p.epoch),
         };
         if let Err(why) = verdict {
             out.accepted = false;

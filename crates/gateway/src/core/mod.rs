@@ -27,14 +27,15 @@ use std::time::{Duration, Instant};
 
 use herald_auth::Permissions;
 use herald_broker::{
-    Broker, BrokerMetrics, ConnId, EncodingId, Outbox, OutboxLimits, PublishReport, Source, Subscriber, SubscriberMode,
+    Broker, BrokerMetrics, ConnId, EncodingId, Gate, Outbox, OutboxLimits, PublishReport, ReplayRequest, Source, Start,
+    Subscriber, SubscriberMode,
 };
 use herald_protocol::server_msg::ErrorCode;
-use herald_protocol::Payload;
+use herald_protocol::{Payload, StreamPos};
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
-pub use self::confirm::{ConfirmError, Confirmation};
+pub use self::confirm::{ConfirmError, Confirmation, Recovered};
 pub use self::connections::{ConnInfo, Connections};
 use self::rate::{RateLimits, RateState, Verdict};
 
@@ -51,6 +52,8 @@ pub struct CoreLimits {
     pub outbox: OutboxLimits,
     /// Publish rate limits of each connection (`rate.rs`).
     pub rate: RateLimits,
+    /// Live messages held per subscription while it replays history.
+    pub replay_buffer: usize,
 }
 
 /// Why the core refused a request. Each maps to one error code (and HTTP status, for the
@@ -310,12 +313,28 @@ impl Core {
 
     /// Subscribes `conn` to `topics` (already valid names; duplicates and topics held
     /// already are fine): all of them, or none when one is not allowed by its permissions
-    /// or the subscription limit would be passed. The [`Confirmation`] resolves once the cluster delivers every one of them
-    /// to this node; the local subscriptions hold from now on.
+    /// or the subscription limit would be passed. The [`Confirmation`] resolves once the
+    /// cluster delivers every one of them to this node; the local subscriptions hold from
+    /// now on. A history topic with `latest_on_subscribe` gets its latest message after
+    /// the confirmation is released.
     pub fn subscribe<'a>(
         &self,
         conn: &mut Conn,
         topics: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Confirmation, Refusal> {
+        self.subscribe_from::<&str>(conn, topics, &[], false)
+    }
+
+    /// [`Core::subscribe`] for a JSON `subscribe` op: history topics named in `since`
+    /// replay what followed the given position (held topics too: the replay starts over),
+    /// and with `positions` every history topic's position is reported in the answer
+    /// (which is what a client that has seen nothing yet resubscribes with later).
+    pub fn subscribe_from<'a, S: AsRef<str>>(
+        &self,
+        conn: &mut Conn,
+        topics: impl IntoIterator<Item = &'a str>,
+        since: &[(S, StreamPos)],
+        positions: bool,
     ) -> Result<Confirmation, Refusal> {
         // Distinct topics first (a request may repeat one thousands of times): the work
         // below is then bounded by the limit, not by the request.
@@ -339,19 +358,60 @@ impl Core {
         conn.topics.reserve_exact(new);
         let mut confirmation = Confirmation::default();
         for topic in topics {
-            if !conn.holds(topic) {
+            let held = conn.holds(topic);
+            let from = since.iter().find(|(t, _)| t.as_ref() == topic).map(|(_, p)| p);
+            let start = match self.broker.stream_policy(topic) {
+                None => None,
+                Some(policy) => match (from, held) {
+                    (Some(p), _) => Some((Start::After(p.clone()), policy)),
+                    (None, true) => None,
+                    (None, false) if policy.latest_on_subscribe => Some((Start::Latest, policy)),
+                    (None, false) if positions => Some((Start::Head, policy)),
+                    (None, false) => None,
+                },
+            };
+            let gate = start.as_ref().map(|_| Gate::new(self.limits.replay_buffer));
+            if !held || gate.is_some() {
+                if held {
+                    // A replay of a held topic starts over: the running one (if any) stops.
+                    if let Some(old) = self.broker.registry().gate_of(topic, conn.id) {
+                        old.supersede();
+                    }
+                }
                 let sub = Subscriber {
                     conn: conn.id,
                     outbox: conn.outbox.clone(),
                     encoding: conn.encoding,
                     echo: conn.echo,
+                    gate: gate.clone(),
                 };
                 self.broker.subscribe(topic, sub);
-                conn.topics.push(Arc::from(topic));
+                if !held {
+                    conn.topics.push(Arc::from(topic));
+                }
             }
             // Held already or not, the caller's promise is the same: confirmed when the
             // relay listens (at once for a topic it already listens to).
-            confirmation.add(topic, self.broker.confirm_interest(topic));
+            let interest = self.broker.confirm_interest(topic);
+            match (start, gate) {
+                (Some((start, policy)), Some(gate)) => {
+                    let topic: Arc<str> = Arc::from(topic);
+                    let handle = self.broker.recover(
+                        ReplayRequest {
+                            topic: topic.clone(),
+                            conn: conn.id,
+                            outbox: conn.outbox.clone(),
+                            encoding: conn.encoding,
+                            gate,
+                            start,
+                            policy,
+                        },
+                        interest,
+                    );
+                    confirmation.add_replay(topic, handle);
+                }
+                _ => confirmation.add(topic, interest),
+            }
         }
         Ok(confirmation)
     }
@@ -450,6 +510,7 @@ mod tests {
             max_subscriptions,
             outbox: OutboxLimits::default(),
             rate: RateLimits::default(),
+            replay_buffer: 100,
         };
         Core::new(broker, limits, Arc::new(Connections::new(max_connections)))
     }

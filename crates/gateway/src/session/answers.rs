@@ -20,7 +20,7 @@ use herald_protocol::server_msg::{self, ErrorCode};
 use herald_protocol::StreamPos;
 use tokio::time::Instant;
 
-use crate::core::{ConfirmError, Confirmation, RELAY_ANSWER_TIMEOUT};
+use crate::core::{ConfirmError, Confirmation, Recovered, RELAY_ANSWER_TIMEOUT};
 
 /// Answers that may wait at once; the reader pauses at this many.
 pub const MAX_WAITING: usize = 256;
@@ -95,7 +95,11 @@ impl Answers {
         mut confirmation: Confirmation,
     ) -> Option<usize> {
         match confirmation.try_now() {
-            Some(result) if self.is_empty() => subscribe_answer(metrics, id, result).and_then(|f| self.send(outbox, f)),
+            Some(result) if self.is_empty() => {
+                let sent = subscribe_answer(metrics, id, result).and_then(|f| self.send(outbox, f));
+                confirmation.release();
+                sent
+            }
             _ => {
                 self.push(Pending::Subscribe {
                     id: id.map(Box::from),
@@ -177,9 +181,13 @@ impl Answers {
                     None => break,
                 },
             };
-            q.pop_front();
+            let done = q.pop_front();
             if let Some(f) = frame {
                 backlog = Some(outbox.push_control(f));
+            }
+            // A history subscription's replay follows its answer, never precedes it.
+            if let Some(Pending::Subscribe { confirmation, .. }) = done {
+                confirmation.release();
             }
         }
         if q.is_empty() {
@@ -208,9 +216,17 @@ impl Answers {
     }
 }
 
-fn subscribe_answer(metrics: &BrokerMetrics, id: Option<&str>, result: Result<(), ConfirmError>) -> Option<Bytes> {
+fn subscribe_answer(
+    metrics: &BrokerMetrics,
+    id: Option<&str>,
+    result: Result<Recovered, ConfirmError>,
+) -> Option<Bytes> {
     match result {
-        Ok(()) => id.map(server_msg::ack),
+        Ok(r) => id.map(|id| {
+            let recovered: Vec<(&str, bool)> = r.recovered.iter().map(|(t, ok)| (&**t, *ok)).collect();
+            let positions: Vec<(&str, &StreamPos)> = r.positions.iter().map(|(t, p)| (&**t, p)).collect();
+            server_msg::subscribe_ack(id, &recovered, &positions)
+        }),
         Err(e) => {
             let msg = format!("{e}; messages from other nodes follow once the relay recovers");
             Some(error_frame(metrics, id, ErrorCode::RelayUnavailable, &msg))

@@ -146,13 +146,15 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
     }
     match request {
         ClientRequest::Ping { id } => answer(answers.send(&conn.outbox, server_msg::pong(id))),
-        ClientRequest::Subscribe { topics, id, .. } => match core.subscribe(conn, topics.iter().map(|t| t.as_ref())) {
-            Ok(confirmation) => answer(answers.subscribe(&conn.outbox, &state.metrics, id, confirmation)),
-            Err(refusal) => {
-                let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
-                answer(answers.send(&conn.outbox, frame));
+        ClientRequest::Subscribe { topics, since, id } => {
+            match core.subscribe_from(conn, topics.iter().map(|t| t.as_ref()), &since, true) {
+                Ok(confirmation) => answer(answers.subscribe(&conn.outbox, &state.metrics, id, confirmation)),
+                Err(refusal) => {
+                    let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
+                    answer(answers.send(&conn.outbox, frame));
+                }
             }
-        },
+        }
         ClientRequest::Unsubscribe { topics, id } => {
             core.unsubscribe(conn, topics.iter().map(|t| t.as_ref()));
             if let Some(id) = id {

@@ -1,0 +1,400 @@
+//! A subscription's replay of history and its seam with live messages: the [`Gate`] a
+//! replaying subscriber's live messages wait in, and the replay task ([`Broker::recover`]).
+//!
+//! A subscribe to a history topic with `since` (or with `latest_on_subscribe`, or one that
+//! wants its position) registers the subscriber with a gate first, so from then on every
+//! live message of the topic is held for it, in offset order (the sequencer delivers each
+//! offset once, in order). Then the replay task waits for the relay to confirm the topic,
+//! reads the first page of history and reports what the subscribe answer needs (was the
+//! stream recovered, where it stands); once the session has queued that answer it sends
+//! the page, reads on in pages of at most `history::MAX_READ` and sends those, each
+//! message only when the subscriber's outbox has room (so a long replay to a slow
+//! subscriber is sent in chunks as its outbox drains, never queued whole), until a read
+//! comes back short. Last, under the gate's lock, the held live messages after the last
+//! replayed offset go out and the gate opens; the subscriber entry loses its gate.
+//!
+//! The hold is bounded (`replay_buffer` messages per replaying subscription). When live
+//! messages would overflow it, the subscription ends: the subscriber gets a
+//! `recovery_overflow` error naming the topic and nothing more of it (counted in
+//! `herald_history_replays_total{outcome="overflow"}`), never a silent gap; it can
+//! resubscribe with `since` from the last offset it got.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use herald_protocol::server_msg::{topic_error, ErrorCode};
+use herald_protocol::StreamPos;
+use tokio::sync::oneshot;
+
+use crate::broker::Broker;
+use crate::encoding::{Delivery, EncodingId};
+use crate::history::{HistoryPage, StreamPolicy, MAX_READ};
+use crate::outbox::{Outbox, PushOutcome};
+use crate::registry::ConnId;
+use crate::relay::{InterestTicket, RelayError, Ticket};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    Holding,
+    Open,
+    /// The hold overflowed: the subscription ended.
+    Failed,
+    /// A resubscribe replaced this gate: its replay stops quietly.
+    Superseded,
+}
+
+struct GateInner {
+    state: GateState,
+    held: VecDeque<(u64, Bytes)>,
+}
+
+/// See the module docs.
+pub struct Gate {
+    inner: Mutex<GateInner>,
+    cap: usize,
+    /// Wakes the replay when the gate fails (it may be waiting for a full outbox).
+    ended: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// A closed gate holding at most `cap` live messages.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(GateInner {
+                state: GateState::Holding,
+                held: VecDeque::new(),
+            }),
+            cap: cap.max(1),
+            ended: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live message for this subscriber (called by the fan-out, under the topic's
+    /// sequence lock): queued to the outbox once the gate is open, held before, dropped
+    /// after an overflow. The second value is true when this message overflowed the hold
+    /// (the caller counts it and tells the subscriber).
+    pub(crate) fn offer(&self, offset: u64, frame: Bytes, outbox: &Outbox, at: Instant) -> (PushOutcome, bool) {
+        let mut g = self.lock();
+        match g.state {
+            GateState::Open => (outbox.push(frame, at), false),
+            GateState::Failed | GateState::Superseded => (PushOutcome::Closed, false),
+            GateState::Holding if g.held.len() >= self.cap => {
+                g.state = GateState::Failed;
+                g.held = VecDeque::new();
+                drop(g);
+                self.ended.notify_waiters();
+                (PushOutcome::Dropped, true)
+            }
+            GateState::Holding => {
+                g.held.push_back((offset, frame));
+                (PushOutcome::Queued, false)
+            }
+        }
+    }
+
+    /// True once the hold overflowed or a resubscribe replaced the gate (the replay
+    /// stops).
+    fn failed(&self) -> bool {
+        matches!(self.lock().state, GateState::Failed | GateState::Superseded)
+    }
+
+    /// A resubscribe replaced this gate: what it holds is dropped, its replay stops
+    /// without a word (the new one takes over).
+    pub fn supersede(&self) {
+        let mut g = self.lock();
+        g.state = GateState::Superseded;
+        g.held = VecDeque::new();
+        drop(g);
+        self.ended.notify_waiters();
+    }
+
+    /// Resolves once the gate failed or was superseded.
+    async fn ended(&self) {
+        loop {
+            let n = self.ended.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.failed() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// The first offset held, if any (to see whether the replay reached it).
+    fn first_held(&self) -> Option<u64> {
+        self.lock().held.front().map(|(o, _)| *o)
+    }
+
+    /// Takes up to `max` held messages after `last`; when nothing is held any more the
+    /// gate opens (under the same lock, so no live message slips between the last held
+    /// one and the first sent directly) and the answer is empty. `Err` with the state it
+    /// is in when failed or superseded.
+    fn take_held(&self, last: u64, max: usize) -> Result<Vec<(u64, Bytes)>, GateState> {
+        let mut g = self.lock();
+        if matches!(g.state, GateState::Failed | GateState::Superseded) {
+            return Err(g.state);
+        }
+        while g.held.front().is_some_and(|(o, _)| *o <= last) {
+            g.held.pop_front();
+        }
+        if g.held.is_empty() {
+            g.state = GateState::Open;
+            g.held = VecDeque::new();
+            return Ok(Vec::new());
+        }
+        let n = g.held.len().min(max);
+        Ok(g.held.drain(..n).collect())
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// After this position (`since`): replay what follows; `recovered` tells whether
+    /// nothing was lost.
+    After(StreamPos),
+    /// The topic's most recent message, then live (`latest_on_subscribe`).
+    Latest,
+    /// Live from the current head (the position is reported, nothing replayed).
+    Head,
+}
+
+/// What a subscribe answer says about one history topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// For [`Start::After`]: whether every message after the given position follows.
+    pub recovered: Option<bool>,
+    /// The stream's head when the replay started.
+    pub position: StreamPos,
+}
+
+/// One replaying subscription, as the broker's recover needs it.
+pub struct ReplayRequest {
+    pub topic: Arc<str>,
+    pub conn: ConnId,
+    pub outbox: Arc<Outbox>,
+    pub encoding: EncodingId,
+    pub gate: Arc<Gate>,
+    pub start: Start,
+    pub policy: Arc<StreamPolicy>,
+}
+
+/// The caller's side of a running replay: the answer's facts to come, and the go-ahead
+/// to give once the answer is queued (dropping it ends the replay and the gate).
+pub struct ReplayHandle {
+    pub recovery: Ticket<Recovery>,
+    pub go: oneshot::Sender<()>,
+}
+
+/// The outcome label of `herald_history_replays_total`.
+fn count(broker: &Broker, outcome: &str) {
+    broker.metrics().history_replays.with_label_values(&[outcome]).inc();
+}
+
+impl Broker {
+    /// Starts the replay of one gated subscription (see the module docs) once `interest`
+    /// resolves. Needs a Tokio runtime.
+    pub fn recover(self: &Arc<Self>, req: ReplayRequest, interest: InterestTicket) -> ReplayHandle {
+        let (tx, recovery) = Ticket::pending();
+        let (go, go_rx) = oneshot::channel();
+        let broker = self.clone();
+        tokio::spawn(async move { broker.replay(req, interest, tx, go_rx).await });
+        ReplayHandle { recovery, go }
+    }
+
+    async fn read_page(&self, req: &ReplayRequest, after: u64) -> Result<HistoryPage, RelayError> {
+        let Some(h) = self.relay_history() else {
+            return Err(RelayError::Unavailable("this relay keeps no history".into()));
+        };
+        h.read(&req.topic, after, MAX_READ, &req.policy).outcome().await
+    }
+
+    async fn replay(
+        self: Arc<Self>,
+        req: ReplayRequest,
+        interest: InterestTicket,
+        answer: oneshot::Sender<Result<Recovery, RelayError>>,
+        go: oneshot::Receiver<()>,
+    ) {
+        let first = match interest.outcome().await {
+            Err(e) => Err(e),
+            Ok(()) => match &req.start {
+                Start::After(since) => match self.read_page(&req, since.offset).await {
+                    // Another epoch: the client's offsets mean nothing here; replay what
+                    // the current stream holds from its start.
+                    Ok(p) if p.head.epoch != since.epoch && since.offset > 0 => {
+                        self.read_page(&req, 0).await.map(|p2| (p2, false))
+                    }
+                    Ok(p) => {
+                        let ok = p.continues(since.offset, &since.epoch)
+                            || (since.offset == 0 && p.continues(0, &p.head.epoch));
+                        Ok((p, ok))
+                    }
+                    Err(e) => Err(e),
+                },
+                Start::Latest | Start::Head => match self.relay_history() {
+                    Some(h) => h.latest(&req.topic, &req.policy).outcome().await.map(|p| (p, true)),
+                    None => Err(RelayError::Unavailable("this relay keeps no history".into())),
+                },
+            },
+        };
+        let (page, recovered) = match first {
+            Ok(x) => x,
+            Err(e) => {
+                // The subscription holds live (as an unconfirmed subscribe does); the
+                // answer says the relay failed.
+                let _ = answer.send(Err(e));
+                self.finish(&req, 0).await;
+                count(&self, "failed");
+                return;
+            }
+        };
+        self.learn_position(&req.topic, &page.head);
+        let recovery = Recovery {
+            recovered: matches!(req.start, Start::After(_)).then_some(recovered),
+            position: page.head.clone(),
+        };
+        let epoch = page.head.epoch.clone();
+        if answer.send(Ok(recovery)).is_err() || go.await.is_err() {
+            // The answer was not sent (connection gone, or its subscribe answer timed out).
+            self.finish(&req, page.head.offset).await;
+            count(&self, "abandoned");
+            return;
+        }
+        // Where the replay starts: the client's offset in the same epoch, else the start.
+        let mut last = match &req.start {
+            Start::After(since) if since.epoch == epoch => since.offset,
+            Start::After(_) => 0,
+            Start::Latest => page.messages.last().map_or(page.head.offset, |m| m.offset - 1),
+            Start::Head => page.head.offset,
+        };
+        let mut page = Some(page);
+        loop {
+            let p = match page.take() {
+                Some(p) => p,
+                None => match self.read_page(&req, last).await {
+                    Ok(p) if p.head.epoch == epoch => p,
+                    Ok(_) | Err(_) => break, // lost the stream meanwhile: live from here
+                },
+            };
+            let full = p.messages.len() >= MAX_READ;
+            for m in &p.messages {
+                if m.offset <= last {
+                    continue;
+                }
+                if !self.send_replayed(&req, m, &epoch).await {
+                    if !req.gate.failed() {
+                        count(&self, "abandoned");
+                    }
+                    return;
+                }
+                last = m.offset;
+            }
+            if matches!(req.start, Start::Latest | Start::Head) {
+                break;
+            }
+            // Read on while pages come back full, or while the first held live message
+            // is still ahead of what was replayed.
+            let behind = req.gate.first_held().is_some_and(|o| o > last + 1);
+            let read_on = full || (behind && !p.messages.is_empty());
+            if !read_on {
+                break;
+            }
+        }
+        self.finish(&req, last).await;
+        if !req.gate.failed() {
+            count(&self, "completed");
+        }
+    }
+
+    /// Sends one replayed message when the outbox has room; `false` when the connection
+    /// closes or the gate failed.
+    async fn send_replayed(&self, req: &ReplayRequest, m: &crate::history::StoredMessage, epoch: &str) -> bool {
+        let limits = req.outbox.limits();
+        let pos = StreamPos {
+            offset: m.offset,
+            epoch: epoch.to_owned(),
+        };
+        let frame = self.encodings().encode(
+            req.encoding,
+            &Delivery {
+                topic: &req.topic,
+                payload: &m.payload,
+                stream: Some(&pos),
+            },
+        );
+        if req.gate.failed() || !self.push_paced(req, frame, limits).await {
+            return false;
+        }
+        self.metrics().history_replayed.inc();
+        true
+    }
+
+    /// Queues `frame` once the outbox is at most half full; `false` when the connection
+    /// closes. A frame refused by a full outbox (other topics filled it meanwhile) is
+    /// offered again after the next drain: nothing is lost.
+    async fn push_paced(&self, req: &ReplayRequest, frame: Bytes, limits: crate::outbox::OutboxLimits) -> bool {
+        loop {
+            let room = tokio::select! {
+                r = req.outbox.data_room(limits.max_frames / 2, limits.max_bytes / 2) => r,
+                _ = req.gate.ended() => false,
+            };
+            if !room {
+                return false;
+            }
+            match req.outbox.push(frame.clone(), Instant::now()) {
+                PushOutcome::Queued => return true,
+                PushOutcome::Dropped => tokio::task::yield_now().await,
+                PushOutcome::Closed | PushOutcome::Disconnected => return false,
+            }
+        }
+    }
+
+    /// Ends a replay: sends what the gate held after `last` (all of it after a failure:
+    /// `last` = 0), paced by the outbox like the replay, then opens the gate and removes
+    /// it from the subscriber. Live messages that keep arriving meanwhile join the hold
+    /// (and may overflow it: a subscriber that cannot keep up with live traffic is told).
+    async fn finish(&self, req: &ReplayRequest, mut last: u64) {
+        let limits = req.outbox.limits();
+        loop {
+            match req.gate.take_held(last, 256) {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    for (offset, frame) in chunk {
+                        if !self.push_paced(req, frame, limits).await {
+                            // The connection is closing; nothing more matters.
+                            return;
+                        }
+                        last = offset;
+                    }
+                }
+                // Overflowed (the subscriber was told when it happened) or replaced.
+                Err(_) => return,
+            }
+        }
+        self.registry().ungate(&req.topic, req.conn, &req.gate);
+    }
+}
+
+/// Tells a subscriber that its replaying subscription to `topic` ended because the hold
+/// overflowed (called by the fan-out when it happens); counted.
+pub(crate) fn overflowed(broker: &Broker, topic: &str, outbox: &Outbox) {
+    outbox.push_control(topic_error(
+        ErrorCode::RecoveryOverflow,
+        topic,
+        "live messages piled up past the node's buffer while history was replayed; this subscription ended, resubscribe with `since` to continue",
+    ));
+    broker
+        .metrics()
+        .client_errors
+        .with_label_values(&[ErrorCode::RecoveryOverflow.as_str()])
+        .inc();
+    count(broker, "overflow");
+}

@@ -1,0 +1,79 @@
+//! Topic history, the node's side: the `[[history]]` entries turned into the broker's
+//! [`HistoryRules`] (patterns compiled once, first match wins), and the once-a-second task
+//! that expires the memory relay's history and reports its size in the
+//! `herald_history_*` gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_auth::PatternSet;
+use herald_broker::{BrokerMetrics, HistoryRules, MemoryStreams, StreamPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HistoryEntry;
+
+/// How often the memory history is swept for expired messages.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The broker's rules for `entries` (validated by `Config::validate`; an entry whose
+/// pattern does not compile matches nothing).
+pub fn rules(entries: &[HistoryEntry]) -> HistoryRules {
+    let mut rules = HistoryRules::none();
+    for e in entries {
+        let set = PatternSet::compile(&[e.topics.as_str()], None).unwrap_or_else(|_| PatternSet::empty());
+        rules.push(
+            Box::new(move |topic: &str| set.matches(topic)),
+            StreamPolicy {
+                size: e.size,
+                max_bytes: e.max_bytes,
+                ttl: Duration::from_millis(e.ttl_ms),
+                latest_on_subscribe: e.latest_on_subscribe,
+            },
+        );
+    }
+    rules
+}
+
+/// Sweeps `streams` every [`SWEEP_INTERVAL`] until `stop`, keeping the gauges current.
+pub async fn run_sweeper(streams: Arc<MemoryStreams>, metrics: Arc<BrokerMetrics>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let totals = streams.sweep();
+        metrics.history_streams.set(totals.streams);
+        metrics.history_messages.set(totals.messages);
+        metrics.history_bytes.set(totals.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_matching_entry_wins() {
+        let entries = vec![
+            HistoryEntry {
+                topics: "chat.vip.*".into(),
+                size: 5,
+                ..Default::default()
+            },
+            HistoryEntry {
+                topics: "chat.>".into(),
+                size: 50,
+                latest_on_subscribe: true,
+                ..Default::default()
+            },
+        ];
+        let r = rules(&entries);
+        assert_eq!(r.policy("chat.vip.a").map(|p| p.size), Some(5));
+        assert_eq!(r.policy("chat.room.a").map(|p| p.size), Some(50));
+        assert!(r.policy("chat.room.a").unwrap().latest_on_subscribe);
+        assert!(r.policy("news").is_none());
+        assert!(rules(&[]).is_empty());
+    }
+}
