@@ -3,13 +3,23 @@
 //! append script for topics with history), answering each one's oneshot when Redis has
 //! replied: an append with the offset and epoch the script allocated.
 //!
-//! Ordering: one task takes the queue in order and has one pipeline in flight at a time,
-//! and Redis executes a connection's commands in order, so publications from one publisher
-//! (indeed from the whole node) reach Redis in the order `Relay::publish` accepted them.
-//! Throughput comes from batching rather than from concurrent pipelines: while a pipeline
-//! is in flight the queue fills, and the next pipeline takes up to `publish_batch_max`
-//! entries at once, so the batch size grows with the load and one round trip carries many
-//! messages.
+//! Ordering: one task takes the queue in order and hands each pipeline to the connection
+//! before it builds the next, and Redis executes a connection's commands in order, so
+//! publications and appends from one publisher (indeed from the whole node) reach Redis in
+//! the order they were accepted. Throughput comes from batching: while pipelines are in
+//! flight the queue fills, and the next pipeline takes up to `publish_batch_max` entries at
+//! once, so the batch size grows with the load and one round trip carries many messages.
+//! Up to [`PIPELINES_IN_FLIGHT`] pipelines are in flight, so Redis works on one while this
+//! task reads the answers of the previous one and builds the next: with the append script
+//! Redis and the node spend comparable CPU per message, and one pipeline at a time would
+//! leave each idle while the other works.
+//!
+//! Answers are settled in pipeline order. Appends refused with `NOSCRIPT` (the script cache
+//! was flushed) are sent again after `SCRIPT LOAD`, once, in their order. A pipeline
+//! already in flight behind them ran before the reload, so its appends were refused too and
+//! are retried after them: the order holds, unless another node reloaded the script in
+//! between and part of that later pipeline went through (then those few appends got their
+//! offsets before the retried ones; each is still stored, published and answered once).
 //!
 //! This task never reconnects: on an I/O error or a timeout it fails the batch, cancels the
 //! publish link's `failed` token so `publish_link` replaces that one connection at once
@@ -17,11 +27,14 @@
 //! batches immediately while the publish link is down). It does not decide when the relay
 //! is up.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_broker::RelayError;
 use herald_protocol::StreamPos;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::sync::mpsc;
 
@@ -29,21 +42,43 @@ use crate::link::is_connection_failure;
 use crate::scripts;
 use crate::shared::{Command, Outgoing, PublishLink, Shared};
 
-/// Runs until the relay is cancelled, then fails whatever is still queued with
-/// [`RelayError::ShuttingDown`].
+/// Pipelines sent and not answered yet, at most.
+pub(crate) const PIPELINES_IN_FLIGHT: usize = 2;
+
+/// A pipeline in flight: its entries, the link it went out on, and Redis's replies.
+struct Flight {
+    batch: Vec<Outgoing>,
+    link: Option<Arc<PublishLink>>,
+    replies: Result<Vec<Value>, RelayError>,
+}
+
+type FlightFuture = Pin<Box<dyn Future<Output = Flight> + Send>>;
+
+/// Runs until the relay is cancelled, then waits for the pipelines in flight (bounded by
+/// `command_timeout`) and fails whatever is still queued with [`RelayError::ShuttingDown`].
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     let max = shared.config.publish_batch_max;
     let mut batch = Vec::with_capacity(max);
+    let mut inflight: FuturesOrdered<FlightFuture> = FuturesOrdered::new();
     loop {
-        let n = tokio::select! {
+        tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            n = rx.recv_many(&mut batch, max) => n,
-        };
-        if n == 0 {
-            break;
+            Some(flight) = inflight.next(), if !inflight.is_empty() => settle(&shared, flight).await,
+            n = rx.recv_many(&mut batch, max), if inflight.len() < PIPELINES_IN_FLIGHT => {
+                if n == 0 {
+                    break;
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(max));
+                if let Some(flight) = submit(&shared, full).await {
+                    inflight.push_back(flight);
+                }
+            }
         }
-        send_batch(&shared, &mut batch).await;
+    }
+    // A pipeline already sent gets its real answer.
+    while let Some(flight) = inflight.next().await {
+        settle(&shared, flight).await;
     }
     // No publish can enter after `close`; everything already queued gets an answer.
     rx.close();
@@ -56,32 +91,52 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     }
 }
 
-/// Sends one pipeline and answers every entry of `batch` (which is left empty).
-///
-/// Each command gets its own answer: a PUBLISH or an append Redis refused (an ACL, a
-/// wrong key type) fails alone. Appends refused with `NOSCRIPT` (the script cache was
-/// flushed) are retried once, in order, after loading the script again; see `scripts`.
-async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
+/// Sends `batch` as one pipeline. The pipeline is handed to the connection (polled once)
+/// before this returns, so the next one cannot overtake it; `None` when it was answered at
+/// once (the publish link is down, or Redis was that quick).
+async fn submit(shared: &Arc<Shared>, batch: Vec<Outgoing>) -> Option<FlightFuture> {
     let link = shared.publish_link.borrow().clone();
-    let Some(link) = link else {
-        answer_all(
-            shared,
-            batch,
-            Err(RelayError::Unavailable("redis relay is down".into())),
-        );
-        return;
+    // Unconstrained: tokio's cooperative budget must not make the first poll return before
+    // the pipeline is in the connection's queue (a bounded, first-come-first-served
+    // channel), or the next pipeline could get there first.
+    let mut flight: FlightFuture = Box::pin(tokio::task::unconstrained(fly(shared.clone(), link, batch)));
+    match std::future::poll_fn(|cx| Poll::Ready(flight.as_mut().poll(cx))).await {
+        Poll::Ready(done) => {
+            settle(shared, done).await;
+            None
+        }
+        Poll::Pending => Some(flight),
+    }
+}
+
+/// One pipeline's round trip.
+async fn fly(shared: Arc<Shared>, link: Option<Arc<PublishLink>>, batch: Vec<Outgoing>) -> Flight {
+    let replies = match &link {
+        Some(l) => exec(&shared, l, &batch).await,
+        None => Err(RelayError::Unavailable("redis relay is down".into())),
     };
-    let mut conn = link.conn.clone();
+    Flight { batch, link, replies }
+}
+
+/// Answers every entry of a pipeline that came back (see the module docs on `NOSCRIPT`).
+/// Each command gets its own answer: a PUBLISH or an append Redis refused (an ACL, a
+/// wrong key type) fails alone.
+async fn settle(shared: &Shared, flight: Flight) {
+    let Flight {
+        mut batch,
+        link,
+        mut replies,
+    } = flight;
     for attempt in 0..2 {
-        let replies = match exec(shared, &link, &mut conn, batch).await {
-            Ok(replies) => replies,
+        let got = match replies {
+            Ok(got) => got,
             Err(e) => {
-                answer_all(shared, batch, Err(e));
+                answer_all(shared, &mut batch, Err(e));
                 return;
             }
         };
         let mut retry = Vec::new();
-        for (item, reply) in batch.drain(..).zip(replies) {
+        for (item, reply) in batch.drain(..).zip(got) {
             if attempt == 0 && matches!(item.command, Command::Append(_)) && scripts::is_noscript_reply(&reply) {
                 retry.push(item);
             } else {
@@ -89,39 +144,31 @@ async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
                 answer(shared, item, result);
             }
         }
-        if retry.is_empty() {
+        let Some(link) = link.as_ref().filter(|_| !retry.is_empty()) else {
             return;
-        }
+        };
         tracing::info!(
             appends = retry.len(),
             "redis forgot the append script (NOSCRIPT); loading it again"
         );
-        batch.extend(retry);
+        batch = retry;
+        let mut conn = link.conn.clone();
         if let Err(e) = scripts::APPEND.load(&mut conn).await {
             if is_connection_failure(&e) {
                 link.failed.cancel();
             }
-            answer_all(
-                shared,
-                batch,
-                Err(RelayError::Unavailable(format!(
-                    "redis: loading the append script: {e}"
-                ))),
-            );
+            let err = RelayError::Unavailable(format!("redis: loading the append script: {e}"));
+            answer_all(shared, &mut batch, Err(err));
             return;
         }
+        replies = exec(shared, link, &batch).await;
     }
-    // Still NOSCRIPT right after a successful load: answered by `outcome` above.
+    // A second NOSCRIPT right after a successful load was answered as an error above.
 }
 
 /// Sends `batch` as one pipeline within `command_timeout`; one reply per entry, or why the
 /// pipeline as a whole failed (then the connection is replaced when it is to blame).
-async fn exec(
-    shared: &Shared,
-    link: &PublishLink,
-    conn: &mut MultiplexedConnection,
-    batch: &[Outgoing],
-) -> Result<Vec<Value>, RelayError> {
+async fn exec(shared: &Shared, link: &PublishLink, batch: &[Outgoing]) -> Result<Vec<Value>, RelayError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for item in batch {
@@ -147,8 +194,9 @@ async fn exec(
             }
         }
     }
+    let mut conn = link.conn.clone();
     let timeout = shared.config.command_timeout;
-    match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(conn)).await {
+    match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await {
         Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
         Ok(Ok(replies)) => {
             // Not seen in practice; the connection's framing cannot be trusted after it.

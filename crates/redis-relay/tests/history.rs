@@ -65,10 +65,15 @@ async fn offsets_agree_across_nodes_and_every_node_delivers_in_offset_order() {
     })
     .await;
     let p = policy(10_000, HOUR);
-    let (from_a, from_b) = tokio::join!(append_many(&a, "h", "a", 300, &p), append_many(&b, "h", "b", 300, &p));
+    // Enough for many pipelines per node, several in flight at once.
+    const N: u64 = 3000;
+    let (from_a, from_b) = tokio::join!(
+        append_many(&a, "h", "a", N as usize, &p),
+        append_many(&b, "h", "b", N as usize, &p)
+    );
     let epoch = from_a[0].epoch.clone();
     let all: HashSet<u64> = from_a.iter().chain(&from_b).map(|p| p.offset).collect();
-    assert_eq!(all, (1..=600).collect(), "600 distinct offsets, 1 to 600");
+    assert_eq!(all, (1..=2 * N).collect(), "distinct offsets, 1 to 2N");
     assert!(from_a.iter().chain(&from_b).all(|p| p.epoch == epoch), "one epoch");
     for w in [&from_a, &from_b] {
         assert!(
@@ -77,18 +82,18 @@ async fn offsets_agree_across_nodes_and_every_node_delivers_in_offset_order() {
         );
     }
     // Which text got which offset, as the appenders were told.
-    let mut by_offset = vec![String::new(); 601];
+    let mut by_offset = vec![String::new(); 2 * N as usize + 1];
     for (tag, positions) in [("a", &from_a), ("b", &from_b)] {
         for (i, p) in positions.iter().enumerate() {
             by_offset[p.offset as usize] = format!("{tag}-{i}");
         }
     }
     for n in [&a, &b] {
-        wait_until(LIMIT, "every append delivered", || n.sink.texts("h").len() == 600).await;
+        wait_until(LIMIT, "every append delivered", || n.sink.count() >= 2 * N as usize).await;
         let got: Vec<u64> = n.sink.positions("h").iter().map(|p| p.offset).collect();
         assert_eq!(
             got,
-            (1..=600).collect::<Vec<_>>(),
+            (1..=2 * N).collect::<Vec<_>>(),
             "{}: offset order",
             n.relay.node_id()
         );
