@@ -14,7 +14,7 @@
 //! Modules: [`cli`] (flags, bounds), [`scenario`] (the phases of each scenario),
 //! [`client`] (the lean WebSocket/HTTP client), [`payload`] (the stamp layout), [`stats`]
 //! (counters, histograms, sequence tracking), [`report`] (summary and JSON),
-//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU), [`jwt`] (tokens for the clients), [`procstat`] (local processes' CPU, memory and
+//! [`metrics_scrape`] (the nodes' `/metrics`), [`limits`] (fds, source addresses, own CPU), [`jwt`] (tokens for the clients), [`recovery`] (history bookkeeping of `--drop-every`), [`procstat`] (local processes' CPU, memory and
 //! run delay),
 //! [`topics`] (distributions), [`progress`] (the live line). See docs/loadtest.md.
 
@@ -26,6 +26,7 @@ pub mod metrics_scrape;
 pub mod payload;
 pub mod procstat;
 pub mod progress;
+pub mod recovery;
 pub mod report;
 pub mod scenario;
 pub mod stats;

@@ -33,6 +33,9 @@ pub struct Report {
     /// How far behind schedule publishers sent (fixed rate only), µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag_us: Option<Percentiles>,
+    /// Recovery mode (`--drop-every`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +118,69 @@ pub struct Messages {
     pub subscriber_errors: u64,
 }
 
+/// Recovery mode: how subscribers dropped and came back, and what the history replay
+/// delivered, counted by offset per (subscriber, topic) pair (see `recovery::book`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    pub drop_every_s: f64,
+    pub jitter: f64,
+    pub away_s: f64,
+    /// Connections the generator dropped on schedule.
+    pub drops: u64,
+    /// Successful reconnects (subscribed with `since` and acknowledged).
+    pub reconnects: u64,
+    /// Failed reconnect attempts by reason (each is retried after 100 ms).
+    pub reconnect_failures: BTreeMap<String, u64>,
+    /// Connect + upgrade + subscribe ack of the reconnects, µs.
+    pub reconnect_us: Option<Percentiles>,
+    /// Topics of resubscribes the node answered `recovered: false` (or not at all).
+    pub not_recovered: u64,
+    /// Subscriptions the node ended with `recovery_overflow` (resubscribed at once).
+    pub overflows: u64,
+    /// Subscribers whose first ack had no position: their topics have no history.
+    pub no_history: u64,
+    /// (subscriber, topic) pairs accounted, and those that got every owed offset once.
+    pub pairs: u64,
+    pub complete_pairs: u64,
+    /// Distinct offsets owed: per pair, the final head − the first ack's position.
+    pub owed: u64,
+    /// Distinct offsets received.
+    pub received: u64,
+    pub missing: u64,
+    /// Of `missing`: the tail between a pair's highest offset and the final head.
+    pub behind_head: u64,
+    /// Offsets received again (or at or below the start position).
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub epoch_changes: u64,
+    /// received / owed (1 when nothing was owed).
+    pub completeness: f64,
+    /// Whether the final head of every topic was read from the node after the drain; if
+    /// not, `owed` ends at each pair's highest offset seen and a lost tail goes unseen.
+    pub heads_known: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_probe_error: Option<String>,
+    /// From the start of a reconnect to the first message of the topic published after
+    /// that start, µs: one sample per (reconnect, topic).
+    pub replay_us: Option<Percentiles>,
+    /// (reconnect, topic) pairs that saw no such message before the next drop or the end.
+    pub replay_unmeasured: u64,
+}
+
+impl Recovery {
+    /// Whether every owed offset arrived exactly once and in order, with no loss reported.
+    pub fn passed(&self) -> bool {
+        self.missing == 0
+            && self.duplicates == 0
+            && self.out_of_order == 0
+            && self.not_recovered == 0
+            && self.overflows == 0
+            && self.no_history == 0
+            && self.reconnect_failures.is_empty()
+            && self.heads_known
+    }
+}
+
 /// The churn scenario's cycles (connect, subscribe, close).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Churn {
@@ -166,6 +232,7 @@ impl Report {
             && self.connections.ended_early.is_empty()
             && m.is_none_or(|m| m.lost == 0 && m.duplicates == 0 && m.out_of_order == 0 && m.publish_errors == 0)
             && self.churn.as_ref().is_none_or(|c| c.failures.is_empty())
+            && self.recovery.as_ref().is_none_or(Recovery::passed)
     }
 
     /// The summary table.

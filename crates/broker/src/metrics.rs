@@ -99,7 +99,7 @@ pub const PROXY_HEADER_ERRORS: &[&str] = &["missing", "malformed", "too_large", 
 pub const ADMIN_REJECT_REASONS: &[&str] = &["connection_limit", "head_too_large", "body_budget"];
 
 /// Why a message did not reach a subscriber (or the cluster).
-pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable"];
+pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable", "recovery_overflow"];
 
 /// Frame kinds for the frame and byte counters.
 pub const FRAME_KINDS: &[&str] = &["text", "binary", "ping", "pong", "close"];

@@ -129,6 +129,20 @@ pub struct Args {
     #[arg(long)]
     pub i_own_the_target: bool,
 
+    /// Recovery mode: each subscriber drops its connection after this long (± --drop-jitter)
+    /// and resubscribes with `since` (topics need history on the node).
+    #[arg(long, value_parser = parse_duration)]
+    pub drop_every: Option<Duration>,
+
+    /// Spread of the connection lifetimes in recovery mode: each one lasts --drop-every × a
+    /// uniform factor in [1 − F, 1 + F].
+    #[arg(long, default_value_t = 0.2)]
+    pub drop_jitter: f64,
+
+    /// How long a dropped subscriber stays away before it reconnects.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub away: Duration,
+
     /// Give every client an HS256 token signed with this secret (env HERALD_LOADTEST_JWT_SECRET).
     #[arg(long, env = "HERALD_LOADTEST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -190,6 +204,19 @@ pub struct Config {
     pub i_own_the_target: bool,
     /// Tokens for the clients (`None`: anonymous).
     pub jwt: Option<crate::jwt::JwtPlan>,
+    /// Recovery mode (`--drop-every`); `None`: subscribers keep their connection.
+    pub recovery: Option<RecoveryPlan>,
+}
+
+/// How subscribers drop and come back in recovery mode.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RecoveryPlan {
+    /// Mean lifetime of a subscriber connection before it is dropped.
+    pub drop_every: Duration,
+    /// Lifetimes are `drop_every` × a uniform factor in [1 − jitter, 1 + jitter].
+    pub jitter: f64,
+    /// Time between the drop and the reconnect.
+    pub away: Duration,
 }
 
 /// Most connections one run opens.
@@ -306,6 +333,30 @@ impl Args {
                 "--subscribe-via none is for idle and churn: these subscribers would receive nothing"
             );
         }
+        let recovery = match self.drop_every {
+            None => None,
+            Some(every) => {
+                ensure!(
+                    matches!(s, Fanout | ManyTopics | CrossNode),
+                    "--drop-every is for the pub/sub scenarios (fanout, many-topics, cross-node)"
+                );
+                ensure!(
+                    subscribe_via == SubscribeVia::Op,
+                    "--drop-every resubscribes with `since`: it needs --subscribe-via op"
+                );
+                ensure!(every >= Duration::from_millis(10), "--drop-every is at least 10ms");
+                ensure!(
+                    (0.0..=0.9).contains(&self.drop_jitter),
+                    "--drop-jitter must be within 0..=0.9"
+                );
+                ensure!(self.away <= Duration::from_secs(600), "--away is at most 10m");
+                Some(RecoveryPlan {
+                    drop_every: every,
+                    jitter: self.drop_jitter,
+                    away: self.away,
+                })
+            }
+        };
         let jwt = crate::jwt::JwtPlan::from_flags(
             self.jwt_secret,
             self.jwt_key,
@@ -348,6 +399,7 @@ impl Args {
             check: self.check,
             i_own_the_target: self.i_own_the_target,
             jwt,
+            recovery,
         })
     }
 }
@@ -404,5 +456,23 @@ mod tests {
         assert!(err(&["--subscribe-via", "none"]).contains("none"));
         assert!(err(&["-p", "0"]).contains("publisher"));
         assert!(cfg(&["-d", "25h"]).is_err());
+        assert!(err(&["churn", "--drop-every", "2s"]).contains("pub/sub"));
+        assert!(err(&["--drop-every", "2s", "--subscribe-via", "query"]).contains("subscribe-via op"));
+        assert!(err(&["--drop-every", "1ms"]).contains("10ms"));
+        assert!(err(&["--drop-every", "2s", "--drop-jitter", "1"]).contains("jitter"));
+    }
+
+    #[test]
+    fn recovery_mode_is_off_unless_asked() {
+        assert_eq!(cfg(&[]).unwrap().recovery, None);
+        let c = cfg(&["--drop-every", "2s", "--away", "50ms"]).unwrap();
+        assert_eq!(
+            c.recovery,
+            Some(RecoveryPlan {
+                drop_every: Duration::from_secs(2),
+                jitter: 0.2,
+                away: Duration::from_millis(50),
+            })
+        );
     }
 }

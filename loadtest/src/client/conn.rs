@@ -142,6 +142,8 @@ pub struct Conn {
     pub stream: TcpStream,
     pub rbuf: ReadBuf,
     pub wr: FrameWriter,
+    /// The last subscribe ack's text (see [`Conn::subscribe_with`]).
+    pub ack: Option<Vec<u8>>,
 }
 
 /// Sizes of a connection's read buffer.
@@ -263,6 +265,7 @@ async fn connect_inner(
         stream,
         rbuf,
         wr: FrameWriter::new(rng),
+        ack: None,
     })
 }
 
@@ -335,18 +338,41 @@ impl Conn {
             req.push('"');
         }
         req.push_str(r#"],"id":1}"#);
-        self.wr.push(OP_TEXT, &[req.as_bytes()]);
+        self.subscribe_with(&req).await
+    }
+
+    /// Sends a subscribe request with id 1 (e.g. one with `since`) and waits for its ack,
+    /// which is kept in [`Conn::ack`]. Deliveries that arrive after the ack stay buffered.
+    pub async fn subscribe_with(&mut self, request: &str) -> Result<(), ConnectError> {
+        self.wr.push(OP_TEXT, &[request.as_bytes()]);
         self.flush_frames().await?;
+        let mut ack = None;
         self.read_until(|t| {
-            if t.starts_with(br#"{"type":"ack","id":1}"#) {
-                Ok(true)
-            } else if t.starts_with(br#"{"type":"error""#) {
-                Err(ConnectError::Refused(String::from_utf8_lossy(t).into_owned()))
-            } else {
-                Ok(false)
+            if t.starts_with(br#"{"type":"message""#) {
+                return Ok(false);
+            }
+            // The ack of a history topic carries more fields, in any order.
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(t) else {
+                return Ok(false);
+            };
+            match v.get("type").and_then(|t| t.as_str()) {
+                Some("ack") if v.get("id").and_then(|i| i.as_u64()) == Some(1) => {
+                    ack = Some(t.to_vec());
+                    Ok(true)
+                }
+                Some("error") => Err(ConnectError::Refused(String::from_utf8_lossy(t).into_owned())),
+                _ => Ok(false),
             }
         })
-        .await
+        .await?;
+        self.ack = ack;
+        Ok(())
+    }
+
+    /// Drops the connection abruptly: an RST (`SO_LINGER` 0) and no Close frame, as a
+    /// network failure or a killed client would; it also leaves no TIME_WAIT on our ports.
+    pub fn abort(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }
 
     /// Sends Close 1000 and waits (up to `wait`) for the node to answer and close the TCP

@@ -70,7 +70,9 @@ pub fn split(
     first_error: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 ) -> (WsSink, JoinHandle<Option<String>>) {
-    let Conn { stream, mut rbuf, wr } = conn;
+    let Conn {
+        stream, mut rbuf, wr, ..
+    } = conn;
     let (mut read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {

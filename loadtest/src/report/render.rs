@@ -71,6 +71,68 @@ fn plural(n: usize, word: &str) -> String {
     format!("{} {word}{}", thousands(n as u64), if n == 1 { "" } else { "s" })
 }
 
+/// The recovery section (`--drop-every`).
+fn recovery(o: &mut String, rc: &crate::report::Recovery) {
+    let line = |o: &mut String, label: &str, text: String| {
+        let _ = writeln!(o, " {label:<12} {text}");
+    };
+    let mut t = format!(
+        "drops {} (every {} ±{:.0}%, away {}) · reconnects {}",
+        thousands(rc.drops),
+        micros(rc.drop_every_s * 1e6),
+        rc.jitter * 100.0,
+        micros(rc.away_s * 1e6),
+        thousands(rc.reconnects)
+    );
+    if let Some(p) = &rc.reconnect_us {
+        let _ = write!(t, " · reconnect {}", percentiles(p, false));
+    }
+    line(o, "recovery", t);
+    if !rc.reconnect_failures.is_empty() {
+        line(o, "  failed", reasons(&rc.reconnect_failures));
+    }
+    line(
+        o,
+        "",
+        format!(
+            "offsets owed {} · received {} ({:.3}%) · missing {} (tail {}) · duplicates {} · out of order {}",
+            thousands(rc.owed),
+            thousands(rc.received),
+            rc.completeness * 100.0,
+            thousands(rc.missing),
+            thousands(rc.behind_head),
+            thousands(rc.duplicates),
+            thousands(rc.out_of_order)
+        ),
+    );
+    line(
+        o,
+        "",
+        format!(
+            "{}/{} subscriptions complete · recovered:false {} · recovery_overflow {} · epoch changes {} · no history {}",
+            thousands(rc.complete_pairs),
+            thousands(rc.pairs),
+            thousands(rc.not_recovered),
+            thousands(rc.overflows),
+            thousands(rc.epoch_changes),
+            thousands(rc.no_history)
+        ),
+    );
+    if let Some(e) = &rc.head_probe_error {
+        line(o, "", format!("final heads unknown ({e}): a lost tail would go unseen"));
+    }
+    let replay = match &rc.replay_us {
+        Some(p) => format!(
+            "{} ({} samples, {} unmeasured; reconnect start → first message published after it)",
+            percentiles(p, false),
+            thousands(p.samples),
+            thousands(rc.replay_unmeasured)
+        ),
+        None => format!("no samples ({} unmeasured)", thousands(rc.replay_unmeasured)),
+    };
+    line(o, "replay", replay);
+}
+
 /// The whole summary.
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
@@ -178,6 +240,9 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(l) = &r.send_lag_us {
         line(&mut o, "send lag", percentiles(l, false));
+    }
+    if let Some(rc) = &r.recovery {
+        recovery(&mut o, rc);
     }
     if let Some(ch) = &r.churn {
         let mut t = format!(

@@ -71,6 +71,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                     target: slot as usize % run.sub_targets.len(),
                     topics: vec![topics::name(&cfg.topic_prefix, (slot % cfg.topics as u64) as u32)],
                     token: tokens.get((slot % cfg.topics as u64) as usize).cloned(),
+                    request: None,
                 };
                 let target = &run.sub_targets[spec.target];
                 let bufs = BufSizes {

@@ -37,6 +37,8 @@ pub struct ConnSpec {
     pub topics: Vec<String>,
     /// The client's token (`--jwt-*`), minted before the connection phase.
     pub token: Option<Arc<str>>,
+    /// A subscribe request (id 1) to send instead of the plain one, e.g. with `since`.
+    pub request: Option<String>,
 }
 
 /// Outcome of opening a set of connections.
@@ -80,10 +82,13 @@ pub async fn open_one(
     let mut c = conn::connect_with_headers(target, &path, &headers, source, bufs, seed, timeout).await?;
     let confirm = async {
         match via {
-            SubscribeVia::Op if !spec.topics.is_empty() => {
-                let names: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
-                c.subscribe(&names).await
-            }
+            SubscribeVia::Op if !spec.topics.is_empty() => match &spec.request {
+                Some(req) => c.subscribe_with(req).await,
+                None => {
+                    let names: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+                    c.subscribe(&names).await
+                }
+            },
             SubscribeVia::None => {
                 c.wr.push(OP_TEXT, &[br#"{"op":"ping","id":1}"#]);
                 c.flush_frames().await?;
@@ -108,7 +113,7 @@ pub async fn open_all(
     bufs: BufSizes,
 ) -> Opened {
     let mut specs = specs;
-    if let Some(m) = &run.jwt {
+    if let Some(m) = run.jwt.as_ref().filter(|_| specs.iter().any(|s| s.token.is_none())) {
         // Signed before the first connection, so setup times hold no signing.
         match m.mint_all(side == Side::Pub, specs.iter().map(|s| s.topics.as_slice())) {
             Ok(tokens) => {

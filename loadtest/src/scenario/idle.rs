@@ -53,6 +53,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                 _ => t.iter().map(|&k| topics::name(&cfg.topic_prefix, k)).collect(),
             },
             token: None,
+            request: None,
         })
         .collect();
     let opened = open_all(&run, Side::Sub, specs, cfg.subscribe_via, cfg.ramp_up, IDLE_BUFS).await;

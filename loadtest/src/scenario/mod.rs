@@ -3,13 +3,15 @@
 //! put the report together.
 //!
 //! The scenarios themselves are in `pubsub.rs` (fan-out, many topics, cross-node),
-//! `churn.rs` and `idle.rs`; opening many connections is shared in `connect.rs`.
+//! `churn.rs` and `idle.rs`; opening many connections is shared in `connect.rs`; the
+//! reconnecting subscribers of recovery mode (`--drop-every`) are in `recovery.rs`.
 
 mod churn;
 mod connect;
 mod idle;
 mod observe;
 mod pubsub;
+mod recovery;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +77,7 @@ impl Run {
             messages: None,
             latency_us: None,
             send_lag_us: None,
+            recovery: None,
             churn: None,
             idle: None,
             generator: Default::default(),

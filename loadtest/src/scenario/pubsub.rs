@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{open_all, ConnSpec, ConnTally, Side};
-use super::Run;
+use super::{recovery, Run};
 use crate::cli::{PublishVia, Rate, SubscribeVia};
 use crate::client::conn::BufSizes;
 use crate::client::http::HttpSink;
@@ -59,15 +59,24 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
 
     // Subscribers.
     run.phase.set(Phase::Connect);
-    let specs = assignment
+    let mut specs: Vec<ConnSpec> = assignment
         .iter()
         .enumerate()
         .map(|(i, t)| ConnSpec {
             target: i % run.sub_targets.len(),
             topics: t.iter().map(|&k| names[k as usize].clone()).collect(),
             token: None,
+            request: None,
         })
         .collect();
+    if let (Some(_), Some(m)) = (&cfg.recovery, &run.jwt) {
+        // Reconnects reuse the tokens: mint them here, where the specs are kept.
+        match m.mint_all(false, specs.iter().map(|s| s.topics.as_slice())) {
+            Ok(tokens) => specs.iter_mut().zip(tokens).for_each(|(s, t)| s.token = Some(t)),
+            Err(e) => run.warn(format!("minting tokens failed ({e}); clients connect without one")),
+        }
+    }
+    let kept_specs = cfg.recovery.is_some().then(|| specs.clone());
     let bufs = sub_bufs(cfg.subscribers);
     let opened = open_all(&run, Side::Sub, specs, cfg.subscribe_via, cfg.ramp_up, bufs).await;
     let mut connect_s = opened.elapsed.as_secs_f64();
@@ -76,9 +85,10 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     let established: Vec<_> = assignment
         .into_iter()
         .zip(opened.conns)
-        .filter_map(|(t, c)| c.map(|c| (t, c)))
+        .enumerate()
+        .filter_map(|(i, (t, c))| c.map(|c| (i, t, c)))
         .collect();
-    let live_topics: Vec<Vec<u32>> = established.iter().map(|(t, _)| t.clone()).collect();
+    let live_topics: Vec<Vec<u32>> = established.iter().map(|(_, t, _)| t.clone()).collect();
     let subscribers_of = Arc::new(topics::subscribers_per_topic(&live_topics, cfg.topics));
     let subscriptions: u64 = subscribers_of.iter().sum();
 
@@ -89,8 +99,15 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
         publishers: cfg.publishers,
     };
     let mut receivers = JoinSet::new();
-    for (i, (t, c)) in established.into_iter().enumerate() {
-        receivers.spawn(subscriber::receive(c, i, t, ctx.clone(), recv_stop.child_token()));
+    // Recovery mode: subscribers start their drop schedule with the measured phase.
+    let mut recovering = Vec::new();
+    for (n, (i, t, c)) in established.into_iter().enumerate() {
+        match &kept_specs {
+            Some(specs) => recovering.push((n, specs[i].clone(), t, c)),
+            None => {
+                receivers.spawn(subscriber::receive(c, n, t, ctx.clone(), recv_stop.child_token()));
+            }
+        }
     }
 
     run.phase.set(Phase::Settle);
@@ -108,6 +125,7 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
                     target: i % run.pub_targets.len(),
                     topics: Vec::new(),
                     token: None,
+                    request: None,
                 })
                 .collect();
             let bufs = BufSizes {
@@ -139,6 +157,20 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     run.phase.set(Phase::Measure);
     let start = Instant::now();
     let end = start + cfg.duration;
+    let mut recovery_set = JoinSet::new();
+    for (n, spec, t, c) in recovering {
+        recovery_set.spawn(recovery::subscriber(
+            run.clone(),
+            n,
+            spec,
+            t,
+            c,
+            ctx.clone(),
+            bufs,
+            (start, end),
+            recv_stop.child_token(),
+        ));
+    }
     let pub_stop = CancellationToken::new();
     let pctx = PubCtx {
         shared: run.shared.clone(),
@@ -223,6 +255,17 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     // Deliveries ran from the first publish to the last delivery seen.
     let delivering = last.1.saturating_duration_since(start).max(measured);
     let after = run.snapshot().await;
+    // Recovery mode: every topic's final head, read after the drain.
+    let heads = match cfg.recovery {
+        Some(_) if !recovery_set.is_empty() => {
+            let held: Vec<String> = (0..cfg.topics)
+                .filter(|&k| subscribers_of[k as usize] > 0)
+                .map(|k| names[k as usize].clone())
+                .collect();
+            Some(recovery::final_heads(&run, &held).await)
+        }
+        _ => None,
+    };
 
     // Close and collect.
     run.phase.set(Phase::Close);
@@ -231,14 +274,27 @@ pub async fn run(run: Arc<Run>) -> Result<Report> {
     let mut ended = BTreeMap::new();
     while let Some(j) = receivers.join_next().await {
         let Ok(o) = j else { continue };
-        subs.received += o.received;
-        subs.duplicates += o.duplicates;
-        subs.out_of_order += o.out_of_order;
-        subs.foreign += o.foreign;
-        subs.errors += o.errors;
+        subs.add(&o);
         if let Some(why) = o.ended_early {
             *ended.entry(why).or_insert(0u64) += 1;
         }
+    }
+    if let (Some(plan), Some(heads)) = (&cfg.recovery, heads) {
+        let mut outcomes = Vec::new();
+        while let Some(j) = recovery_set.join_next().await {
+            if let Ok(o) = j {
+                outcomes.push(o);
+            }
+        }
+        if let Some(why) = outcomes.iter().find_map(|o| o.no_history.clone()) {
+            run.warn(format!("recovery mode: {why}"));
+        }
+        let (section, counted, their_ended) = recovery::tally(plan, outcomes, heads);
+        subs.add(&counted);
+        for (k, v) in their_ended {
+            *ended.entry(k).or_insert(0u64) += v;
+        }
+        report.recovery = Some(section);
     }
     for p in held {
         match p {

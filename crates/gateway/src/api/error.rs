@@ -55,6 +55,12 @@ pub enum ApiError {
     /// The bodies being received together already hold `admin.max_pending_body_bytes`.
     #[error("this node is receiving too many request bodies at once; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
+    /// The topic keeps no history (no `[[history]]` entry matches it).
+    #[error("topic {0:?} keeps no history (no [[history]] entry matches it)")]
+    NoHistory(String),
+    /// History could not be read (the relay is down or did not answer).
+    #[error("history could not be read: {0}")]
+    RelayUnavailable(String),
 }
 
 impl ApiError {
@@ -74,7 +80,8 @@ impl ApiError {
             Self::BodyTooLarge { .. } | Self::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded { .. } | Self::RelayUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHistory(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -97,6 +104,8 @@ impl ApiError {
             Self::RequestTimeout(_) => "request_timeout",
             Self::BodyRead(_) => "bad_body",
             Self::Overloaded { .. } => "overloaded",
+            Self::NoHistory(_) => "no_history",
+            Self::RelayUnavailable(_) => "relay_unavailable",
         }
     }
 

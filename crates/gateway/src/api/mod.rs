@@ -12,7 +12,8 @@
 //!   `/api/connections`, `/api/connections/{id}`;
 //! - `steer.rs`: `POST /api/connections/{id}/close`, `/api/topics/{topic}/disconnect`,
 //!   `/api/drain`;
-//! - `users.rs`: `POST /api/users/{user}/disconnect` (every node, through the relay).
+//! - `users.rs`: `POST /api/users/{user}/disconnect` (every node, through the relay);
+//! - `history.rs`: `GET /api/topics/{topic}/history` (a topic's stream, paged).
 //!
 //! Shared pieces: `body.rs` reads bodies (size bound before reading, deadline) and reads
 //! Content-Types, `message.rs` parses and validates the publish shapes, `page.rs` does
@@ -24,6 +25,7 @@ mod auth;
 mod batch;
 pub(crate) mod body;
 mod error;
+mod history;
 mod inspect;
 mod message;
 mod page;
@@ -63,7 +65,8 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>) -> Response<B
     let result = match route {
         Route::Node => inspect::node(state),
         Route::Topics => inspect::topics(state, query),
-        Route::Topic(t) => inspect::topic(state, &t),
+        Route::Topic(t) => inspect::topic(state, &t).await,
+        Route::TopicHistory(t) => history::history(state, &t, query).await,
         Route::Connections => inspect::connections(state, query),
         Route::Connection(id) => inspect::connection(state, id),
         Route::Publish => publish::publish(state, req).await,

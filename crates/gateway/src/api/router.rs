@@ -2,8 +2,8 @@
 //! `Allow` header listing what the path accepts).
 //!
 //! Topic names may contain `/`, so `/api/topics/{topic}` takes the whole rest of the path,
-//! minus a trailing `/publish` or `/disconnect`, which select those actions. A topic whose
-//! own name ends in `/publish` or `/disconnect` is reached by writing that slash as `%2F`.
+//! minus a trailing `/publish`, `/disconnect` or `/history`, which select those actions. A
+//! topic whose own name ends in one of them is reached by writing that slash as `%2F`.
 //! Path segments are percent-decoded and the topic is validated here, so every handler
 //! gets a name the registry accepts. `HEAD` is accepted wherever `GET` is.
 
@@ -22,6 +22,7 @@ pub enum Route {
     Topic(String),
     TopicPublish(String),
     TopicDisconnect(String),
+    TopicHistory(String),
     Connections,
     Connection(ConnId),
     ConnectionClose(ConnId),
@@ -71,6 +72,8 @@ fn topic_route(rest: &str, rules: TopicRules) -> Result<(Route, &'static str), A
         (t, Route::TopicPublish, POST)
     } else if let Some(t) = rest.strip_suffix("/disconnect") {
         (t, Route::TopicDisconnect, POST)
+    } else if let Some(t) = rest.strip_suffix("/history") {
+        (t, Route::TopicHistory, GET)
     } else {
         (rest, Route::Topic, GET)
     };
