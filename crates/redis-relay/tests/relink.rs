@@ -1,8 +1,8 @@
 //! The gap-filling hook: `RelaySink::relinked` is called once the pub/sub connection is
-//! back *and* every topic is resubscribed (after a Redis restart, after Redis killed the
-//! pub/sub connection), never on the first connection, and never while a topic's
-//! subscription is still missing, so a broker reading history from it misses nothing
-//! published after the call.
+//! back *and* every topic is resubscribed *and* the publish connection (which history reads
+//! use) is up (after a Redis restart, after Redis killed the pub/sub connection), never on
+//! the first connection, and never while a topic's subscription is still missing, so a
+//! broker reading history from it misses nothing published after the call.
 
 mod support;
 
@@ -13,9 +13,13 @@ use support::{fast, init_logs, wait_until, Node, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A node listening to `topics`, and what `PUBSUB NUMSUB` said for each of them at every
-/// `relinked` call (asked from inside the call, on a connection of the test's own).
-async fn watched(redis: &RedisServer, topics: &'static [&'static str]) -> (Node, Arc<Mutex<Vec<Vec<i64>>>>) {
+/// What a `relinked` call saw: `PUBSUB NUMSUB` of each topic (asked from inside the call,
+/// on a connection of the test's own), and whether the publish connection, which the
+/// broker's history reads use, was up.
+type Seen = Arc<Mutex<Vec<(Vec<i64>, bool)>>>;
+
+/// A node listening to `topics`, and what every `relinked` call saw.
+async fn watched(redis: &RedisServer, topics: &'static [&'static str]) -> (Node, Seen) {
     let n = Node::start(fast(&redis.url(), "node-b"));
     for t in topics {
         n.join(t);
@@ -25,7 +29,7 @@ async fn watched(redis: &RedisServer, topics: &'static [&'static str]) -> (Node,
     })
     .await;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (url, log) = (redis.url(), seen.clone());
+    let (url, log, relay) = (redis.url(), seen.clone(), n.relay.clone());
     n.sink.on_relink(move || {
         let mut c = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
         let counts: Vec<i64> = topics
@@ -39,7 +43,7 @@ async fn watched(redis: &RedisServer, topics: &'static [&'static str]) -> (Node,
                 v[0].1
             })
             .collect();
-        log.lock().unwrap().push(counts);
+        log.lock().unwrap().push((counts, relay.publish_link_up()));
     });
     (n, seen)
 }
@@ -58,8 +62,8 @@ async fn relinked_after_a_redis_restart_once_every_topic_is_resubscribed() {
     wait_until(LIMIT, "relinked", || n.sink.relinks() == 1).await;
     assert_eq!(
         *seen.lock().unwrap(),
-        [vec![1, 1, 1]],
-        "every topic subscribed when called"
+        [(vec![1, 1, 1], true)],
+        "every topic subscribed, and history readable, when called"
     );
     assert!(n.relay.pubsub_link_up());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -68,7 +72,7 @@ async fn relinked_after_a_redis_restart_once_every_topic_is_resubscribed() {
     redis.restart();
     wait_until(LIMIT, "relinked again", || n.sink.relinks() == 2).await;
     assert_eq!(seen.lock().unwrap().len(), 2);
-    assert_eq!(seen.lock().unwrap()[1], [1, 1, 1]);
+    assert_eq!(seen.lock().unwrap()[1], (vec![1, 1, 1], true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -82,7 +86,7 @@ async fn relinked_after_the_pubsub_connection_is_killed() {
     wait_until(LIMIT, "relinked", || n.sink.relinks() == 1).await;
     assert_eq!(
         *seen.lock().unwrap(),
-        [vec![1, 1, 1]],
+        [(vec![1, 1, 1], true)],
         "every topic subscribed when called"
     );
     assert_ne!(redis.pubsub_client_ids(), before, "a new pub/sub connection");
