@@ -42,6 +42,9 @@ impl TcpProxy {
                     continue;
                 }
                 let mut gen = gen_rx.clone();
+                // A clone has seen what the original saw (nothing: it is never awaited), so
+                // without this every connection after the first cut ends at once.
+                gen.borrow_and_update();
                 let s = s.clone();
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(target).await else {
