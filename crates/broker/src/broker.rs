@@ -480,6 +480,20 @@ impl Broker {
         }
     }
 
+    /// Whether this node's delivery of `topic` has passed `offset` in `epoch` (or moved
+    /// on to another epoch).
+    pub(crate) fn delivered_past(&self, topic: &str, epoch: &str, offset: u64) -> bool {
+        let Some(t) = self.registry.topic(topic) else {
+            return true;
+        };
+        let Some(s) = t.stream() else { return true };
+        let seq = s.sequence.lock().unwrap_or_else(|p| p.into_inner());
+        match seq.position() {
+            Some(p) => p.epoch != epoch || p.offset >= offset,
+            None => false,
+        }
+    }
+
     /// Tells the topic's sequence where the stream stands, if it knew nothing yet (a
     /// replay read the head), so a later gap can be filled from there.
     pub(crate) fn learn_position(&self, topic: &str, head: &StreamPos) {
@@ -515,7 +529,14 @@ impl Broker {
                         overflowed += 1;
                         crate::replay::overflowed(self, t.name(), &s.outbox);
                     }
-                    o
+                    match o {
+                        Some(o) => o,
+                        None => {
+                            // A late live copy of an offset its replay sent already.
+                            self.metrics.history_duplicates.inc();
+                            return;
+                        }
+                    }
                 }
                 None => s.outbox.push(frame, started),
             };

@@ -42,6 +42,10 @@ use crate::history::{HistoryPage, StreamPolicy};
 /// Messages one replay read asks for: a page is held in memory while a slow subscriber
 /// drains it, so it is kept smaller than `history::MAX_READ`.
 pub const REPLAY_PAGE: usize = 200;
+
+/// How long a finished replay waits for the topic's live delivery to pass its last
+/// offset before it leaves its gate in place.
+pub const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::outbox::{Outbox, PushOutcome};
 use crate::registry::ConnId;
 use crate::relay::{InterestTicket, RelayError, Ticket};
@@ -62,6 +66,11 @@ struct GateInner {
     /// The epoch of the first message held; `mixed` once another epoch arrived.
     epoch: Option<Box<str>>,
     mixed: bool,
+    /// Once open: the last offset the replay sent and its epoch. A live copy at or below it
+    /// may still arrive (on a cluster the relay's live feed can lag behind what a replay
+    /// read from the stream) and is dropped, until the topic's delivery on this node has
+    /// passed it and the gate is removed.
+    floor: Option<(u64, Box<str>)>,
 }
 
 /// See the module docs.
@@ -81,6 +90,7 @@ impl Gate {
                 held: VecDeque::new(),
                 epoch: None,
                 mixed: false,
+                floor: None,
             }),
             cap: cap.max(1),
             ended: tokio::sync::Notify::new(),
@@ -95,18 +105,22 @@ impl Gate {
     /// sequence lock): queued to the outbox once the gate is open, held before, dropped
     /// after an overflow. The second value is true when this message overflowed the hold
     /// (the caller counts it and tells the subscriber).
-    pub(crate) fn offer(&self, pos: &StreamPos, frame: Bytes, outbox: &Outbox, at: Instant) -> (PushOutcome, bool) {
+    /// `None` for a live copy of an offset the replay sent already (dropped).
+    pub(crate) fn offer(&self, pos: &StreamPos, frame: Bytes, outbox: &Outbox, at: Instant) -> (Option<PushOutcome>, bool) {
         let offset = pos.offset;
         let mut g = self.lock();
         match g.state {
-            GateState::Open => (outbox.push(frame, at), false),
-            GateState::Failed | GateState::Superseded => (PushOutcome::Closed, false),
+            GateState::Open => match &g.floor {
+                Some((f, e)) if offset <= *f && **e == *pos.epoch => (None, false),
+                _ => (Some(outbox.push(frame, at)), false),
+            },
+            GateState::Failed | GateState::Superseded => (Some(PushOutcome::Closed), false),
             GateState::Holding if g.held.len() >= self.cap => {
                 g.state = GateState::Failed;
                 g.held = VecDeque::new();
                 drop(g);
                 self.ended.notify_waiters();
-                (PushOutcome::Dropped, true)
+                (Some(PushOutcome::Dropped), true)
             }
             GateState::Holding => {
                 match &g.epoch {
@@ -115,7 +129,7 @@ impl Gate {
                     Some(_) => {}
                 }
                 g.held.push_back((offset, frame));
-                (PushOutcome::Queued, false)
+                (Some(PushOutcome::Queued), false)
             }
         }
     }
@@ -194,7 +208,7 @@ impl Gate {
     /// gate opens (under the same lock, so no live message slips between the last held
     /// one and the first sent directly) and the answer is empty. `Err` with the state it
     /// is in when failed or superseded.
-    fn take_held(&self, last: u64, max: usize) -> Result<Vec<(u64, Bytes)>, GateState> {
+    fn take_held(&self, last: u64, epoch: Option<&str>, max: usize) -> Result<Vec<(u64, Bytes)>, GateState> {
         let mut g = self.lock();
         if matches!(g.state, GateState::Failed | GateState::Superseded) {
             return Err(g.state);
@@ -205,6 +219,7 @@ impl Gate {
         if g.held.is_empty() {
             g.state = GateState::Open;
             g.held = VecDeque::new();
+            g.floor = epoch.map(|e| (last, e.into()));
             return Ok(Vec::new());
         }
         let n = g.held.len().min(max);
@@ -503,7 +518,7 @@ impl Broker {
         }
         let limits = req.outbox.limits();
         loop {
-            match req.gate.take_held(last, 256) {
+            match req.gate.take_held(last, epoch, 256) {
                 Ok(chunk) if chunk.is_empty() => break,
                 Ok(chunk) => {
                     for (offset, frame) in chunk {
@@ -518,7 +533,30 @@ impl Broker {
                 Err(_) => return,
             }
         }
-        self.registry().ungate(&req.topic, req.conn, &req.gate);
+        self.settle(req, last, epoch).await;
+    }
+
+    /// Removes the open gate once this node's delivery of the topic has passed `last`
+    /// (so no late live copy of a replayed offset can still come), waiting for that up to
+    /// [`SETTLE_WITHIN`]; past it the gate stays (open, dropping such copies: one lock per
+    /// message for this subscriber only).
+    async fn settle(&self, req: &ReplayRequest, last: u64, epoch: Option<&str>) {
+        let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+        loop {
+            let passed = match epoch {
+                None => true,
+                Some(_) if last == 0 => true,
+                Some(e) => self.delivered_past(&req.topic, e, last),
+            };
+            if passed {
+                self.registry().ungate(&req.topic, req.conn, &req.gate);
+                return;
+            }
+            if req.gate.failed() || req.outbox.is_closing() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }
 
