@@ -86,7 +86,9 @@ pub async fn history(state: &AppState, topic: &str, query: Option<&str>) -> ApiR
                 .parse::<u64>()
                 .map(Some)
                 .map_err(|_| ApiError::InvalidParameter(format!("`{name}` must be a whole number, not {v:?}"))),
-            Some(Err(())) => Err(ApiError::InvalidParameter(format!("`{name}` is not valid percent-encoding"))),
+            Some(Err(())) => Err(ApiError::InvalidParameter(format!(
+                "`{name}` is not valid percent-encoding"
+            ))),
         }
     };
     let since = number("since")?.unwrap_or(0);
