@@ -873,6 +873,10 @@ async fn history_restart_in(dir: &std::path::Path) -> Result<()> {
         total_replayed as f64 / total_reconnects.max(1) as f64,
         started.elapsed()
     );
+    let other_start = hists.iter().filter(|h| h.lock().unwrap().start_epoch != epoch).count();
+    if other_start > 0 {
+        println!("({other_start} subscriber(s) were first given another epoch, before the stream's first message)");
+    }
     ensure!(
         problems.is_empty(),
         "{} problem(s):\n{}",
