@@ -226,12 +226,14 @@ struct Fleet {
     nodes: Vec<HeraldProcess>,
     specs: Vec<NodeSpec>,
     lb: Haproxy,
+    started: Instant,
 }
 
 impl Fleet {
     /// Starts Redis, three nodes (the drain timings above, behind HAProxy, plus `extra`
     /// environment) and HAProxy, and waits until HAProxy has every node up.
     async fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Result<Self> {
+        let started = Instant::now();
         let redis = RedisServer::start()?;
         let redis_url = redis.url();
         let (delay, window, grace) = (
@@ -267,6 +269,7 @@ impl Fleet {
             nodes,
             specs,
             lb,
+            started,
         })
     }
 
@@ -331,8 +334,9 @@ impl Fleet {
             })
             .await?;
             println!(
-                "{name}: {} clients, HAProxy down after {to_down:?}, exited (status 0) after {to_exit:?}, \
+                "{name} (SIGTERM at {:?}): {} clients, HAProxy down after {to_down:?}, exited (status 0) after {to_exit:?}, \
                  back in the pool {to_up:?} after start; now {}",
+                t0 - self.started,
                 on_node.len(),
                 distribution(subs)
             );
@@ -480,6 +484,11 @@ struct HistoryLog {
     /// acknowledged when the resubscribe was sent (offsets up to it on that connection were
     /// published before the subscription existed: history delivered them).
     acked_at_resubscribe: Vec<u64>,
+    /// Per connection after the first: the `since` offset it resubscribed with.
+    since: Vec<u64>,
+    /// Per connection: the node it was on, and when (since the test's start) its
+    /// subscribe was sent.
+    conn_at: Vec<(String, Duration)>,
     /// Frames that should not have come (errors, malformed frames).
     unexpected: Vec<String>,
 }
@@ -493,6 +502,7 @@ async fn history_subscriber(
     log: Arc<Mutex<SubLog>>,
     hist: Arc<Mutex<HistoryLog>>,
     acked_head: Arc<AtomicU64>,
+    t0: Instant,
     stop: CancellationToken,
 ) {
     let opts = ClientOptions {
@@ -524,6 +534,13 @@ async fn history_subscriber(
             sub["since"] = json!({ HISTORY_TOPIC: {"offset": offset, "epoch": epoch} });
         }
         let resubscribe = last.is_some();
+        {
+            let mut h = hist.lock().unwrap();
+            if let Some((offset, _)) = &last {
+                h.since.push(*offset);
+            }
+            h.conn_at.push((node.clone(), t0.elapsed()));
+        }
         let acked_before = acked_head.load(Ordering::Acquire);
         if client.send_text(sub.to_string()).await.is_err() {
             continue;
@@ -686,6 +703,26 @@ async fn ws_publisher(url: String, log: Arc<Mutex<PubLog>>, acked_head: Arc<Atom
     }
 }
 
+/// Where a subscriber's offsets jump or repeat: `(connection, since, previous, next)` for
+/// each break, with `since` the offset that connection resubscribed with.
+fn seams(conns: &[Vec<u64>], since: &[u64], at: &[(String, Duration)]) -> String {
+    let mut out = Vec::new();
+    let mut prev: Option<u64> = None;
+    for (i, c) in conns.iter().enumerate() {
+        let s = i.checked_sub(1).and_then(|j| since.get(j));
+        for (n, &o) in c.iter().enumerate() {
+            if let Some(p) = prev.filter(|p| o != p + 1) {
+                out.push(format!(
+                    "connection {i} (on {:?}, since {s:?}), its message {n}: {p} then {o}",
+                    at.get(i)
+                ));
+            }
+            prev = Some(o);
+        }
+    }
+    out.join("; ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_with_history_loses_nothing() {
     let _turn = SERIAL.lock().await;
@@ -722,6 +759,7 @@ async fn history_restart_in(dir: &std::path::Path) -> Result<()> {
             s.clone(),
             h.clone(),
             acked_head.clone(),
+            fleet.started,
             stop.clone(),
         ));
     }
@@ -832,8 +870,8 @@ async fn history_restart_in(dir: &std::path::Path) -> Result<()> {
         // publishes: offsets are consecutive, start+1 ..= head.
         check!(
             received.windows(2).all(|w| w[1] == w[0] + 1),
-            "subscriber {k}: offsets not consecutive: {:?}",
-            received.windows(2).filter(|w| w[1] != w[0] + 1).collect::<Vec<_>>()
+            "subscriber {k}: offsets not consecutive: {}",
+            seams(&l.conns, &h.since, &h.conn_at)
         );
         check!(
             received.first() == Some(&(start + 1)) && received.last() == Some(&head_offset),
