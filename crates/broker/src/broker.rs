@@ -259,17 +259,32 @@ impl Broker {
     /// report's local fan-out is empty, and its ticket carries the position.
     pub fn publish(&self, topic: &str, payload: Payload, origin: Option<ConnId>, source: Source) -> PublishReport {
         self.metrics.published.with_label_values(&[source.as_str()]).inc();
-        if let (Some(policy), Some(history)) = (self.stream_policy(topic), self.relay.history()) {
-            let relay = history.append(topic, &payload, now_micros(), origin, &policy);
-            if let PublishTicket::Done(Err(_)) = &relay {
-                self.metrics.dropped.with_label_values(&["relay_unavailable"]).inc();
-            }
-            return PublishReport {
-                local: FanOut::default(),
-                relay,
+        let rules = self.registry.rules();
+        let local = if rules.is_empty() {
+            // No topic has history: today's path, untouched.
+            self.fan_out(topic, &payload, origin)
+        } else {
+            // One registry lookup serves both the policy and the fan-out.
+            let t = self.registry.topic(topic);
+            let policy = match &t {
+                Some(t) => t.stream().map(|s| s.policy.clone()),
+                None => rules.policy(topic).cloned(),
             };
-        }
-        let local = self.fan_out(topic, &payload, origin);
+            if let (Some(policy), Some(history)) = (policy, self.relay.history()) {
+                let relay = history.append(topic, &payload, now_micros(), origin, &policy);
+                if let PublishTicket::Done(Err(_)) = &relay {
+                    self.metrics.dropped.with_label_values(&["relay_unavailable"]).inc();
+                }
+                return PublishReport {
+                    local: FanOut::default(),
+                    relay,
+                };
+            }
+            match t {
+                Some(t) => self.fan_out_topic(&t, topic, &payload, origin),
+                None => FanOut::default(),
+            }
+        };
         let relay = self.relay.publish(topic, &payload, now_micros());
         if let PublishTicket::Done(Err(_)) = &relay {
             // Refused at once (relay down or full). Failures found later are counted by the
@@ -282,6 +297,14 @@ impl Broker {
     /// Queues `payload` to every local subscriber of `topic`, encoding at most once per
     /// encoding in use.
     pub fn fan_out(&self, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
+        match self.registry.topic(topic) {
+            Some(t) => self.fan_out_topic(&t, topic, payload, origin),
+            None => FanOut::default(),
+        }
+    }
+
+    /// [`Broker::fan_out`] to a topic object already looked up.
+    fn fan_out_topic(&self, t: &Topic, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
         let started = Instant::now();
         let delivery = Delivery {
             topic,
@@ -292,7 +315,7 @@ impl Broker {
         let mut out = FanOut::default();
         let direct = self.flush.is_running();
         let mut listed = Listed::new(&self.flush);
-        let visited = self.registry.for_each_subscriber(topic, |s| {
+        let visited = t.for_each_subscriber(|s| {
             if !s.echo && origin == Some(s.conn) {
                 return;
             }
@@ -418,11 +441,11 @@ impl Broker {
                 let mut deliver = |m: &Sequenced| {
                     self.fan_out_stream(&t, m);
                 };
-                let same_epoch = seq.epoch() == Some(page.head.epoch.as_str());
+                let same_epoch = seq.fill_epoch() == Some(page.head.epoch.as_str());
                 let mut lost = 0;
                 if same_epoch {
                     for m in page.messages {
-                        if seq.position().is_some_and(|p| m.offset > p.offset) {
+                        if seq.fill_from().is_some_and(|from| m.offset > from) {
                             filled_any = true;
                             let o = seq.offer(
                                 Sequenced {
@@ -487,7 +510,7 @@ impl Broker {
             let frame: Bytes = frames.get(&self.encodings, s.encoding, &delivery);
             let outcome = match &s.gate {
                 Some(g) => {
-                    let (o, over) = g.offer(msg.pos.offset, frame, &s.outbox, started);
+                    let (o, over) = g.offer(&msg.pos, frame, &s.outbox, started);
                     if over {
                         overflowed += 1;
                         crate::replay::overflowed(self, t.name(), &s.outbox);
@@ -527,13 +550,14 @@ impl Broker {
 impl RelaySink for Broker {
     fn deliver(&self, env: Envelope) {
         if let Some(pos) = env.stream {
-            // A history topic's message: delivered from here on every node, the origin too.
-            self.metrics
-                .published
-                .with_label_values(&[Source::Relay.as_str()])
-                .inc();
+            // A history topic's message: delivered from here on every node, the origin too
+            // (where `publish` counted it already, by its source).
             let own = *env.origin == *self.node_id;
             if !own {
+                self.metrics
+                    .published
+                    .with_label_values(&[Source::Relay.as_str()])
+                    .inc();
                 self.metrics.relay_messages.with_label_values(&["in"]).inc();
                 let lag = now_micros().saturating_sub(env.published_at_micros);
                 self.metrics.relay_latency.observe(lag as f64 / 1e6);

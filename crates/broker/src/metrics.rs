@@ -99,7 +99,7 @@ pub const PROXY_HEADER_ERRORS: &[&str] = &["missing", "malformed", "too_large", 
 pub const ADMIN_REJECT_REASONS: &[&str] = &["connection_limit", "head_too_large", "body_budget"];
 
 /// Why a message did not reach a subscriber (or the cluster).
-pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable"];
+pub const DROP_REASONS: &[&str] = &["slow_consumer", "closed", "relay_unavailable", "recovery_overflow"];
 
 /// Frame kinds for the frame and byte counters.
 pub const FRAME_KINDS: &[&str] = &["text", "binary", "ping", "pong", "close"];
@@ -195,7 +195,7 @@ pub struct BrokerMetrics {
 }
 
 /// The outcomes of `herald_history_replays_total`.
-pub const REPLAY_OUTCOMES: &[&str] = &["completed", "overflow", "abandoned", "failed"];
+pub const REPLAY_OUTCOMES: &[&str] = &["completed", "overflow", "lost", "abandoned", "failed"];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");

@@ -283,8 +283,14 @@ impl Registry {
             return UnsubscribeOutcome::NotSubscribed;
         };
         let mut m = t.write();
-        if m.dead || m.subs.remove(&conn).is_none() {
+        if m.dead {
             return UnsubscribeOutcome::NotSubscribed;
+        }
+        match m.subs.remove(&conn) {
+            None => return UnsubscribeOutcome::NotSubscribed,
+            // A replay still running for it stops sending (unsubscribed, or leaving).
+            Some(Subscriber { gate: Some(g), .. }) => g.supersede(),
+            Some(_) => {}
         }
         if !m.subs.is_empty() {
             return UnsubscribeOutcome::Removed;

@@ -18,6 +18,13 @@
 //! `recovery_overflow` error naming the topic and nothing more of it (counted in
 //! `herald_history_replays_total{outcome="overflow"}`), never a silent gap; it can
 //! resubscribe with `since` from the last offset it got.
+//!
+//! The same holds for a loss discovered after the answer said `recovered: true`: history
+//! trimmed past the replay's position while it waited for a slow subscriber, the stream's
+//! epoch changing mid-replay, history that cannot be read any more. Then the held live
+//! messages are used if they continue the replay; otherwise the subscription ends with
+//! `recovery_lost` (`outcome="lost"`), and a resubscribe with `since` is answered
+//! `recovered: false`. The gate never opens across a gap.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +37,11 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::encoding::{Delivery, EncodingId};
-use crate::history::{HistoryPage, StreamPolicy, MAX_READ};
+use crate::history::{HistoryPage, StreamPolicy};
+
+/// Messages one replay read asks for: a page is held in memory while a slow subscriber
+/// drains it, so it is kept smaller than `history::MAX_READ`.
+pub const REPLAY_PAGE: usize = 200;
 use crate::outbox::{Outbox, PushOutcome};
 use crate::registry::ConnId;
 use crate::relay::{InterestTicket, RelayError, Ticket};
@@ -48,6 +59,9 @@ enum GateState {
 struct GateInner {
     state: GateState,
     held: VecDeque<(u64, Bytes)>,
+    /// The epoch of the first message held; `mixed` once another epoch arrived.
+    epoch: Option<Box<str>>,
+    mixed: bool,
 }
 
 /// See the module docs.
@@ -65,6 +79,8 @@ impl Gate {
             inner: Mutex::new(GateInner {
                 state: GateState::Holding,
                 held: VecDeque::new(),
+                epoch: None,
+                mixed: false,
             }),
             cap: cap.max(1),
             ended: tokio::sync::Notify::new(),
@@ -79,7 +95,8 @@ impl Gate {
     /// sequence lock): queued to the outbox once the gate is open, held before, dropped
     /// after an overflow. The second value is true when this message overflowed the hold
     /// (the caller counts it and tells the subscriber).
-    pub(crate) fn offer(&self, offset: u64, frame: Bytes, outbox: &Outbox, at: Instant) -> (PushOutcome, bool) {
+    pub(crate) fn offer(&self, pos: &StreamPos, frame: Bytes, outbox: &Outbox, at: Instant) -> (PushOutcome, bool) {
+        let offset = pos.offset;
         let mut g = self.lock();
         match g.state {
             GateState::Open => (outbox.push(frame, at), false),
@@ -92,6 +109,11 @@ impl Gate {
                 (PushOutcome::Dropped, true)
             }
             GateState::Holding => {
+                match &g.epoch {
+                    None => g.epoch = Some(pos.epoch.as_str().into()),
+                    Some(e) if **e != *pos.epoch => g.mixed = true,
+                    Some(_) => {}
+                }
                 g.held.push_back((offset, frame));
                 (PushOutcome::Queued, false)
             }
@@ -130,6 +152,42 @@ impl Gate {
     /// The first offset held, if any (to see whether the replay reached it).
     fn first_held(&self) -> Option<u64> {
         self.lock().held.front().map(|(o, _)| *o)
+    }
+
+    /// Whether the held messages continue a replay of `epoch` that reached `last`: all in
+    /// that epoch, and the first of them at most `last + 1` (or none held).
+    fn continues(&self, last: u64, epoch: &str) -> bool {
+        let g = self.lock();
+        if g.mixed || g.epoch.as_deref().is_some_and(|e| e != epoch) {
+            return false;
+        }
+        g.held.front().is_none_or(|(o, _)| *o <= last.saturating_add(1))
+    }
+
+    /// Whether a held message belongs to another epoch than `epoch`.
+    fn other_epoch(&self, epoch: &str) -> bool {
+        let g = self.lock();
+        g.mixed || g.epoch.as_deref().is_some_and(|e| e != epoch)
+    }
+
+    /// Ends the subscription (a loss the replay cannot bridge): nothing more is delivered.
+    /// `false` when it had ended already (failed or superseded).
+    fn fail(&self) -> bool {
+        let mut g = self.lock();
+        if matches!(g.state, GateState::Failed | GateState::Superseded) {
+            return false;
+        }
+        g.state = GateState::Failed;
+        g.held = VecDeque::new();
+        drop(g);
+        self.ended.notify_waiters();
+        true
+    }
+
+    /// True once the subscription ended (overflowed, lost, superseded): a resubscribe must
+    /// register it again.
+    pub fn has_ended(&self) -> bool {
+        self.failed()
     }
 
     /// Takes up to `max` held messages after `last`; when nothing is held any more the
@@ -213,7 +271,7 @@ impl Broker {
         let Some(h) = self.relay_history() else {
             return Err(RelayError::Unavailable("this relay keeps no history".into()));
         };
-        h.read(&req.topic, after, MAX_READ, &req.policy).outcome().await
+        h.read(&req.topic, after, REPLAY_PAGE, &req.policy).outcome().await
     }
 
     async fn replay(
@@ -233,8 +291,7 @@ impl Broker {
                         self.read_page(&req, 0).await.map(|p2| (p2, false))
                     }
                     Ok(p) => {
-                        let ok = p.continues(since.offset, &since.epoch)
-                            || (since.offset == 0 && p.continues(0, &p.head.epoch));
+                        let ok = p.continues(since.offset, &since.epoch);
                         Ok((p, ok))
                     }
                     Err(e) => Err(e),
@@ -249,9 +306,10 @@ impl Broker {
             Ok(x) => x,
             Err(e) => {
                 // The subscription holds live (as an unconfirmed subscribe does); the
-                // answer says the relay failed.
+                // answer says the relay failed (`relay_unavailable`), so the client knows
+                // nothing was recovered.
                 let _ = answer.send(Err(e));
-                self.finish(&req, 0).await;
+                self.finish(&req, 0, None).await;
                 count(&self, "failed");
                 return;
             }
@@ -264,27 +322,39 @@ impl Broker {
         let epoch = page.head.epoch.clone();
         if answer.send(Ok(recovery)).is_err() || go.await.is_err() {
             // The answer was not sent (connection gone, or its subscribe answer timed out).
-            self.finish(&req, page.head.offset).await;
+            self.finish(&req, page.head.offset, Some(&epoch)).await;
             count(&self, "abandoned");
             return;
         }
         // Where the replay starts: the client's offset in the same epoch, else the start.
         let mut last = match &req.start {
-            Start::After(since) if since.epoch == epoch => since.offset,
+            Start::After(since) if since.epoch == epoch => since.offset.min(page.head.offset),
             Start::After(_) => 0,
             Start::Latest => page.messages.last().map_or(page.head.offset, |m| m.offset - 1),
             Start::Head => page.head.offset,
         };
+        // The first page may start past `last` only when the answer said so.
+        let mut told_lost = !recovered;
         let mut page = Some(page);
+        let mut empty_reads = 0u32;
         loop {
             let p = match page.take() {
                 Some(p) => p,
-                None => match self.read_page(&req, last).await {
-                    Ok(p) if p.head.epoch == epoch => p,
-                    Ok(_) | Err(_) => break, // lost the stream meanwhile: live from here
+                None => match self.read_on(&req, last).await {
+                    Some(p) if p.head.epoch == epoch => p,
+                    // The stream's past was lost mid-replay, or history cannot be read.
+                    _ => return self.lose(&req, last, &epoch).await,
                 },
             };
-            let full = p.messages.len() >= MAX_READ;
+            if let Some(first) = p.messages.iter().find(|m| m.offset > last) {
+                if first.offset > last.saturating_add(1) && !told_lost {
+                    // Trimmed or expired while the replay waited: the held live messages
+                    // may still bridge it; otherwise this is a loss.
+                    return self.lose(&req, last, &epoch).await;
+                }
+            }
+            told_lost = false;
+            let full = p.messages.len() >= REPLAY_PAGE;
             for m in &p.messages {
                 if m.offset <= last {
                     continue;
@@ -300,17 +370,64 @@ impl Broker {
             if matches!(req.start, Start::Latest | Start::Head) {
                 break;
             }
-            // Read on while pages come back full, or while the first held live message
-            // is still ahead of what was replayed.
-            let behind = req.gate.first_held().is_some_and(|o| o > last + 1);
-            let read_on = full || (behind && !p.messages.is_empty());
-            if !read_on {
+            if full {
+                continue;
+            }
+            // A short page: history held nothing more when it was read. The held live
+            // messages must take over from here; if they start further on, read once or
+            // twice more (a message may have been appended meanwhile), then give up.
+            if req.gate.continues(last, &epoch) {
                 break;
             }
+            empty_reads += u32::from(p.messages.iter().all(|m| m.offset <= last));
+            if empty_reads >= 3 {
+                return self.lose(&req, last, &epoch).await;
+            }
         }
-        self.finish(&req, last).await;
+        self.finish(&req, last, Some(&epoch)).await;
         if !req.gate.failed() {
             count(&self, "completed");
+        }
+    }
+
+    /// The next page after `after`, retrying a failed read a few times (with a short
+    /// backoff); `None` when history stays unreadable.
+    async fn read_on(&self, req: &ReplayRequest, after: u64) -> Option<HistoryPage> {
+        for attempt in 0..4u32 {
+            match self.read_page(req, after).await {
+                Ok(p) => return Some(p),
+                Err(e) => {
+                    tracing::debug!(topic = %req.topic, error = %e, attempt, "history read during a replay failed");
+                    if req.gate.failed() {
+                        return None;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// A gap after `last` that history cannot fill: the held live messages bridge it if
+    /// they continue from `last` in the replay's epoch; otherwise the subscription ends
+    /// with `recovery_lost`.
+    async fn lose(&self, req: &ReplayRequest, last: u64, epoch: &str) {
+        if req.gate.continues(last, epoch) && req.gate.first_held().is_some() {
+            self.finish(req, last, Some(epoch)).await;
+            if !req.gate.failed() {
+                count(self, "completed");
+            }
+            return;
+        }
+        if req.gate.fail() {
+            ended(
+                self,
+                &req.topic,
+                &req.outbox,
+                ErrorCode::RecoveryLost,
+                "history lost messages this subscription was replaying (trimmed, expired or reset meanwhile); it ended, resubscribe with `since` (the answer will say recovered: false)",
+            );
+            count(self, "lost");
         }
     }
 
@@ -349,7 +466,7 @@ impl Broker {
             if !room {
                 return false;
             }
-            match req.outbox.push(frame.clone(), Instant::now()) {
+            match req.outbox.push_or_refuse(frame.clone(), Instant::now()) {
                 PushOutcome::Queued => return true,
                 PushOutcome::Dropped => tokio::task::yield_now().await,
                 PushOutcome::Closed | PushOutcome::Disconnected => return false,
@@ -358,10 +475,32 @@ impl Broker {
     }
 
     /// Ends a replay: sends what the gate held after `last` (all of it after a failure:
-    /// `last` = 0), paced by the outbox like the replay, then opens the gate and removes
-    /// it from the subscriber. Live messages that keep arriving meanwhile join the hold
-    /// (and may overflow it: a subscriber that cannot keep up with live traffic is told).
-    async fn finish(&self, req: &ReplayRequest, mut last: u64) {
+    /// `last` = 0, no epoch), paced by the outbox like the replay, then opens the gate and
+    /// removes it from the subscriber. Live messages that keep arriving meanwhile join the
+    /// hold (and may overflow it: a subscriber that cannot keep up with live traffic is
+    /// told). Held messages of another epoch than the replay's are a loss (`lose`).
+    async fn finish(&self, req: &ReplayRequest, mut last: u64, epoch: Option<&str>) {
+        if let Some(e) = epoch {
+            if req.gate.other_epoch(e) {
+                if matches!(req.start, Start::After(_)) {
+                    // The stream was reset while it replayed: what followed `last` in the
+                    // old epoch is gone.
+                    if req.gate.fail() {
+                        ended(
+                            self,
+                            &req.topic,
+                            &req.outbox,
+                            ErrorCode::RecoveryLost,
+                            "the topic's stream was reset (new epoch) while this subscription replayed it; it ended, resubscribe with `since`",
+                        );
+                        count(self, "lost");
+                    }
+                    return;
+                }
+                // A new subscription: what is held is newer than what was read; all of it.
+                last = 0;
+            }
+        }
         let limits = req.outbox.limits();
         loop {
             match req.gate.take_held(last, 256) {
@@ -383,18 +522,22 @@ impl Broker {
     }
 }
 
-/// Tells a subscriber that its replaying subscription to `topic` ended because the hold
-/// overflowed (called by the fan-out when it happens); counted.
+/// Tells a subscriber that its replaying subscription to `topic` ended (`code` says why);
+/// counted as an error frame.
+fn ended(broker: &Broker, topic: &str, outbox: &Outbox, code: ErrorCode, message: &str) {
+    outbox.push_control(topic_error(code, topic, message));
+    broker.metrics().client_errors.with_label_values(&[code.as_str()]).inc();
+}
+
+/// The hold of a replaying subscription to `topic` overflowed (called by the fan-out
+/// when it happens): the subscriber is told, the replay stops.
 pub(crate) fn overflowed(broker: &Broker, topic: &str, outbox: &Outbox) {
-    outbox.push_control(topic_error(
-        ErrorCode::RecoveryOverflow,
+    ended(
+        broker,
         topic,
+        outbox,
+        ErrorCode::RecoveryOverflow,
         "live messages piled up past the node's buffer while history was replayed; this subscription ended, resubscribe with `since` to continue",
-    ));
-    broker
-        .metrics()
-        .client_errors
-        .with_label_values(&[ErrorCode::RecoveryOverflow.as_str()])
-        .inc();
+    );
     count(broker, "overflow");
 }

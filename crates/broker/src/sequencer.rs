@@ -24,6 +24,8 @@ use crate::registry::ConnId;
 
 /// Messages held behind a gap, at most; past it the gap is given up.
 pub const MAX_HELD: usize = 10_000;
+/// Payload bytes held behind a gap, at most; past it the gap is given up.
+pub const MAX_HELD_BYTES: usize = 32 << 20;
 
 /// One message of a history topic on its way to local subscribers.
 #[derive(Debug, Clone)]
@@ -52,8 +54,13 @@ pub struct Sequence {
     /// The last offset delivered (meaningful once `epoch` is known).
     last: u64,
     held: BTreeMap<u64, Sequenced>,
+    held_bytes: usize,
     /// A fill is running.
     filling: bool,
+    /// Where the stream stood when a replay read it, before any message was delivered
+    /// here: where a relink's fill starts then (it is not taken as delivered, so a late
+    /// live copy of an earlier offset still reaches the plain subscribers).
+    hint: Option<StreamPos>,
 }
 
 impl Sequence {
@@ -74,8 +81,7 @@ impl Sequence {
     /// be in history, and a gap after it can be filled.
     pub fn learn(&mut self, pos: &StreamPos) {
         if self.epoch.is_none() {
-            self.epoch = Some(pos.epoch.clone());
-            self.last = pos.offset;
+            self.hint = Some(pos.clone());
         }
     }
 
@@ -90,6 +96,8 @@ impl Sequence {
                 self.epoch = Some(msg.pos.epoch.clone());
                 self.last = msg.pos.offset.saturating_sub(1);
                 self.held.clear();
+                self.held_bytes = 0;
+                self.hint = None;
             }
         }
         let offset = msg.pos.offset;
@@ -103,8 +111,9 @@ impl Sequence {
             self.release(&mut deliver);
             return out;
         }
+        self.held_bytes += msg.payload.len();
         self.held.insert(offset, msg);
-        if self.held.len() > MAX_HELD {
+        if self.held.len() > MAX_HELD || self.held_bytes > MAX_HELD_BYTES {
             out.lost = self.give_up(&mut deliver);
         } else if !self.filling {
             self.filling = true;
@@ -120,6 +129,7 @@ impl Sequence {
                 break;
             }
             let m = entry.remove();
+            self.held_bytes -= m.payload.len();
             deliver(&m);
             self.last = m.pos.offset;
         }
@@ -131,6 +141,7 @@ impl Sequence {
     pub fn give_up(&mut self, deliver: &mut impl FnMut(&Sequenced)) -> u64 {
         let mut lost = 0;
         while let Some((offset, m)) = self.held.pop_first() {
+            self.held_bytes -= m.payload.len();
             lost += offset - self.last - 1;
             deliver(&m);
             self.last = offset;
@@ -158,11 +169,30 @@ impl Sequence {
     /// Starts a fill without a gap in sight (the relay relinked: other nodes may have
     /// published meanwhile); `None` when a fill runs already or nothing is known yet.
     pub fn start_fill(&mut self) -> Option<u64> {
-        if self.filling || self.epoch.is_none() {
+        if self.filling {
             return None;
         }
+        let after = match (&self.epoch, &self.hint) {
+            (Some(_), _) => self.last,
+            (None, Some(h)) => h.offset,
+            (None, None) => return None,
+        };
         self.filling = true;
-        Some(self.last)
+        Some(after)
+    }
+
+    /// The offset after which a fill reads next: the last delivered, or the hint.
+    pub fn fill_from(&self) -> Option<u64> {
+        match (&self.epoch, &self.hint) {
+            (Some(_), _) => Some(self.last),
+            (None, Some(h)) => Some(h.offset),
+            (None, None) => None,
+        }
+    }
+
+    /// The epoch a fill must read in: the delivered one, or the hint's.
+    pub fn fill_epoch(&self) -> Option<&str> {
+        self.epoch.as_deref().or(self.hint.as_ref().map(|h| h.epoch.as_str()))
     }
 
     /// The epoch a fill must read in (a fill of another epoch is stale).
@@ -227,13 +257,24 @@ mod tests {
             offset: 3,
             epoch: "a".into(),
         });
+        assert_eq!(s.fill_from(), Some(3), "a relink would fill after the hint");
+        s.offer(msg(2, "a"), &mut d); // a late live copy before the hint still goes out
+        s.offer(msg(3, "a"), &mut d);
         s.offer(msg(4, "a"), &mut d);
         assert_eq!(s.start_fill(), Some(4));
         assert_eq!(s.start_fill(), None);
         assert_eq!(s.fill_step(false, &mut d), (None, 0));
         s.offer(msg(1, "b"), &mut d);
         assert_eq!(s.position().unwrap().epoch, "b");
-        assert_eq!(got, vec![(4, "a".to_string()), (1, "b".to_string())]);
+        assert_eq!(
+            got,
+            vec![
+                (2, "a".to_string()),
+                (3, "a".to_string()),
+                (4, "a".to_string()),
+                (1, "b".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -7,19 +7,21 @@
 //! two background tasks (see `transport` and `router`); dropping every handle closes the
 //! connection with code 1000.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fastwebsockets::OpCode;
-use herald_protocol::server_msg::{decode_server, publish_request};
+use herald_protocol::server_msg::publish_request;
 use herald_protocol::topic::is_topic_byte;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::error::{ClientError, CloseInfo};
 use crate::event::{Event, Message};
+use crate::history::{StreamPos, SubscribeAck};
 use crate::options::ClientOptions;
-use crate::router::{self, Reply, Shared};
+use crate::router::{self, AckInfo, Reply, Shared};
 use crate::transport::{self, next_data, spawn_writer, Out};
 
 /// What the node said in its welcome frame.
@@ -133,12 +135,12 @@ impl std::ops::Deref for Client {
 
 fn parse_welcome(bytes: &[u8]) -> Result<Welcome, ClientError> {
     let shown = || String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-    let m = decode_server(bytes)
+    let m = crate::frame::decode(bytes)
         .map_err(|_| ClientError::Protocol(format!("expected a welcome frame, got {}", shown())))?;
-    match (m.kind, m.node, m.connection) {
+    match (m.kind.as_ref(), m.node, m.connection) {
         ("welcome", Some(node), Some(connection)) => Ok(Welcome { node, connection }),
         ("error", ..) => Err(ClientError::Server {
-            code: m.code.unwrap_or_default().to_owned(),
+            code: m.code.unwrap_or_default().into_owned(),
             message: m.message.unwrap_or_default(),
         }),
         _ => Err(ClientError::Protocol(format!(
@@ -173,27 +175,55 @@ impl ClientHandle {
 
     /// Subscribes to `topics` and waits for the ack.
     pub async fn subscribe(&self, topics: &[&str]) -> Result<(), ClientError> {
-        self.topics_request("subscribe", topics).await
+        self.subscribe_since(topics, &HashMap::new()).await.map(drop)
+    }
+
+    /// Subscribes to `topics`, asking the node to replay each history topic of `since`
+    /// from after the given position (keys must be among `topics`; an empty map sends no
+    /// `since`), and returns what the ack says about history: per topic of `since` whether
+    /// it was `recovered`, and per history topic the stream's position (see
+    /// [`SubscribeAck`]). The replayed messages follow the ack as ordinary messages.
+    pub async fn subscribe_since(
+        &self,
+        topics: &[&str],
+        since: &HashMap<String, StreamPos>,
+    ) -> Result<SubscribeAck, ClientError> {
+        let frame = subscribe_frame(topics, since)?;
+        let reply = self
+            .request(|id| {
+                let mut f = frame;
+                f.insert("id".into(), id.into());
+                serde_json::to_vec(&f).expect("a JSON map always serialises")
+            })
+            .await?;
+        Ok(expect_ack(reply)?.subscribe)
     }
 
     /// Unsubscribes from `topics` and waits for the ack.
     pub async fn unsubscribe(&self, topics: &[&str]) -> Result<(), ClientError> {
-        self.topics_request("unsubscribe", topics).await
+        let list = serde_json::to_string(topics).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let reply = self
+            .request(|id| format!(r#"{{"op":"unsubscribe","topics":{list},"id":{id}}}"#).into_bytes())
+            .await?;
+        expect_ack(reply).map(drop)
     }
 
-    /// Publishes `data` to `topic` and waits for the ack.
-    pub async fn publish(&self, topic: &str, data: &serde_json::Value) -> Result<(), ClientError> {
+    /// Publishes `data` to `topic` and waits for the ack; returns the message's position
+    /// when the topic has history (see [`publish_json`](Self::publish_json)).
+    pub async fn publish(&self, topic: &str, data: &serde_json::Value) -> Result<Option<StreamPos>, ClientError> {
         let json = serde_json::to_string(data).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
         self.publish_json(topic, &json).await
     }
 
     /// Publishes `data_json` (JSON text, sent verbatim) to `topic` and waits for the ack.
-    /// Invalid JSON is refused locally, since the node could not echo the request's id.
-    pub async fn publish_json(&self, topic: &str, data_json: &str) -> Result<(), ClientError> {
+    /// Returns the `offset` and `epoch` the ack carries on a topic with history, `None` on
+    /// other topics. Invalid JSON is refused locally, since the node could not echo the
+    /// request's id.
+    pub async fn publish_json(&self, topic: &str, data_json: &str) -> Result<Option<StreamPos>, ClientError> {
         serde_json::from_str::<&RawValue>(data_json)
             .map_err(|e| ClientError::InvalidInput(format!("data is not valid JSON: {e}")))?;
-        self.request(Reply::Ack, |id| publish_frame(topic, data_json, Some(id)))
-            .await
+        let reply = self.request(|id| publish_frame(topic, data_json, Some(id))).await?;
+        Ok(expect_ack(reply)?.position)
     }
 
     /// Publishes `data_json` (JSON text, sent verbatim, not validated) without an id: no
@@ -207,9 +237,13 @@ impl ClientHandle {
     /// Sends `{"op":"ping"}` and returns the round-trip time to the `pong`.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = Instant::now();
-        self.request(Reply::Pong, |id| format!(r#"{{"op":"ping","id":{id}}}"#).into_bytes())
-            .await?;
-        Ok(start.elapsed())
+        match self
+            .request(|id| format!(r#"{{"op":"ping","id":{id}}}"#).into_bytes())
+            .await?
+        {
+            Reply::Pong => Ok(start.elapsed()),
+            other => Err(ClientError::Protocol(format!("expected a pong, got {other:?}"))),
+        }
     }
 
     /// Sends `text` as one text frame, as is (for tests of malformed requests). Answers
@@ -250,16 +284,9 @@ impl ClientHandle {
         self.data.send(out).await.map_err(|_| self.shared.close_error())
     }
 
-    async fn topics_request(&self, op: &str, topics: &[&str]) -> Result<(), ClientError> {
-        let list = serde_json::to_string(topics).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-        self.request(Reply::Ack, |id| {
-            format!(r#"{{"op":"{op}","topics":{list},"id":{id}}}"#).into_bytes()
-        })
-        .await
-    }
-
-    /// Sends the frame `build(id)` and waits for its answer, which must be like `expect`.
-    async fn request(&self, expect: Reply, build: impl FnOnce(u64) -> Vec<u8>) -> Result<(), ClientError> {
+    /// Sends the frame `build(id)` and waits for its answer; an error frame is
+    /// `ClientError::Server`.
+    async fn request(&self, build: impl FnOnce(u64) -> Vec<u8>) -> Result<Reply, ClientError> {
         let (id, rx) = self.shared.register()?;
         let _slot = Slot {
             shared: &self.shared,
@@ -272,12 +299,33 @@ impl ClientHandle {
         let reply = tokio::time::timeout(self.request_timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout)??;
-        match (reply, expect) {
-            (Reply::Error { code, message }, _) => Err(ClientError::Server { code, message }),
-            (Reply::Ack, Reply::Ack) | (Reply::Pong, Reply::Pong) => Ok(()),
-            (got, want) => Err(ClientError::Protocol(format!("expected {want:?}, got {got:?}"))),
+        match reply {
+            Reply::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Ok(other),
         }
     }
+}
+
+fn expect_ack(reply: Reply) -> Result<AckInfo, ClientError> {
+    match reply {
+        Reply::Ack(info) => Ok(*info),
+        other => Err(ClientError::Protocol(format!("expected an ack, got {other:?}"))),
+    }
+}
+
+/// A subscribe request without its id: `op`, `topics` and, when not empty, `since`.
+fn subscribe_frame(
+    topics: &[&str],
+    since: &HashMap<String, StreamPos>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ClientError> {
+    let mut f = serde_json::Map::new();
+    f.insert("op".into(), "subscribe".into());
+    f.insert("topics".into(), topics.into());
+    if !since.is_empty() {
+        let since = serde_json::to_value(since).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        f.insert("since".into(), since);
+    }
+    Ok(f)
 }
 
 /// A publish request; topics that need JSON escaping (invalid ones, sent by tests) are
@@ -355,6 +403,18 @@ mod tests {
             publish_frame("a\"b", "1", None),
             br#"{"op":"publish","topic":"a\"b","data":1}"#
         );
+    }
+
+    #[test]
+    fn subscribe_frames_carry_since_only_when_given() {
+        let f = subscribe_frame(&["a", "b"], &HashMap::new()).unwrap();
+        assert_eq!(
+            serde_json::Value::Object(f),
+            serde_json::json!({"op": "subscribe", "topics": ["a", "b"]})
+        );
+        let since = HashMap::from([("a".to_owned(), StreamPos::new(41, "k3"))]);
+        let f = subscribe_frame(&["a", "b"], &since).unwrap();
+        assert_eq!(f["since"], serde_json::json!({"a": {"offset": 41, "epoch": "k3"}}));
     }
 
     #[test]

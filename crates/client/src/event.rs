@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::error::{ClientError, CloseInfo};
+use crate::history::StreamPos;
 
 /// One WebSocket data frame as received, for raw mode and for frames the JSON client does
 /// not understand.
@@ -41,6 +42,8 @@ pub struct Message {
     pub data: Box<RawValue>,
     /// `Some("base64")` when `data` is a base64 string carrying a raw binary publish.
     pub encoding: Option<String>,
+    /// The message's `offset` and `epoch` on a topic with history; `None` on other topics.
+    pub position: Option<StreamPos>,
     /// The whole frame as received, for byte-exact checks and latency probes.
     pub frame: Bytes,
 }
@@ -90,6 +93,8 @@ pub enum Event {
         code: String,
         /// The human-readable message.
         message: String,
+        /// The topic the error is about, when the frame names one (`recovery_overflow`).
+        topic: Option<String>,
     },
     /// A frame the client could not route: not JSON, an unknown `type`, an `ack` or `pong`
     /// nobody waits for, a binary frame.
@@ -107,6 +112,7 @@ mod tests {
             topic: "t".into(),
             data: RawValue::from_string(data.into()).unwrap(),
             encoding: encoding.map(Into::into),
+            position: None,
             frame: Bytes::new(),
         }
     }

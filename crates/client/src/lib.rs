@@ -7,9 +7,24 @@
 //! reason). [`RawClient`] speaks raw mode on `/raw/{topic}`. Each connection runs a reader
 //! task and a writer task; the public types are handles to them.
 //!
-//! Deliberately absent: TLS (`wss://`), reconnection and resubscription (a caller that
-//! wants them reconnects on `ClientError::Closed`), and any client-side topic validation
-//! beyond what building a request needs, so tests can send what the node must refuse.
+//! On topics with history, [`Message::position`] carries each message's `offset` and
+//! `epoch`, [`ClientHandle::subscribe_since`] resubscribes from a position and returns what
+//! the ack says (`recovered`, `positions`: [`SubscribeAck`]), and `publish` returns the
+//! published message's position. A `Client` never reconnects by itself.
+//!
+//! [`ResumingClient`] does: it keeps the set of subscribed topics and each history topic's
+//! last position (from delivered messages, else from the subscribe ack), and after a
+//! connection loss that its user did not ask for it reconnects with exponential backoff and
+//! full jitter ([`ReconnectOptions`]), resubscribes every topic with `since`, and reports
+//! [`ResumeEvent::Resubscribed`] with `recovered` per topic, plus one [`ResumeEvent::Lost`]
+//! per topic whose messages could not all be replayed (the application should refetch its
+//! state). Messages of every connection flow through one event stream; a message at or
+//! before the last position delivered (same epoch) is dropped and counted
+//! ([`ResumeStats::duplicates_dropped`]).
+//!
+//! Deliberately absent: TLS (`wss://`), retrying publishes, and any client-side topic
+//! validation beyond what building a request needs, so tests can send what the node must
+//! refuse.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), herald_client::ClientError> {
@@ -21,12 +36,17 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod client;
 mod error;
 mod event;
+mod frame;
 mod handshake;
+mod history;
 mod options;
 mod raw;
+mod resume;
+mod resume_task;
 mod router;
 mod transport;
 
@@ -34,5 +54,7 @@ pub use client::{Client, ClientHandle, Events};
 pub use error::{ClientError, CloseInfo};
 pub use event::{Event, Message, RawFrame};
 pub use handshake::accept_key;
-pub use options::ClientOptions;
+pub use history::{StreamPos, SubscribeAck};
+pub use options::{ClientOptions, ReconnectOptions};
 pub use raw::RawClient;
+pub use resume::{ResumeEvent, ResumeStats, ResumingClient, ResumingEvents, ResumingHandle};

@@ -6,26 +6,41 @@
 //! the connection ends, every waiting request fails with the close reason and `Closed` is
 //! the last event. The table's lock is never held across an `.await`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use fastwebsockets::OpCode;
-use herald_protocol::server_msg::decode_server;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{ClientError, CloseInfo};
 use crate::event::{Event, Message, RawFrame};
+use crate::frame::decode;
 use crate::handshake::WsRead;
+use crate::history::{StreamPos, SubscribeAck};
 use crate::transport::{next_data, CtrlTx};
 
 /// The answer to a request.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Ack,
+    /// Boxed: most acks carry no history, and the variant would make every reply large.
+    Ack(Box<AckInfo>),
     Pong,
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// What an ack carries besides its id: history positions, for acks of history topics.
+#[derive(Debug, Default)]
+pub(crate) struct AckInfo {
+    /// A publish ack's `offset` and `epoch`.
+    pub position: Option<StreamPos>,
+    /// A subscribe ack's `recovered` and `positions`.
+    pub subscribe: SubscribeAck,
 }
 
 /// State shared by the handles and the reader of one connection.
@@ -142,26 +157,34 @@ fn route(shared: &Shared, op: OpCode, bytes: Bytes) -> Option<Event> {
     if op != OpCode::Text {
         return Some(Event::Other(RawFrame::Binary(bytes)));
     }
-    let Ok(m) = decode_server(&bytes) else {
+    let Ok(m) = decode(&bytes) else {
         return Some(other_text(&bytes));
     };
     let id = m.id.map(|r| r.get());
-    let reply = match m.kind {
+    let reply = match m.kind.as_ref() {
         "message" => {
+            let position = m.position();
             return match (m.topic, m.data) {
                 (Some(topic), Some(data)) => Some(Event::Message(Message {
-                    topic: topic.to_owned(),
+                    topic: topic.into_owned(),
                     data: data.to_owned(),
-                    encoding: m.encoding.map(str::to_owned),
+                    encoding: m.encoding.map(Cow::into_owned),
+                    position,
                     frame: bytes.clone(),
                 })),
                 _ => Some(other_text(&bytes)),
-            }
+            };
         }
-        "ack" => Reply::Ack,
+        "ack" => Reply::Ack(Box::new(AckInfo {
+            position: m.position(),
+            subscribe: SubscribeAck {
+                recovered: m.recovered.unwrap_or_default(),
+                positions: m.positions.unwrap_or_default(),
+            },
+        })),
         "pong" => Reply::Pong,
         "error" => Reply::Error {
-            code: m.code.unwrap_or_default().to_owned(),
+            code: m.code.unwrap_or_default().into_owned(),
             message: m.message.unwrap_or_default(),
         },
         _ => return Some(other_text(&bytes)),
@@ -178,6 +201,7 @@ fn route(shared: &Shared, op: OpCode, bytes: Bytes) -> Option<Event> {
             id: id.map(str::to_owned),
             code,
             message,
+            topic: m.topic.map(Cow::into_owned),
         }),
         _ => Some(other_text(&bytes)),
     }
@@ -201,7 +225,7 @@ mod tests {
         let (id, mut rx) = shared.register().unwrap();
         let ack = format!(r#"{{"type":"ack","id":{id}}}"#);
         assert!(route(&shared, OpCode::Text, text(&ack)).is_none());
-        assert!(matches!(rx.try_recv(), Ok(Reply::Ack)));
+        assert!(matches!(rx.try_recv(), Ok(Reply::Ack(_))));
         // The same answer again has no waiter.
         assert!(matches!(
             route(&shared, OpCode::Text, text(&ack)),

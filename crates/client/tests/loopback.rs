@@ -3,13 +3,14 @@
 //! responder for handshake edge cases (bad accept key, refused upgrade, a welcome frame in
 //! the same packet as the 101 response).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use herald_client::{accept_key, Client, ClientError, ClientOptions, Event, RawClient, RawFrame};
+use herald_client::{accept_key, Client, ClientError, ClientOptions, Event, RawClient, RawFrame, StreamPos};
 use herald_protocol::ws_frame::{close_frame, text_frame};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -166,6 +167,54 @@ async fn json_protocol_round_trip() {
         Err(ClientError::Closed { code: 1013, .. })
     ));
     assert!(c.next_message().await.is_none());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn history_positions_round_trip() {
+    let (base, server) = serve_one(|mut ws, _| async move {
+        welcome(&mut ws).await;
+        let req = read_json(&mut ws).await;
+        assert_eq!(req["topics"], json!(["a", "b"]));
+        assert_eq!(req["since"], json!({"a": {"offset": 41, "epoch": "k3"}}));
+        let ack = format!(
+            r#"{{"type":"ack","id":{},"recovered":{{"a":false}},"positions":{{"a":{{"offset":30,"epoch":"k4"}},"b":{{"offset":0,"epoch":"zz"}}}}}}"#,
+            req["id"]
+        );
+        send(&mut ws, &ack).await;
+        send(&mut ws, r#"{"offset":31,"type":"message","epoch":"k4","topic":"a","data":[1]}"#).await;
+        send(&mut ws, r#"{"type":"message","topic":"c","data":2}"#).await;
+
+        // A plain subscribe sends no since; its ack has no history fields.
+        let req = read_json(&mut ws).await;
+        assert_eq!((req.get("since"), &req["topics"]), (None, &json!(["c"])));
+        send(&mut ws, &format!(r#"{{"type":"ack","id":{}}}"#, req["id"])).await;
+
+        for answer in [r#","offset":43,"epoch":"k4""#, ""] {
+            let req = read_json(&mut ws).await;
+            assert_eq!(req["op"], "publish");
+            send(&mut ws, &format!(r#"{{"type":"ack","id":{}{answer}}}"#, req["id"])).await;
+        }
+        let _ = ws.read_frame().await;
+    })
+    .await;
+
+    let c = Client::connect(&format!("{base}/ws")).await.unwrap();
+    let since = HashMap::from([("a".to_owned(), StreamPos::new(41, "k3"))]);
+    let ack = c.subscribe_since(&["a", "b"], &since).await.unwrap();
+    assert_eq!(ack.recovered, HashMap::from([("a".to_owned(), false)]));
+    assert_eq!(ack.positions["a"], StreamPos::new(30, "k4"));
+    assert_eq!(ack.positions["b"], StreamPos::new(0, "zz"));
+    let (h, mut events) = c.into_split();
+    let m = events.next_message_timeout(T).await.unwrap();
+    assert_eq!((m.topic.as_str(), m.position), ("a", Some(StreamPos::new(31, "k4"))));
+    let m = events.next_message_timeout(T).await.unwrap();
+    assert_eq!((m.topic.as_str(), m.position), ("c", None));
+
+    h.subscribe(&["c"]).await.unwrap();
+    assert_eq!(h.publish("a", &json!(1)).await.unwrap(), Some(StreamPos::new(43, "k4")));
+    assert_eq!(h.publish_json("c", "1").await.unwrap(), None);
+    drop((h, events));
     server.await.unwrap();
 }
 

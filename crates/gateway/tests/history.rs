@@ -187,7 +187,7 @@ async fn a_long_replay_races_a_steady_publisher_without_gap_or_duplicate() {
     let mut epoch = String::new();
     for n in 1..=3000u64 {
         send(&mut pubr, json!({"op":"publish","topic":"big","data":n,"id":n})).await;
-        if n % 500 == 0 {
+        if n.is_multiple_of(500) {
             let (a, _) = until_answer(&mut pubr, n).await;
             epoch = a["epoch"].as_str().unwrap().to_owned();
         }
@@ -201,7 +201,7 @@ async fn a_long_replay_races_a_steady_publisher_without_gap_or_duplicate() {
     let racer = tokio::spawn(async move {
         for n in 3001..=4000u64 {
             send(&mut pubr, json!({"op":"publish","topic":"big","data":n})).await;
-            if n % 50 == 0 {
+            if n.is_multiple_of(50) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -313,7 +313,7 @@ async fn a_replay_that_falls_behind_live_ends_with_recovery_overflow() {
             json!({"op":"publish","topic":"flood","data":{"n":n,"pad":pad},"id":n}),
         )
         .await;
-        if n % 200 == 0 {
+        if n.is_multiple_of(200) {
             let (a, _) = until_answer(&mut pubr, n).await;
             epoch = a["epoch"].as_str().unwrap().to_owned();
         }
@@ -373,5 +373,141 @@ async fn a_replay_that_falls_behind_live_ends_with_recovery_overflow() {
             }
         }
     }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_api_pages_oldest_first() {
+    let node = TestNode::start_with(|c| history(c, "log.*", 50, false)).await.unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    for n in 1..=60 {
+        publish(&mut pubr, "log.a", n, n).await;
+    }
+    let get = |path: String| {
+        let addr = node.admin_addr();
+        async move {
+            let (status, body) = herald_testkit::node::http_request(addr, "GET", &path, &[], b"")
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    // 1..10 were trimmed (size 50): not complete from 0.
+    let (s, p) = get("/api/topics/log.a/history?limit=20".into()).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (p["offset"].clone(), p["complete"].clone(), p["more"].clone()),
+        (json!(60), json!(false), json!(true))
+    );
+    assert_eq!(
+        offsets(p["messages"].as_array().unwrap()),
+        (11..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(p["messages"][0]["data"]["n"], 11);
+    let (_, p2) = get("/api/topics/log.a/history?since=30&limit=20".into()).await;
+    assert_eq!(p2["complete"], true);
+    assert_eq!(
+        offsets(p2["messages"].as_array().unwrap()),
+        (31..=50).collect::<Vec<_>>()
+    );
+    let (_, p3) = get("/api/topics/log.a/history?since=50&limit=20".into()).await;
+    assert_eq!(
+        (p3["more"].clone(), p3["messages"].as_array().unwrap().len()),
+        (json!(false), 10)
+    );
+    let (_, t) = get("/api/topics/log.a".into()).await;
+    assert_eq!(
+        (t["offset"].clone(), t["epoch"].clone()),
+        (json!(60), p["epoch"].clone())
+    );
+    assert_eq!(get("/api/topics/other/history".into()).await.0, 404);
+    assert_eq!(get("/api/topics/log.a/history?since=x".into()).await.0, 400);
+    assert_eq!(get("/api/topics/log.a/history?limit=1001".into()).await.0, 400);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_obeys_the_subscribe_permissions() {
+    let node = TestNode::start_with(|c| {
+        history(c, ">", 100, true);
+        c.auth.jwt_hs256_secret = "history-permissions-test-secret-0123456789".into();
+        c.auth.anonymous_subscribe = vec!["public.>".into()];
+        c.auth.anonymous_publish = vec![">".into()];
+    })
+    .await
+    .unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    let epoch = publish(&mut pubr, "secret.a", 1, 1).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    publish(&mut pubr, "public.a", 1, 2).await;
+    let mut c = client(&node, "/ws").await;
+    send(
+        &mut c,
+        json!({"op":"subscribe","topics":["secret.a"],"since":{"secret.a":{"offset":0,"epoch":epoch}},"id":1}),
+    )
+    .await;
+    let (err, msgs) = until_answer(&mut c, 1).await;
+    assert_eq!(err["code"], "forbidden", "{err}");
+    assert!(msgs.is_empty());
+    // Neither the replay nor the latest value leaks: only the allowed topic's comes.
+    send(&mut c, json!({"op":"subscribe","topics":["public.a"],"id":2})).await;
+    let (ack, _) = until_answer(&mut c, 2).await;
+    assert_eq!(ack["type"], "ack");
+    let m = messages(&mut c, 1).await;
+    assert_eq!(m[0]["topic"], "public.a");
+    assert!(
+        c.read_text(Duration::from_millis(300)).await.is_err(),
+        "nothing else arrives"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_stops_a_running_replay() {
+    let node = TestNode::start_with(|c| {
+        history(c, "u", 100_000, false);
+        c.outbox.max_frames = 16;
+    })
+    .await
+    .unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    let pad = "y".repeat(4096);
+    let mut epoch = String::new();
+    for n in 1..=3000u64 {
+        send(
+            &mut pubr,
+            json!({"op":"publish","topic":"u","data":{"n":n,"pad":pad},"id":n}),
+        )
+        .await;
+        if n.is_multiple_of(300) {
+            epoch = until_answer(&mut pubr, n).await.0["epoch"].as_str().unwrap().to_owned();
+        }
+    }
+    let mut sub = client(&node, "/ws").await;
+    send(
+        &mut sub,
+        json!({"op":"subscribe","topics":["u"],"since":{"u":{"offset":0,"epoch":epoch}},"id":1}),
+    )
+    .await;
+    send(&mut sub, json!({"op":"unsubscribe","topics":["u"],"id":2})).await;
+    // Whatever was queued before the unsubscribe may still come; the rest of the 12 MB
+    // replay must not.
+    let mut after_ack = 0;
+    let mut acked = false;
+    while let Ok(t) = sub.read_text(Duration::from_millis(500)).await {
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["id"] == 2 {
+            acked = true;
+        } else if acked && v["type"] == "message" {
+            after_ack += 1;
+        }
+    }
+    assert!(acked);
+    assert!(
+        after_ack < 100,
+        "{after_ack} replayed messages after the unsubscribe ack"
+    );
     node.shutdown().await;
 }

@@ -66,6 +66,10 @@ async fn every_operation_answers_as_documented() {
         c.shutdown.drain_delay_ms = 500;
         c.admin.api_keys = vec![KEY.into()];
         c.admin.max_body_bytes = 4096;
+        c.history.push(herald_gateway::config::HistoryEntry {
+            topics: "h.>".into(),
+            ..Default::default()
+        });
     })
     .await
     .unwrap();
@@ -90,6 +94,20 @@ async fn every_operation_answers_as_documented() {
     api.get("/api/node").await;
     api.get("/api/topics?limit=1").await;
     api.get("/api/topics/t").await;
+    api.post_json("/api/publish", &json!({"topic": "h.a", "data": {"x": 1}}))
+        .await;
+    api.post("/api/topics/h.a/publish", "application/octet-stream", &[1, 2])
+        .await;
+    let page = api.get("/api/topics/h.a/history?since=0&limit=10").await;
+    assert_eq!(
+        page.json()["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        page.text()
+    );
+    api.get("/api/topics/h.a").await;
+    assert_eq!(api.get("/api/topics/t/history").await.status, 404);
+    assert_eq!(api.get("/api/topics/h.a/history?limit=0").await.status, 400);
     api.get("/api/connections").await;
     api.get(&format!("/api/connections/{id}")).await;
     api.post_json("/api/topics/nobody/disconnect", &json!({"code": 4000}))

@@ -59,6 +59,9 @@ pub enum ErrorCode {
     /// While a subscription replayed history, live messages piled up past the node's
     /// buffer: the subscription ended (resubscribe with `since` to continue).
     RecoveryOverflow,
+    /// History lost messages a replaying subscription still needed (trimmed, expired or
+    /// reset while it replayed): the subscription ended.
+    RecoveryLost,
 }
 
 impl ErrorCode {
@@ -80,11 +83,12 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::TokenExpired => "token_expired",
             Self::RecoveryOverflow => "recovery_overflow",
+            Self::RecoveryLost => "recovery_lost",
         }
     }
 
     /// Every code, for docs and metric label pre-registration.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::MissingField,
@@ -101,6 +105,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::TokenExpired,
         Self::RecoveryOverflow,
+        Self::RecoveryLost,
     ];
 }
 

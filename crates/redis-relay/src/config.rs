@@ -79,6 +79,13 @@ pub struct RedisRelayConfig {
     /// Envelopes waiting per worker (default 1024). When full, the pub/sub reader waits
     /// (see the crate docs on back-pressure).
     pub deliver_queue_capacity: usize,
+    /// History reads sent to Redis at the same time (default 16). Each returns at most
+    /// `MAX_READ` messages, so this bounds the memory replies in flight can take (16 ×
+    /// 1000 × the message size) while a deploy makes every client replay at once.
+    pub history_read_concurrency: usize,
+    /// History reads waiting for one of those slots (default 4096); beyond it a read is
+    /// refused at once with `Overloaded` instead of queueing without bound.
+    pub history_read_queue: usize,
 }
 
 impl Default for RedisRelayConfig {
@@ -103,6 +110,8 @@ impl Default for RedisRelayConfig {
             deliver_workers: 0,
             max_payload_bytes: 64 * 1024,
             deliver_queue_capacity: 1024,
+            history_read_concurrency: 16,
+            history_read_queue: 4096,
         }
     }
 }
@@ -135,6 +144,41 @@ impl RedisRelayConfig {
         self.channel(CONTROL_SUFFIX)
     }
 
+    /// The Redis Stream holding `topic`'s history: `{channel_prefix}{<topic>}:s`.
+    ///
+    /// The topic sits between braces, a Redis Cluster hash tag, so the stream and the meta
+    /// key ([`meta_key`](Self::meta_key)) of one topic always hash to the same slot and
+    /// one script can touch both (a script's keys must share a slot in a cluster). The two
+    /// names differ only in their last byte, which is never a brace, so they share their
+    /// hash tag whatever braces the topic contains (a topic like `a}b` makes the tag `a`,
+    /// still the same for both keys). A topic that starts with `}` would make the tag
+    /// empty, and Redis would hash each whole name apart, so such a topic is written with a
+    /// `#` before it (`herald:{#}x}:s`); `#` cannot start a topic, so different topics
+    /// never share a key name. `validate` refuses a prefix whose first `{` is followed by
+    /// `}` for the same reason.
+    pub fn stream_key(&self, topic: &str) -> String {
+        self.topic_key(topic, 's')
+    }
+
+    /// The hash holding `topic`'s stream `epoch` and last `offset`:
+    /// `{channel_prefix}{<topic>}:m` (see [`stream_key`](Self::stream_key)).
+    pub fn meta_key(&self, topic: &str) -> String {
+        self.topic_key(topic, 'm')
+    }
+
+    fn topic_key(&self, topic: &str, kind: char) -> String {
+        let mut k = String::with_capacity(self.channel_prefix.len() + topic.len() + 4);
+        k.push_str(&self.channel_prefix);
+        k.push('{');
+        if topic.starts_with('}') {
+            k.push('#');
+        }
+        k.push_str(topic);
+        k.push_str("}:");
+        k.push(kind);
+        k
+    }
+
     /// The number of delivery workers actually started.
     pub fn worker_count(&self) -> usize {
         match self.deliver_workers {
@@ -156,6 +200,13 @@ impl RedisRelayConfig {
         {
             p.push("channel_prefix must not contain spaces or control characters".into());
         }
+        if let Some(open) = self.channel_prefix.find('{') {
+            if self.channel_prefix[open + 1..].starts_with('}') {
+                p.push(
+                    "channel_prefix must not contain `{}` at its first brace (an empty Redis Cluster hash tag)".into(),
+                );
+            }
+        }
         for (name, d) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("heartbeat_timeout", self.heartbeat_timeout),
@@ -176,6 +227,8 @@ impl RedisRelayConfig {
             ("publish_batch_max", self.publish_batch_max),
             ("deliver_queue_capacity", self.deliver_queue_capacity),
             ("max_payload_bytes", self.max_payload_bytes),
+            ("history_read_concurrency", self.history_read_concurrency),
+            ("history_read_queue", self.history_read_queue),
         ] {
             if n == 0 {
                 p.push(format!("{name} must be positive"));
@@ -208,12 +261,54 @@ pub enum RelayStartError {
 mod tests {
     use super::*;
 
+    /// The part of a key Redis Cluster hashes (the cluster specification's rule): between
+    /// the first `{` and the first `}` after it, when that is not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        if let Some(open) = key.find('{') {
+            if let Some(len) = key[open + 1..].find('}') {
+                if len > 0 {
+                    return &key[open + 1..open + 1 + len];
+                }
+            }
+        }
+        key
+    }
+
+    #[test]
+    fn a_topics_keys_share_their_hash_tag_whatever_the_braces() {
+        let prefixes = ["herald:", "", "{app}:", "a{b:", "x}y:", "a{", "}{"];
+        let topics = ["room", "a}b", "{x}", "}", "{", "a{b}c", "{}", "t.1/2@=-_:"];
+        let mut names = std::collections::HashSet::new();
+        for prefix in prefixes {
+            let c = RedisRelayConfig {
+                channel_prefix: prefix.into(),
+                ..RedisRelayConfig::new("redis://127.0.0.1:1/", "n")
+            };
+            for topic in topics {
+                let (s, m) = (c.stream_key(topic), c.meta_key(topic));
+                assert_eq!(hash_tag(&s), hash_tag(&m), "{prefix:?} {topic:?}: {s} / {m}");
+                assert!(
+                    names.insert((prefix, s)) && names.insert((prefix, m)),
+                    "no two topics share a key"
+                );
+            }
+        }
+        assert_eq!(hash_tag("herald:{room}:s"), "room");
+        let bad = RedisRelayConfig {
+            channel_prefix: "x{}".into(),
+            ..RedisRelayConfig::new("redis://127.0.0.1:1/", "n")
+        };
+        assert!(bad.validate().is_err());
+    }
+
     #[test]
     fn defaults_are_valid_once_a_node_id_is_set() {
         assert!(RedisRelayConfig::default().validate().is_err());
         let c = RedisRelayConfig::new("redis://127.0.0.1:1/", "n1");
         c.validate().unwrap();
         assert_eq!(c.channel("room"), "herald:room");
+        assert_eq!(c.stream_key("room"), "herald:{room}:s");
+        assert_eq!(c.meta_key("room"), "herald:{room}:m");
         assert!(c.worker_count() >= 1);
     }
 

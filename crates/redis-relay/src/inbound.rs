@@ -3,8 +3,10 @@
 //! each handed over by the supervisor as a `Feed`.
 //!
 //! The reader does as little as possible per message, because redis-rs buffers the pub/sub
-//! stream in an unbounded channel and only our reading bounds it: skip our own envelopes
-//! with [`envelope::peek_origin`] (no decode, no copy), refuse a payload larger than
+//! stream in an unbounded channel and only our reading bounds it: skip our own version 1
+//! envelopes with [`envelope::peek_origin`] (no decode, no copy; our own version 2
+//! envelopes, appends to history topics, are delivered like anyone's: the broker delivers
+//! history topics only from the relay, in offset order), refuse a payload larger than
 //! `max_payload_bytes` from the header alone ([`envelope::payload_len`]: before the copy,
 //! the decoding and the validation), map the channel to its topic, copy the payload once
 //! into `Bytes`, and hand it to the worker that owns the topic
@@ -26,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_protocol::envelope::{self, EnvelopeError};
+use herald_protocol::ENVELOPE_VERSION_STREAM;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -106,8 +109,11 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
             control_message(shared, payload, &mut log);
             continue;
         }
-        if envelope::peek_origin(payload) == Some(node) {
-            continue; // Redis echoes our own publications to us: delivered locally already.
+        if envelope::peek_origin(payload) == Some(node) && payload.first() != Some(&ENVELOPE_VERSION_STREAM) {
+            // Redis echoes our own publications to us: those without a stream position
+            // (version 1) were delivered locally already. Those with one (appends to a
+            // history topic) are delivered from here, on every node alike, in offset order.
+            continue;
         }
         match envelope::payload_len(payload) {
             Ok(n) if n <= max => {}
@@ -191,7 +197,9 @@ async fn work(shared: Arc<Shared>, mut rx: mpsc::Receiver<Inbound>) {
                 other => other,
             };
             match env {
-                Ok(env) if env.origin == node => {}
+                // Our own, without a position: delivered locally already (a version 2
+                // envelope without a position is not written by this release).
+                Ok(env) if env.origin == node && env.stream.is_none() => {}
                 Ok(env) => {
                     if let Some(sink) = &sink {
                         sink.deliver(env);

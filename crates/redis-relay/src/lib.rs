@@ -10,12 +10,23 @@
 //! # Shape
 //! - Topic `t` travels on channel `{channel_prefix}t` (default `herald:t`) as one envelope
 //!   (version, kind, publish time, origin node id, topic, payload; see
-//!   `herald_protocol::envelope` for the byte layout). This relay writes version 1: it
-//!   carries no stream position.
-//! - `Relay::publish` never blocks: it encodes the envelope and pushes it into a bounded
-//!   queue (full: `Overloaded`; publish connection down: `Unavailable` at once). The
-//!   publisher task sends the queue as PUBLISH pipelines on a multiplexed connection, in
-//!   queue order, and answers each publication when Redis has replied.
+//!   `herald_protocol::envelope` for the byte layout): version 1 for topics without
+//!   history, version 2 (with the message's offset and epoch) for topics with history.
+//! - Topic history (`History`, see `history` and `scripts`): an append is one `EVALSHA` of
+//!   a Lua script that allocates the next offset in the topic's meta hash, `XADD`s the
+//!   message to the topic's Redis Stream, renews both keys' TTL and PUBLISHes the version 2
+//!   envelope, atomically, so offsets agree on every node and every node, the appending one
+//!   included, receives a topic's messages in offset order. Appends share the publish queue
+//!   and pipelines with PUBLISHes. Reads (`XRANGE`, at most `MAX_READ` entries) are a second
+//!   script, run from a task of their own, bounded in number. Keys and scripts are
+//!   documented in `docs/cluster.md`.
+//! - After the pub/sub connection was re-established and every topic resubscribed,
+//!   `RelaySink::relinked` tells the broker to fill the gap from history.
+//! - `Relay::publish` (and `History::append`) never blocks: it encodes the envelope and
+//!   pushes it into a bounded queue (full: `Overloaded`; publish connection down:
+//!   `Unavailable` at once). The publisher task sends the queue as pipelines on a
+//!   multiplexed connection, in queue order, and answers each publication when Redis has
+//!   replied.
 //! - A dedicated pub/sub connection is read by its own task; envelopes larger than
 //!   `max_payload_bytes` are refused from their header, the rest go to one of K delivery
 //!   workers (K = cores) chosen by topic hash, which decode, validate and call
@@ -77,11 +88,13 @@
 //!   acknowledged; when a connection breaks mid-pipeline Redis may still have executed part
 //!   of it, so an `Err` can, rarely, have reached some nodes (at most once, never twice).
 //! - Redis pub/sub is at-most-once: messages published while a node is disconnected are
-//!   lost for that node. Ordering between different publishers is Redis's arrival order.
+//!   lost for that node (on topics with history the broker reads them back after
+//!   `relinked`). Ordering between different publishers is Redis's arrival order (on topics
+//!   with history: the offset order, the same on every node).
 //! - Once `confirm_interest` answered `Ok`, what other nodes publish to the topic reaches
 //!   this node until its pub/sub connection fails (then the gap above applies).
-//! - Not authenticated: envelopes are not signed. An envelope naming this node as origin
-//!   is skipped as our own echo, so whoever can PUBLISH on the relay's channels can
+//! - Not authenticated: envelopes are not signed. A version 1 envelope naming this node as
+//!   origin is skipped as our own echo, so whoever can PUBLISH on the relay's channels can
 //!   suppress a message on one chosen node, but the same client can already forge any
 //!   message, from any origin, to every node, which is worse. Tagging envelopes (a keyed
 //!   MAC with a per-process or per-cluster key) would only move the problem to key
@@ -91,11 +104,13 @@
 
 mod backoff;
 mod config;
+mod history;
 mod inbound;
 mod link;
 mod publish_link;
 mod publisher;
 mod relay;
+mod scripts;
 mod shared;
 mod subscriptions;
 mod supervisor;

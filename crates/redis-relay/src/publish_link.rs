@@ -1,7 +1,8 @@
 //! The publish link task: owns the multiplexed connection that carries PUBLISH pipelines,
 //! on its own, apart from the pub/sub connection.
 //!
-//! Connect (within `connect_timeout`, replies within `command_timeout`), publish the
+//! Connect (within `connect_timeout`, replies within `command_timeout`), load the history
+//! scripts (`SCRIPT LOAD`, see `scripts`), publish the
 //! connection to the publisher through `Shared::publish_link`, mark the link up, then PING
 //! every `heartbeat_interval` (answered within `heartbeat_timeout`) until the PING fails
 //! or the publisher reports a failed or timed-out pipeline. Then: link down first (so
@@ -17,7 +18,8 @@ use redis::AsyncConnectionConfig;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{LinkError, Retry};
+use crate::link::{is_connection_failure, LinkError, Retry};
+use crate::scripts;
 use crate::shared::{Link, PublishLink, Shared};
 
 /// Runs until the relay is cancelled.
@@ -65,16 +67,27 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     shared.publish_link.send_replace(None);
 }
 
-/// Opens the multiplexed connection within `connect_timeout`.
+/// Opens the multiplexed connection within `connect_timeout` and loads the history
+/// scripts on it (a restarted Redis has forgotten them). A Redis that refuses to load them
+/// (an ACL without `SCRIPT`, say) still carries publications of topics without history;
+/// appends and reads then fail with Redis's answer, each time.
 async fn connect(shared: &Shared) -> Result<MultiplexedConnection, LinkError> {
     let cfg = &shared.config;
     let conn_cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(cfg.connect_timeout))
         .set_response_timeout(Some(cfg.command_timeout));
-    Ok(shared
+    let mut conn = shared
         .client
         .get_multiplexed_async_connection_with_config(&conn_cfg)
-        .await?)
+        .await?;
+    for script in [&*scripts::APPEND, &*scripts::READ] {
+        match script.load(&mut conn).await {
+            Ok(()) => {}
+            Err(e) if is_connection_failure(&e) => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, script = script.name, "redis refused a history script"),
+        }
+    }
+    Ok(conn)
 }
 
 /// PINGs until a PING fails, `failed` is cancelled (by the publisher) or the relay stops;

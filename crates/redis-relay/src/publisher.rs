@@ -1,13 +1,25 @@
-//! The publisher task: drains the bounded publish queue and sends PUBLISH commands to
-//! Redis in pipelines, answering each publication's oneshot when Redis has replied.
+//! The publisher task: drains the bounded publish queue and sends its commands to Redis in
+//! pipelines (PUBLISH for topics without history and control messages, `EVALSHA` of the
+//! append script for topics with history), answering each one's oneshot when Redis has
+//! replied: an append with the offset and epoch the script allocated.
 //!
-//! Ordering: one task takes the queue in order and has one pipeline in flight at a time,
-//! and Redis executes a connection's commands in order, so publications from one publisher
-//! (indeed from the whole node) reach Redis in the order `Relay::publish` accepted them.
-//! Throughput comes from batching rather than from concurrent pipelines: while a pipeline
-//! is in flight the queue fills, and the next pipeline takes up to `publish_batch_max`
-//! entries at once, so the batch size grows with the load and one round trip carries many
-//! messages.
+//! Ordering: one task takes the queue in order and hands each pipeline to the connection
+//! before it builds the next, and Redis executes a connection's commands in order, so
+//! publications and appends from one publisher (indeed from the whole node) reach Redis in
+//! the order they were accepted. Throughput comes from batching: while pipelines are in
+//! flight the queue fills, and the next pipeline takes up to `publish_batch_max` entries at
+//! once, so the batch size grows with the load and one round trip carries many messages.
+//! Up to [`PIPELINES_IN_FLIGHT`] pipelines are in flight, so Redis works on one while this
+//! task reads the answers of the previous one and builds the next: with the append script
+//! Redis and the node spend comparable CPU per message, and one pipeline at a time would
+//! leave each idle while the other works.
+//!
+//! Answers are settled in pipeline order. Appends refused with `NOSCRIPT` (the script cache
+//! was flushed) are sent again after `SCRIPT LOAD`, once, in their order. A pipeline
+//! already in flight behind them ran before the reload, so its appends were refused too and
+//! are retried after them: the order holds, unless another node reloaded the script in
+//! between and part of that later pipeline went through (then those few appends got their
+//! offsets before the retried ones; each is still stored, published and answered once).
 //!
 //! This task never reconnects: on an I/O error or a timeout it fails the batch, cancels the
 //! publish link's `failed` token so `publish_link` replaces that one connection at once
@@ -15,29 +27,58 @@
 //! batches immediately while the publish link is down). It does not decide when the relay
 //! is up.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_broker::RelayError;
+use herald_protocol::StreamPos;
+use redis::Value;
 use tokio::sync::mpsc;
 
 use crate::link::is_connection_failure;
-use crate::shared::{Outgoing, Shared};
+use crate::scripts;
+use crate::shared::{Command, Outgoing, PublishLink, Shared};
 
-/// Runs until the relay is cancelled, then fails whatever is still queued with
-/// [`RelayError::ShuttingDown`].
+/// Pipelines sent and not answered yet, at most.
+pub(crate) const PIPELINES_IN_FLIGHT: usize = 2;
+
+/// A pipeline in flight: its entries, the link it went out on, and Redis's replies.
+struct Flight {
+    batch: Vec<Outgoing>,
+    link: Option<Arc<PublishLink>>,
+    replies: Result<Vec<Value>, RelayError>,
+}
+
+type FlightFuture = Pin<Box<dyn Future<Output = Flight> + Send>>;
+
+/// Runs until the relay is cancelled, then waits for the pipelines in flight (bounded by
+/// `command_timeout`) and fails whatever is still queued with [`RelayError::ShuttingDown`].
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     let max = shared.config.publish_batch_max;
     let mut batch = Vec::with_capacity(max);
+    let mut inflight: FuturesOrdered<FlightFuture> = FuturesOrdered::new();
     loop {
-        let n = tokio::select! {
+        tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            n = rx.recv_many(&mut batch, max) => n,
-        };
-        if n == 0 {
-            break;
+            Some(flight) = inflight.next(), if !inflight.is_empty() => settle(&shared, flight).await,
+            n = rx.recv_many(&mut batch, max), if inflight.len() < PIPELINES_IN_FLIGHT => {
+                if n == 0 {
+                    break;
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(max));
+                if let Some(flight) = submit(&shared, full).await {
+                    inflight.push_back(flight);
+                }
+            }
         }
-        send_batch(&shared, &mut batch).await;
+    }
+    // A pipeline already sent gets its real answer.
+    while let Some(flight) = inflight.next().await {
+        settle(&shared, flight).await;
     }
     // No publish can enter after `close`; everything already queued gets an answer.
     rx.close();
@@ -46,54 +87,214 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     }
     if !batch.is_empty() {
         tracing::debug!(count = batch.len(), "relay shutting down: failing queued publications");
-        answer(&shared, &mut batch, Err(RelayError::ShuttingDown));
+        answer_all(&shared, &mut batch, Err(RelayError::ShuttingDown));
     }
 }
 
-/// Sends one pipeline and answers every entry of `batch` (which is left empty).
-async fn send_batch(shared: &Shared, batch: &mut Vec<Outgoing>) {
+/// Sends `batch` as one pipeline. The pipeline is handed to the connection (polled once)
+/// before this returns, so the next one cannot overtake it; `None` when it was answered at
+/// once (the publish link is down, or Redis was that quick).
+async fn submit(shared: &Arc<Shared>, batch: Vec<Outgoing>) -> Option<FlightFuture> {
     let link = shared.publish_link.borrow().clone();
-    let Some(link) = link else {
-        answer(
-            shared,
-            batch,
-            Err(RelayError::Unavailable("redis relay is down".into())),
-        );
-        return;
+    // Unconstrained: tokio's cooperative budget must not make the first poll return before
+    // the pipeline is in the connection's queue (a bounded, first-come-first-served
+    // channel), or the next pipeline could get there first.
+    let mut flight: FlightFuture = Box::pin(tokio::task::unconstrained(fly(shared.clone(), link, batch)));
+    match std::future::poll_fn(|cx| Poll::Ready(flight.as_mut().poll(cx))).await {
+        Poll::Ready(done) => {
+            settle(shared, done).await;
+            None
+        }
+        Poll::Pending => Some(flight),
+    }
+}
+
+/// One pipeline's round trip.
+async fn fly(shared: Arc<Shared>, link: Option<Arc<PublishLink>>, batch: Vec<Outgoing>) -> Flight {
+    let replies = match &link {
+        Some(l) => exec(&shared, l, &batch).await,
+        None => Err(RelayError::Unavailable("redis relay is down".into())),
     };
+    Flight { batch, link, replies }
+}
+
+/// Answers every entry of a pipeline that came back (see the module docs on `NOSCRIPT`).
+/// Each command gets its own answer: a PUBLISH or an append Redis refused (an ACL, a
+/// wrong key type) fails alone.
+async fn settle(shared: &Shared, flight: Flight) {
+    let Flight {
+        mut batch,
+        link,
+        mut replies,
+    } = flight;
+    for attempt in 0..2 {
+        let got = match replies {
+            Ok(got) => got,
+            Err(e) => {
+                answer_all(shared, &mut batch, Err(e));
+                return;
+            }
+        };
+        let mut retry = Vec::new();
+        for (item, reply) in batch.drain(..).zip(got) {
+            if attempt == 0 && matches!(item.command, Command::Append(_)) && scripts::is_noscript_reply(&reply) {
+                retry.push(item);
+            } else {
+                let result = outcome(&item.command, reply);
+                answer(shared, item, result);
+            }
+        }
+        let Some(link) = link.as_ref().filter(|_| !retry.is_empty()) else {
+            return;
+        };
+        tracing::info!(
+            appends = retry.len(),
+            "redis forgot the append script (NOSCRIPT); loading it again"
+        );
+        batch = retry;
+        let mut conn = link.conn.clone();
+        if let Err(e) = scripts::APPEND.load(&mut conn).await {
+            if is_connection_failure(&e) {
+                link.failed.cancel();
+            }
+            let err = RelayError::Unavailable(format!("redis: loading the append script: {e}"));
+            answer_all(shared, &mut batch, Err(err));
+            return;
+        }
+        replies = exec(shared, link, &batch).await;
+    }
+    // A second NOSCRIPT right after a successful load was answered as an error above.
+}
+
+/// Sends `batch` as one pipeline within `command_timeout`; one reply per entry, or why the
+/// pipeline as a whole failed (then the connection is replaced when it is to blame).
+async fn exec(shared: &Shared, link: &PublishLink, batch: &[Outgoing]) -> Result<Vec<Value>, RelayError> {
     let mut pipe = redis::pipe();
-    for item in batch.iter() {
-        pipe.cmd("PUBLISH").arg(&item.channel).arg(&item.envelope[..]).ignore();
+    pipe.ignore_errors();
+    for item in batch {
+        match &item.command {
+            Command::Publish { channel, envelope } => {
+                pipe.cmd("PUBLISH").arg(channel).arg(&envelope[..]);
+            }
+            Command::Append(a) => {
+                pipe.cmd("EVALSHA")
+                    .arg(&scripts::APPEND.sha)
+                    .arg(2)
+                    .arg(&a.stream_key)
+                    .arg(&a.meta_key)
+                    .arg(&a.channel)
+                    .arg(&a.epoch_candidate)
+                    .arg(a.size)
+                    .arg(a.ttl_ms)
+                    .arg(a.published_at_micros)
+                    .arg(a.kind)
+                    .arg(&a.head[..])
+                    .arg(&a.origin_conn[..])
+                    .arg(&a.payload[..]);
+            }
+        }
     }
     let mut conn = link.conn.clone();
     let timeout = shared.config.command_timeout;
-    let result = match tokio::time::timeout(timeout, pipe.exec_async(&mut conn)).await {
-        Ok(Ok(())) => Ok(()),
+    match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await {
+        Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
+        Ok(Ok(replies)) => {
+            // Not seen in practice; the connection's framing cannot be trusted after it.
+            link.failed.cancel();
+            tracing::warn!(sent = batch.len(), got = replies.len(), "pipeline reply count mismatch");
+            Err(RelayError::Unavailable(
+                "redis answered the pipeline incompletely".into(),
+            ))
+        }
         Ok(Err(e)) => {
             if is_connection_failure(&e) {
                 link.failed.cancel();
             }
-            tracing::debug!(error = %e, count = batch.len(), "PUBLISH pipeline failed");
+            tracing::debug!(error = %e, count = batch.len(), "publish pipeline failed");
             Err(RelayError::Unavailable(format!("redis: {e}")))
         }
         Err(_) => {
             link.failed.cancel();
-            tracing::debug!(count = batch.len(), "PUBLISH pipeline timed out");
-            Err(RelayError::Unavailable("redis did not answer PUBLISH in time".into()))
+            tracing::debug!(count = batch.len(), "publish pipeline timed out");
+            Err(RelayError::Unavailable(
+                "redis did not answer the publish pipeline in time".into(),
+            ))
         }
-    };
-    answer(shared, batch, result);
+    }
 }
 
-/// Answers every entry and counts the outcome once per message.
-fn answer(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayError>) {
+/// What one reply means for its command.
+fn outcome(command: &Command, reply: Value) -> Result<Option<StreamPos>, RelayError> {
+    match (command, reply) {
+        (_, Value::ServerError(e)) => Err(RelayError::Unavailable(format!("redis: {e}"))),
+        (Command::Publish { .. }, _) => Ok(None),
+        (Command::Append(_), reply) => append_position(reply)
+            .map(Some)
+            .ok_or_else(|| RelayError::Unavailable("redis: the append script answered something unexpected".into())),
+    }
+}
+
+/// The append script's `{offset, epoch}`.
+fn append_position(reply: Value) -> Option<StreamPos> {
+    let Value::Array(v) = reply else { return None };
+    let [offset, Value::BulkString(epoch)] = <[Value; 2]>::try_from(v).ok()? else {
+        return None;
+    };
+    let offset = match offset {
+        Value::Int(n) => u64::try_from(n).ok()?,
+        Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok()?,
+        _ => return None,
+    };
+    Some(StreamPos {
+        offset,
+        epoch: String::from_utf8(epoch).ok()?,
+    })
+}
+
+/// Answers one entry and counts its outcome.
+fn answer(shared: &Shared, item: Outgoing, result: Result<Option<StreamPos>, RelayError>) {
+    match &result {
+        Ok(_) => shared.sent.inc(),
+        Err(_) => shared.unrelayed.inc(),
+    }
+    // The caller may have stopped waiting; that is its business.
+    let _ = item.done.send(result);
+}
+
+/// Answers every entry with the same failure and counts it once per message.
+fn answer_all(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), RelayError>) {
     let n = batch.len() as u64;
     match &result {
         Ok(()) => shared.sent.inc_by(n),
         Err(_) => shared.unrelayed.inc_by(n),
     }
     for item in batch.drain(..) {
-        // The caller may have stopped waiting; that is its business.
         let _ = item.done.send(result.clone().map(|()| None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_append_scripts_answer() {
+        let ok = Value::Array(vec![Value::Int(42), Value::BulkString(b"ep".to_vec())]);
+        assert_eq!(
+            append_position(ok),
+            Some(StreamPos {
+                offset: 42,
+                epoch: "ep".into()
+            })
+        );
+        for bad in [
+            Value::Int(1),
+            Value::Array(vec![Value::Int(-1), Value::BulkString(b"ep".to_vec())]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(1), Value::Int(2)]),
+            Value::Array(vec![Value::Int(1), Value::BulkString(vec![0xff])]),
+        ] {
+            assert_eq!(append_position(bad), None);
+        }
     }
 }

@@ -10,7 +10,10 @@
 
 use std::sync::{Arc, Weak};
 
-use herald_broker::{BrokerMetrics, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket};
+use herald_broker::history::{History, ReadTicket, StreamPolicy};
+use herald_broker::{
+    BrokerMetrics, ConnId, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
+};
 use herald_protocol::{envelope, ControlMessage, Payload};
 use redis::io::tcp::TcpSettings;
 use redis::IntoConnectionInfo;
@@ -19,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{RedisRelayConfig, RelayStartError};
-use crate::shared::{Outgoing, Shared};
-use crate::{inbound, publish_link, publisher, supervisor};
+use crate::history::{Queued, ReadMode, ReadRequest};
+use crate::shared::{Command, Outgoing, Shared};
+use crate::{history, inbound, publish_link, publisher, supervisor};
 
 /// The relay over Redis pub/sub; see the crate docs. Dropping it stops its tasks.
 pub struct RedisRelay {
@@ -28,6 +32,9 @@ pub struct RedisRelay {
     publish_tx: mpsc::Sender<Outgoing>,
     /// Every task of this relay, so `shutdown` can wait for all of them.
     tracker: TaskTracker,
+    /// Where history reads run (the runtime the relay was started on: the broker may ask
+    /// from any thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl RedisRelay {
@@ -63,6 +70,7 @@ impl RedisRelay {
             shared,
             publish_tx,
             tracker,
+            runtime: tokio::runtime::Handle::current(),
         }))
     }
 
@@ -106,6 +114,47 @@ impl RedisRelay {
     fn refuse(&self, err: RelayError) -> PublishTicket {
         PublishTicket::Done(Err(err))
     }
+
+    /// Queues `command` for the publisher, or refuses at once (shutting down, publish
+    /// connection down, queue full).
+    fn enqueue(&self, command: impl FnOnce() -> Command) -> PublishTicket {
+        if self.shared.cancel.is_cancelled() {
+            return self.refuse(RelayError::ShuttingDown);
+        }
+        if !self.shared.is_publish_up() {
+            return self.refuse(RelayError::Unavailable("redis relay publish connection is down".into()));
+        }
+        let (done, rx) = oneshot::channel();
+        let item = Outgoing {
+            command: command(),
+            done,
+        };
+        match self.publish_tx.try_send(item) {
+            Ok(()) => PublishTicket::Pending(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => self.refuse(RelayError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.refuse(RelayError::ShuttingDown),
+        }
+    }
+
+    /// Starts a history read (see `history`): refused at once while the publish
+    /// connection is down or too many reads wait.
+    fn start_read(&self, topic: &str, mode: ReadMode, policy: &StreamPolicy) -> ReadTicket {
+        if self.shared.cancel.is_cancelled() {
+            return Ticket::Done(Err(RelayError::ShuttingDown));
+        }
+        if !self.shared.is_publish_up() {
+            return Ticket::Done(Err(RelayError::Unavailable(
+                "redis relay publish connection is down".into(),
+            )));
+        }
+        let Some(queued) = Queued::enter(&self.shared) else {
+            return Ticket::Done(Err(RelayError::Overloaded));
+        };
+        let req = ReadRequest::new(&self.shared, topic, mode, policy);
+        let (done, ticket) = Ticket::pending();
+        self.tracker.spawn_on(history::read(queued, req, done), &self.runtime);
+        ticket
+    }
 }
 
 impl Drop for RedisRelay {
@@ -130,25 +179,13 @@ impl Relay for RedisRelay {
     }
 
     fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket {
-        if self.shared.cancel.is_cancelled() {
-            return self.refuse(RelayError::ShuttingDown);
-        }
-        if !self.shared.is_publish_up() {
-            return self.refuse(RelayError::Unavailable("redis relay publish connection is down".into()));
-        }
-        let cfg = &self.shared.config;
-        let envelope = envelope::encode(&cfg.node_id, published_at_micros, topic, payload);
-        let (done, rx) = oneshot::channel();
-        let item = Outgoing {
-            channel: cfg.channel(topic),
-            envelope,
-            done,
-        };
-        match self.publish_tx.try_send(item) {
-            Ok(()) => PublishTicket::Pending(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => self.refuse(RelayError::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.refuse(RelayError::ShuttingDown),
-        }
+        self.enqueue(|| {
+            let cfg = &self.shared.config;
+            Command::Publish {
+                channel: cfg.channel(topic),
+                envelope: envelope::encode(&cfg.node_id, published_at_micros, topic, payload),
+            }
+        })
     }
 
     fn interest_changed(&self, topic: &str) {
@@ -157,24 +194,17 @@ impl Relay for RedisRelay {
 
     /// On the control channel, through the same PUBLISH pipeline as publications.
     fn send_control(&self, message: &ControlMessage) -> PublishTicket {
-        if self.shared.cancel.is_cancelled() {
-            return self.refuse(RelayError::ShuttingDown);
-        }
-        if !self.shared.is_publish_up() {
-            return self.refuse(RelayError::Unavailable("redis relay publish connection is down".into()));
-        }
-        let cfg = &self.shared.config;
-        let (done, rx) = oneshot::channel();
-        let item = Outgoing {
-            channel: cfg.control_channel(),
-            envelope: herald_protocol::encode_control(&cfg.node_id, message),
-            done,
-        };
-        match self.publish_tx.try_send(item) {
-            Ok(()) => PublishTicket::Pending(rx),
-            Err(mpsc::error::TrySendError::Full(_)) => self.refuse(RelayError::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.refuse(RelayError::ShuttingDown),
-        }
+        self.enqueue(|| {
+            let cfg = &self.shared.config;
+            Command::Publish {
+                channel: cfg.control_channel(),
+                envelope: herald_protocol::encode_control(&cfg.node_id, message),
+            }
+        })
+    }
+
+    fn history(&self) -> Option<&dyn History> {
+        Some(self)
     }
 
     /// See `subscriptions` ("The confirmation race") and `supervisor` (the batch window).
@@ -191,5 +221,36 @@ impl Relay for RedisRelay {
         } else {
             RelayState::Down
         }
+    }
+}
+
+/// Topic history in Redis: see `history` and `scripts`, and `docs/cluster.md` for the keys.
+impl History for RedisRelay {
+    /// Through the publish queue and pipelines, in order with publications: one run of the
+    /// append script, which allocates the offset, stores the message and publishes it to
+    /// every node (this one included).
+    fn append(
+        &self,
+        topic: &str,
+        payload: &Payload,
+        published_at_micros: u64,
+        origin_conn: Option<ConnId>,
+        policy: &StreamPolicy,
+    ) -> PublishTicket {
+        let append =
+            match history::append_command(&self.shared, topic, payload, published_at_micros, origin_conn, policy) {
+                Ok(a) => a,
+                // The broker validated the topic; only an oversized one could get here.
+                Err(e) => return self.refuse(RelayError::Unavailable(format!("cannot encode the envelope: {e}"))),
+            };
+        self.enqueue(|| Command::Append(Box::new(append)))
+    }
+
+    fn read(&self, topic: &str, after: u64, limit: usize, policy: &StreamPolicy) -> ReadTicket {
+        self.start_read(topic, ReadMode::After { after, limit }, policy)
+    }
+
+    fn latest(&self, topic: &str, policy: &StreamPolicy) -> ReadTicket {
+        self.start_read(topic, ReadMode::Latest, policy)
     }
 }

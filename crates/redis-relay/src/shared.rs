@@ -1,5 +1,5 @@
 //! The state one relay's handle and tasks share ([`Shared`]), and the values they hand each
-//! other: a queued publication ([`Outgoing`]), the live publish connection
+//! other: a queued publication or history append ([`Outgoing`]), the live publish connection
 //! ([`PublishLink`]) and a pub/sub stream for the reader ([`Feed`]).
 //!
 //! This file owns the relay's Up/Down truth: each of the two connections (publish,
@@ -7,7 +7,7 @@
 //! none of the task modules; the tasks (`supervisor`, `publish_link`, `publisher`,
 //! `inbound`) import it, and `relay` (the handle) imports it and starts the tasks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -15,18 +15,46 @@ use herald_broker::{BrokerMetrics, RelayError, RelaySink};
 use herald_protocol::StreamPos;
 use prometheus::IntCounter;
 use redis::aio::{MultiplexedConnection, PubSubStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisRelayConfig;
 use crate::subscriptions::Interest;
 
-/// One queued publication: the channel, the encoded envelope, and who waits for Redis's
-/// answer.
+/// One queued command for the publish pipeline, and who waits for Redis's answer: `None`
+/// for a PUBLISH, the message's stream position for an append.
 pub(crate) struct Outgoing {
-    pub(crate) channel: String,
-    pub(crate) envelope: Bytes,
+    pub(crate) command: Command,
     pub(crate) done: oneshot::Sender<Result<Option<StreamPos>, RelayError>>,
+}
+
+/// What the publisher sends for one [`Outgoing`]. Both kinds share the queue and the
+/// pipelines, so a node's publications and appends reach Redis in the order they were
+/// accepted.
+pub(crate) enum Command {
+    /// `PUBLISH channel envelope` (a topic without history, or a control message).
+    Publish { channel: String, envelope: Bytes },
+    /// `EVALSHA` of the append script (boxed: the queue's slots stay small).
+    Append(Box<Append>),
+}
+
+/// The arguments of one run of the append script (see `scripts::APPEND`).
+pub(crate) struct Append {
+    pub(crate) stream_key: String,
+    pub(crate) meta_key: String,
+    pub(crate) channel: String,
+    /// The epoch the stream gets if this append starts it.
+    pub(crate) epoch_candidate: String,
+    /// `MAXLEN ~` of the stream.
+    pub(crate) size: usize,
+    pub(crate) ttl_ms: u64,
+    pub(crate) published_at_micros: u64,
+    pub(crate) kind: u8,
+    /// The version 2 envelope up to and including its flags byte.
+    pub(crate) head: Bytes,
+    /// The origin connection's 8 bytes, or nothing.
+    pub(crate) origin_conn: Bytes,
+    pub(crate) payload: Bytes,
 }
 
 /// The live publish connection, as the publisher sees it.
@@ -100,6 +128,14 @@ pub(crate) struct Shared {
     pub(crate) publish_link: watch::Sender<Option<Arc<PublishLink>>>,
     /// Where the supervisor hands each new pub/sub stream to the reader.
     pub(crate) feeds: mpsc::Sender<Feed>,
+    /// History reads in flight to Redis (`history_read_concurrency` permits).
+    pub(crate) reads: Semaphore,
+    /// History reads accepted and not answered yet (bounded by `history_read_queue`).
+    pub(crate) reads_waiting: AtomicUsize,
+    /// This process's part of every epoch it proposes (random).
+    epoch_seed: String,
+    /// Numbers the epochs this process proposes.
+    epochs: AtomicU64,
 }
 
 impl Shared {
@@ -114,6 +150,15 @@ impl Shared {
         let unrelayed = metrics.dropped.with_label_values(&["relay_unavailable"]);
         let sent = metrics.relay_messages.with_label_values(&["out"]);
         metrics.relay_up.set(0);
+        let reads = Semaphore::new(config.history_read_concurrency);
+        let epoch_seed = {
+            use rand::Rng;
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(10)
+                .map(char::from)
+                .collect()
+        };
         Self {
             config,
             client,
@@ -129,7 +174,19 @@ impl Shared {
             cancel,
             publish_link: watch::Sender::new(None),
             feeds,
+            reads,
+            reads_waiting: AtomicUsize::new(0),
+            epoch_seed,
+            epochs: AtomicU64::new(0),
         }
+    }
+
+    /// An epoch for a stream this node may start (by appending to it or reading it when
+    /// it has none): unique to this process (random part) and to the call (counter), so a
+    /// stream that lost its past never gets an epoch it had before.
+    pub(crate) fn epoch_candidate(&self) -> String {
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.epoch_seed)
     }
 
     /// Stores the broker's sink; `false` when one was set already.

@@ -3,6 +3,9 @@
 //! One loop, one owner: connect a dedicated RESP2 pub/sub connection (within
 //! `connect_timeout`), hand its message stream to the reader, SUBSCRIBE every topic the
 //! broker has local interest in (in batches), confirm them, and mark the pub/sub link up.
+//! After a reconnect (not after the first connection), once every topic is resubscribed
+//! and the publish connection (which history reads use) is up, it calls
+//! `RelaySink::relinked`, so the broker fills the gap from history.
 //! While up it serves three things: the heartbeat (PING on the pub/sub connection with
 //! `heartbeat_timeout`), interest hints (batched SUBSCRIBE after the batch window,
 //! UNSUBSCRIBE after `unsubscribe_delay`), and the reader's signal that the stream ended.
@@ -110,13 +113,14 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
         let count = topics.len();
         rec.reset(topics);
         shared.set_link(Link::PubSub, true);
-        if retry.up() {
+        let relink = retry.up();
+        if relink {
             shared.count_link_reconnect(Link::PubSub);
             tracing::info!(topics = count, "redis relay pub/sub reconnected and resubscribed");
         } else {
             tracing::info!(topics = count, "redis relay pub/sub connected");
         }
-        serve(shared, &mut sink, &mut rec, &failed).await
+        serve(shared, &mut sink, &mut rec, &failed, relink).await
     }
     .await;
     // Refuse confirmations and go down before anything else.
@@ -129,14 +133,22 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
     }
 }
 
-/// The up state: heartbeat, interest changes, failure signals. Never returns `Ok`.
+/// The up state: heartbeat, interest changes, failure signals, and (after a reconnect,
+/// `relink`) telling the broker to fill the gap. Never returns `Ok`.
+///
+/// Every topic listens again when this starts: what other nodes published while the
+/// connection was away did not arrive, and the broker reads it from history. Those reads
+/// go over the publish connection, which may have broken too (a Redis restart breaks
+/// both) and come back later, so `RelaySink::relinked` waits for it.
 async fn serve(
     shared: &Shared,
     sink: &mut PubSubSink,
     rec: &mut Reconciler,
     failed: &CancellationToken,
+    mut relink: bool,
 ) -> Result<std::convert::Infallible, LinkError> {
     let cfg = &shared.config;
+    let mut publish_link = shared.publish_link.subscribe();
     let mut heartbeat = tokio::time::interval_at(Instant::now() + cfg.heartbeat_interval, cfg.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let has_interest = |t: &str| shared.has_interest(t);
@@ -146,6 +158,13 @@ async fn serve(
             biased;
             _ = shared.cancel.cancelled() => return Err(LinkError::Shutdown),
             _ = failed.cancelled() => return Err(LinkError::Lost),
+            // (The guard `wait_for` returns is not `Send`: dropped inside.)
+            true = async { publish_link.wait_for(Option::is_some).await.is_ok() }, if relink => {
+                relink = false;
+                if let Some(s) = shared.sink() {
+                    s.relinked();
+                }
+            }
             _ = heartbeat.tick() => {
                 timeout(cfg.heartbeat_timeout, sink.ping::<redis::Value>())
                     .await

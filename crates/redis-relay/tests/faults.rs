@@ -171,9 +171,12 @@ async fn shutdown_fails_queued_publications() {
     let a = Node::start(config);
     wait_until(LIMIT, "Up", || a.is_up()).await;
 
-    // Redis hangs; the first publication is stuck in flight, the rest queue behind it.
+    // Redis hangs; the first two publications are stuck in flight (one pipeline each, the
+    // most the publisher sends ahead), the rest queue behind them.
     redis.pause();
     let first = a.publish("t", "in flight");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = a.publish("t", "in flight too");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let queued: Vec<_> = (0..10).map(|i| a.publish("t", &format!("queued-{i}"))).collect();
     let started = Instant::now();
@@ -182,15 +185,17 @@ async fn shutdown_fails_queued_publications() {
     for q in queued {
         assert_eq!(q.outcome().await, Err(RelayError::ShuttingDown));
     }
-    assert!(
-        matches!(first.outcome().await, Err(RelayError::Unavailable(_))),
-        "never acknowledged"
-    );
+    for t in [first, second] {
+        assert!(
+            matches!(t.outcome().await, Err(RelayError::Unavailable(_))),
+            "never acknowledged"
+        );
+    }
     assert!(matches!(
         a.publish("t", "late"),
         PublishTicket::Done(Err(RelayError::ShuttingDown))
     ));
-    // 10 queued + 1 in flight, failed by the relay; the immediate refusal of "late" is the
+    // 10 queued + 2 in flight, failed by the relay; the immediate refusal of "late" is the
     // broker's to count.
-    assert_eq!(unrelayed(&a), 11);
+    assert_eq!(unrelayed(&a), 12);
 }

@@ -216,17 +216,24 @@ impl Outbox {
 
     /// Offers a data frame queued at `at`. Never blocks on the consumer.
     pub fn push(&self, frame: Bytes, at: Instant) -> PushOutcome {
-        self.offer(frame, at, false).0
+        self.offer(frame, at, false, true).0
     }
 
     /// Like [`Outbox::push`], but when the writer is idle and a socket is attached the
     /// writer is not woken: the second value is true and the caller must hand this outbox
     /// to [`Outbox::flush_now`] (the flusher does) or [`Outbox::wake`] it.
     pub fn push_listed(&self, frame: Bytes, at: Instant) -> (PushOutcome, bool) {
-        self.offer(frame, at, true)
+        self.offer(frame, at, true, true)
     }
 
-    fn offer(&self, frame: Bytes, at: Instant, may_list: bool) -> (PushOutcome, bool) {
+    /// Like [`Outbox::push`], but a full outbox refuses the frame (`Dropped`) whatever the
+    /// slow-consumer policy: a history replay waits for room and offers it again, and
+    /// must never get its subscriber disconnected for its own frames.
+    pub fn push_or_refuse(&self, frame: Bytes, at: Instant) -> PushOutcome {
+        self.offer(frame, at, false, false).0
+    }
+
+    fn offer(&self, frame: Bytes, at: Instant, may_list: bool, policy: bool) -> (PushOutcome, bool) {
         let mut st = self.lock();
         if st.close.is_some() {
             return (PushOutcome::Closed, false);
@@ -239,6 +246,9 @@ impl Outbox {
         let bytes = st.bytes + st.taken_bytes as usize;
         let full = frames >= self.limits.max_frames || (frames > 0 && bytes + len > self.limits.max_bytes);
         if full {
+            if !policy {
+                return (PushOutcome::Dropped, false);
+            }
             return match self.limits.policy {
                 SlowConsumerPolicy::Drop => (PushOutcome::Dropped, false),
                 SlowConsumerPolicy::Disconnect => {

@@ -360,14 +360,24 @@ impl Core {
         for topic in topics {
             let held = conn.holds(topic);
             let from = since.iter().find(|(t, _)| t.as_ref() == topic).map(|(_, p)| p);
-            let start = match self.broker.stream_policy(topic) {
+            let policy = self.broker.stream_policy(topic);
+            // A held history subscription that ended (`recovery_overflow`,
+            // `recovery_lost`) is subscribed again, like a new one.
+            let ended = held
+                && policy.is_some()
+                && self
+                    .broker
+                    .registry()
+                    .gate_of(topic, conn.id)
+                    .is_some_and(|g| g.has_ended());
+            let start = match policy {
                 None => None,
-                Some(policy) => match (from, held) {
-                    (Some(p), _) => Some((Start::After(p.clone()), policy)),
-                    (None, true) => None,
-                    (None, false) if policy.latest_on_subscribe => Some((Start::Latest, policy)),
-                    (None, false) if positions => Some((Start::Head, policy)),
-                    (None, false) => None,
+                Some(policy) => match from {
+                    Some(p) => Some((Start::After(p.clone()), policy)),
+                    None if policy.latest_on_subscribe && (!held || ended) => Some((Start::Latest, policy)),
+                    None if positions => Some((Start::Head, policy)),
+                    None if ended => Some((Start::Head, policy)),
+                    None => None,
                 },
             };
             let gate = start.as_ref().map(|_| Gate::new(self.limits.replay_buffer));

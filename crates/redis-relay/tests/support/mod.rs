@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use herald_broker::{BrokerMetrics, PublishTicket, Relay, RelaySink};
+use herald_broker::{BrokerMetrics, History, HistoryPage, PublishTicket, Relay, RelaySink, StreamPolicy};
 use herald_protocol::{Envelope, Payload};
 use herald_redis::{RedisRelay, RedisRelayConfig};
 use tokio_util::sync::CancellationToken;
@@ -218,12 +218,18 @@ impl Drop for RedisServer {
     }
 }
 
+/// What a [`FakeSink`] runs when `relinked` is called (to look at the world at that
+/// moment).
+pub type RelinkProbe = Box<dyn Fn() + Send + Sync>;
+
 /// A broker stand-in: an interest set and a log of delivered envelopes.
 #[derive(Default)]
 pub struct FakeSink {
     interest: Mutex<HashSet<String>>,
     delivered: Mutex<Vec<Envelope>>,
     controls: Mutex<Vec<herald_protocol::ControlMessage>>,
+    relinks: std::sync::atomic::AtomicUsize,
+    relink_probe: Mutex<Option<RelinkProbe>>,
 }
 
 impl RelaySink for FakeSink {
@@ -239,6 +245,13 @@ impl RelaySink for FakeSink {
         self.controls.lock().unwrap().push(message);
     }
 
+    fn relinked(&self) {
+        if let Some(probe) = &*self.relink_probe.lock().unwrap() {
+            probe();
+        }
+        self.relinks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn interested_topics(&self) -> Vec<Arc<str>> {
         self.interest
             .lock()
@@ -250,6 +263,31 @@ impl RelaySink for FakeSink {
 }
 
 impl FakeSink {
+    /// How often `relinked` was called.
+    pub fn relinks(&self) -> usize {
+        self.relinks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Runs `probe` inside every later `relinked` call.
+    pub fn on_relink(&self, probe: impl Fn() + Send + Sync + 'static) {
+        *self.relink_probe.lock().unwrap() = Some(Box::new(probe));
+    }
+
+    /// The stream positions delivered for `topic`, in order.
+    pub fn positions(&self, topic: &str) -> Vec<herald_protocol::StreamPos> {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.topic == topic)
+            .map(|e| {
+                e.stream
+                    .clone()
+                    .expect("a history topic's envelope carries its position")
+            })
+            .collect()
+    }
+
     /// Control messages received, in order.
     pub fn controls(&self) -> Vec<herald_protocol::ControlMessage> {
         self.controls.lock().unwrap().clone()
@@ -333,6 +371,54 @@ impl Node {
 
     pub fn is_up(&self) -> bool {
         self.relay.state() == herald_broker::RelayState::Up
+    }
+
+    /// Appends a text message to `topic`'s history (and publishes it).
+    pub fn append(&self, topic: &str, text: &str, policy: &StreamPolicy) -> PublishTicket {
+        self.history().append(
+            topic,
+            &Payload::text(text.to_owned()),
+            herald_broker::broker::now_micros(),
+            None,
+            policy,
+        )
+    }
+
+    pub fn history(&self) -> &dyn History {
+        self.relay.history().expect("the redis relay keeps history")
+    }
+
+    /// Reads a page, failing the test on an error.
+    pub async fn read(&self, topic: &str, after: u64, limit: usize, policy: &StreamPolicy) -> HistoryPage {
+        within(
+            Duration::from_secs(5),
+            "a history read",
+            self.history().read(topic, after, limit, policy).outcome(),
+        )
+        .await
+        .expect("history read")
+    }
+}
+
+/// A history policy: `size` messages, `ttl`.
+pub fn policy(size: usize, ttl: Duration) -> StreamPolicy {
+    StreamPolicy {
+        size,
+        max_bytes: 0,
+        ttl,
+        latest_on_subscribe: false,
+    }
+}
+
+impl RedisServer {
+    /// A blocking connection to this server, from outside the code under test.
+    pub fn client(&self) -> redis::Connection {
+        self.connection()
+    }
+
+    /// Runs `cmd` against this server, from outside the code under test.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        cmd.query(&mut self.connection()).unwrap()
     }
 }
 
