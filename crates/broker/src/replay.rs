@@ -106,7 +106,13 @@ impl Gate {
     /// after an overflow. The second value is true when this message overflowed the hold
     /// (the caller counts it and tells the subscriber).
     /// `None` for a live copy of an offset the replay sent already (dropped).
-    pub(crate) fn offer(&self, pos: &StreamPos, frame: Bytes, outbox: &Outbox, at: Instant) -> (Option<PushOutcome>, bool) {
+    pub(crate) fn offer(
+        &self,
+        pos: &StreamPos,
+        frame: Bytes,
+        outbox: &Outbox,
+        at: Instant,
+    ) -> (Option<PushOutcome>, bool) {
         let offset = pos.offset;
         let mut g = self.lock();
         match g.state {
