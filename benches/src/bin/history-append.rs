@@ -1,6 +1,7 @@
 //! `history-append`: appends per second through the Redis relay's append script (one
-//! `EVALSHA` per message: offset, `XADD`, `PEXPIRE`s, `PUBLISH`), pipelined, against one
-//! `redis-server`, and what one retained message costs Redis in memory.
+//! `EVALSHA` per run of up to `append_batch` consecutive appends: per message the offset,
+//! `XADD` and `PUBLISH`, per topic and run the meta read and the `PEXPIRE`s), pipelined,
+//! against one `redis-server`, and what one retained message costs Redis in memory.
 //!
 //! Starts its own `redis-server` (no persistence) on a free loopback port, unless `--url`
 //! names one (which it then `FLUSHALL`s: never point it at a Redis that matters). One
@@ -17,7 +18,7 @@
 //! ```text
 //! cargo run --release -p herald-benches --bin history-append -- \
 //!     [--messages 300000] [--payload 256] [--window 16384] [--topics 1] [--subscribe] \
-//!     [--memory-messages 100000] [--url redis://127.0.0.1:6399/]
+//!     [--memory-messages 100000] [--url redis://127.0.0.1:6399/] [--append-batch 64]
 //! ```
 
 use std::collections::VecDeque;
@@ -40,6 +41,8 @@ struct Args {
     subscribe: bool,
     memory_messages: u64,
     url: Option<String>,
+    /// `RedisRelayConfig::append_batch_max` (1: one script run per message).
+    append_batch: usize,
 }
 
 fn args() -> Args {
@@ -51,6 +54,7 @@ fn args() -> Args {
         subscribe: false,
         memory_messages: 100_000,
         url: None,
+        append_batch: RedisRelayConfig::default().append_batch_max,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +66,7 @@ fn args() -> Args {
             "--topics" => a.topics = value().parse().expect("--topics N"),
             "--memory-messages" => a.memory_messages = value().parse().expect("--memory-messages N"),
             "--url" => a.url = Some(value()),
+            "--append-batch" => a.append_batch = value().parse().expect("--append-batch N"),
             "--subscribe" => a.subscribe = true,
             other => panic!("unknown argument {other}"),
         }
@@ -191,7 +196,10 @@ async fn main() {
         delivered: AtomicU64::new(0),
     });
     let relay = RedisRelay::start(
-        RedisRelayConfig::new(&url, "bench"),
+        RedisRelayConfig {
+            append_batch_max: a.append_batch,
+            ..RedisRelayConfig::new(&url, "bench")
+        },
         Arc::new(BrokerMetrics::new()),
         CancellationToken::new(),
     )
@@ -235,8 +243,8 @@ async fn main() {
     }
     let per_sec = a.messages as f64 / elapsed.as_secs_f64();
     println!(
-        "appends: {} x {} B, {} topic(s), window {}, subscribed: {}",
-        a.messages, a.payload, a.topics, a.window, a.subscribe
+        "appends: {} x {} B, {} topic(s), window {}, append batch {}, subscribed: {}",
+        a.messages, a.payload, a.topics, a.window, a.append_batch, a.subscribe
     );
     println!(
         "  {:.0} appends/s ({:.2} s); node CPU {:.2} µs/append; redis CPU {:.2} µs/append",

@@ -68,6 +68,12 @@ pub struct RedisRelayConfig {
     pub publish_queue_capacity: usize,
     /// Most PUBLISH commands sent in one pipeline (default 512).
     pub publish_batch_max: usize,
+    /// Most messages stored by one run of the append script (default 64, at most
+    /// [`APPEND_BATCH_LIMIT`]). Consecutive appends of a pipeline are sent as one
+    /// `EVALSHA` of up to this many messages; 1 sends one per message. Redis runs one
+    /// client's script at a time, so this bounds how long one call delays the others
+    /// (about 4 µs of Redis CPU per 256-byte message).
+    pub append_batch_max: usize,
     /// Tasks that decode inbound envelopes and hand them to the broker (default 0: one
     /// per core). A topic always goes to the same worker, which keeps per-topic order.
     pub deliver_workers: usize,
@@ -107,6 +113,7 @@ impl Default for RedisRelayConfig {
             subscribe_batch_max: 1000,
             publish_queue_capacity: 65536,
             publish_batch_max: 512,
+            append_batch_max: 64,
             deliver_workers: 0,
             max_payload_bytes: 64 * 1024,
             deliver_queue_capacity: 1024,
@@ -115,6 +122,10 @@ impl Default for RedisRelayConfig {
         }
     }
 }
+
+/// The largest `append_batch_max` accepted: one script run stays well under a
+/// millisecond of Redis time.
+pub const APPEND_BATCH_LIMIT: usize = 256;
 
 /// What follows the prefix in the control channel's name; not a valid topic.
 pub const CONTROL_SUFFIX: &str = "#control";
@@ -218,6 +229,9 @@ impl RedisRelayConfig {
                 p.push(format!("{name} must be positive"));
             }
         }
+        if self.append_batch_max > APPEND_BATCH_LIMIT {
+            p.push(format!("append_batch_max must be at most {APPEND_BATCH_LIMIT}"));
+        }
         if self.reconnect_backoff_max < self.reconnect_backoff_min {
             p.push("reconnect_backoff_max must be at least reconnect_backoff_min".into());
         }
@@ -225,6 +239,7 @@ impl RedisRelayConfig {
             ("subscribe_batch_max", self.subscribe_batch_max),
             ("publish_queue_capacity", self.publish_queue_capacity),
             ("publish_batch_max", self.publish_batch_max),
+            ("append_batch_max", self.append_batch_max),
             ("deliver_queue_capacity", self.deliver_queue_capacity),
             ("max_payload_bytes", self.max_payload_bytes),
             ("history_read_concurrency", self.history_read_concurrency),

@@ -115,5 +115,5 @@ mod shared;
 mod subscriptions;
 mod supervisor;
 
-pub use config::{RedisRelayConfig, RelayStartError};
+pub use config::{RedisRelayConfig, RelayStartError, APPEND_BATCH_LIMIT};
 pub use relay::RedisRelay;

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::link::is_connection_failure;
 use crate::scripts;
-use crate::shared::{Command, Outgoing, PublishLink, Shared};
+use crate::shared::{Append, Command, Outgoing, PublishLink, Shared};
 
 /// Pipelines sent and not answered yet, at most.
 pub(crate) const PIPELINES_IN_FLIGHT: usize = 2;
@@ -168,40 +168,38 @@ async fn settle(shared: &Shared, flight: Flight) {
 
 /// Sends `batch` as one pipeline within `command_timeout`; one reply per entry, or why the
 /// pipeline as a whole failed (then the connection is replaced when it is to blame).
+/// Consecutive appends go out as one run of the append script each (see [`chunks`]); its
+/// answers are handed back one per entry, and a run that failed as a whole fails each of
+/// its entries.
 async fn exec(shared: &Shared, link: &PublishLink, batch: &[Outgoing]) -> Result<Vec<Value>, RelayError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for item in batch {
-        match &item.command {
-            Command::Publish { channel, envelope } => {
+    let chunks = chunks(batch, shared.config.append_batch_max);
+    for chunk in &chunks {
+        match chunk {
+            Chunk::Publish(i) => {
+                let Command::Publish { channel, envelope } = &batch[*i].command else {
+                    unreachable!("a publish chunk is a publish")
+                };
                 pipe.cmd("PUBLISH").arg(channel).arg(&envelope[..]);
             }
-            Command::Append(a) => {
-                pipe.cmd("EVALSHA")
-                    .arg(&scripts::APPEND.sha)
-                    .arg(2)
-                    .arg(&a.stream_key)
-                    .arg(&a.meta_key)
-                    .arg(&a.channel)
-                    .arg(&a.epoch_candidate)
-                    .arg(a.size)
-                    .arg(a.ttl_ms)
-                    .arg(a.published_at_micros)
-                    .arg(a.kind)
-                    .arg(&a.head[..])
-                    .arg(&a.origin_conn[..])
-                    .arg(&a.payload[..]);
+            Chunk::Appends(run) => {
+                run.add_to(&mut pipe);
             }
         }
     }
     let mut conn = link.conn.clone();
     let timeout = shared.config.command_timeout;
     match tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await {
-        Ok(Ok(replies)) if replies.len() == batch.len() => Ok(replies),
+        Ok(Ok(replies)) if replies.len() == chunks.len() => Ok(spread(&chunks, replies)),
         Ok(Ok(replies)) => {
             // Not seen in practice; the connection's framing cannot be trusted after it.
             link.failed.cancel();
-            tracing::warn!(sent = batch.len(), got = replies.len(), "pipeline reply count mismatch");
+            tracing::warn!(
+                sent = chunks.len(),
+                got = replies.len(),
+                "pipeline reply count mismatch"
+            );
             Err(RelayError::Unavailable(
                 "redis answered the pipeline incompletely".into(),
             ))
@@ -221,6 +219,115 @@ async fn exec(shared: &Shared, link: &PublishLink, batch: &[Outgoing]) -> Result
             ))
         }
     }
+}
+
+/// One command of a pipeline: a PUBLISH (the entry's index) or one run of the append
+/// script for some consecutive appends.
+enum Chunk<'a> {
+    Publish(usize),
+    Appends(AppendRun<'a>),
+}
+
+/// Consecutive appends of a pipeline sent as one `EVALSHA` of the append script.
+struct AppendRun<'a> {
+    /// The topics in the order they first appear; each one's arguments (channel, epoch
+    /// candidate, size, TTL, keys) are those of its first message.
+    topics: Vec<&'a Append>,
+    /// The messages in queue order, each with its topic's index in `topics`.
+    messages: Vec<(&'a Append, usize)>,
+}
+
+impl<'a> AppendRun<'a> {
+    /// Takes `a` into the run, or says it cannot: the run is full, or `a`'s topic is in it
+    /// with other settings (a policy changed between two messages), which one run cannot
+    /// express.
+    fn push(&mut self, a: &'a Append, max: usize) -> bool {
+        if self.messages.len() >= max {
+            return false;
+        }
+        let j = match self.topics.iter().position(|t| t.stream_key == a.stream_key) {
+            Some(j) => {
+                let t = self.topics[j];
+                if t.meta_key != a.meta_key || t.channel != a.channel || t.size != a.size || t.ttl_ms != a.ttl_ms {
+                    return false;
+                }
+                j
+            }
+            None => {
+                self.topics.push(a);
+                self.topics.len() - 1
+            }
+        };
+        self.messages.push((a, j));
+        true
+    }
+
+    /// The `EVALSHA`, laid out as `scripts::APPEND` documents: the keys grouped per topic.
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        let cmd = pipe.cmd("EVALSHA").arg(&scripts::APPEND.sha).arg(2 * self.topics.len());
+        for t in &self.topics {
+            cmd.arg(&t.stream_key).arg(&t.meta_key);
+        }
+        cmd.arg(self.topics.len());
+        for t in &self.topics {
+            cmd.arg(&t.channel).arg(&t.epoch_candidate).arg(t.size).arg(t.ttl_ms);
+        }
+        for (a, j) in &self.messages {
+            cmd.arg(j + 1)
+                .arg(a.published_at_micros)
+                .arg(a.kind)
+                .arg(&a.head[..])
+                .arg(&a.origin_conn[..])
+                .arg(&a.payload[..]);
+        }
+    }
+}
+
+/// How `batch` goes out: each PUBLISH on its own, each run of consecutive appends in
+/// script runs of at most `max` messages. Nothing is reordered: a PUBLISH between two
+/// appends ends the run, so Redis executes the entries in queue order.
+fn chunks(batch: &[Outgoing], max: usize) -> Vec<Chunk<'_>> {
+    let mut out = Vec::new();
+    for (i, item) in batch.iter().enumerate() {
+        match &item.command {
+            Command::Publish { .. } => out.push(Chunk::Publish(i)),
+            Command::Append(a) => {
+                if let Some(Chunk::Appends(run)) = out.last_mut() {
+                    if run.push(a, max) {
+                        continue;
+                    }
+                }
+                out.push(Chunk::Appends(AppendRun {
+                    topics: vec![a],
+                    messages: vec![(a, 0)],
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// One reply per entry from one reply per chunk. A script run answers an array with one
+/// answer per message; anything else (an error for the whole run, `NOSCRIPT` included, or
+/// an answer of the wrong length) is given to each of its messages, so none of them can
+/// be taken for stored.
+fn spread(chunks: &[Chunk<'_>], replies: Vec<Value>) -> Vec<Value> {
+    let mut out = Vec::with_capacity(replies.len());
+    for (chunk, reply) in chunks.iter().zip(replies) {
+        let n = match chunk {
+            Chunk::Publish(_) => {
+                out.push(reply);
+                continue;
+            }
+            Chunk::Appends(run) => run.messages.len(),
+        };
+        match reply {
+            Value::Array(answers) if answers.len() == n => out.extend(answers),
+            Value::Array(_) => out.extend(std::iter::repeat_n(Value::Nil, n)),
+            other => out.extend(std::iter::repeat_n(other, n)),
+        }
+    }
+    out
 }
 
 /// What one reply means for its command.

@@ -6,7 +6,10 @@
 //! is what makes offsets agree on every node and the delivery order on every node the
 //! offset order. Both scripts name their keys in `KEYS` (the topic's stream and meta keys,
 //! which share a hash tag, see `RedisRelayConfig::stream_key`), so they can run on a Redis
-//! Cluster too.
+//! Cluster too (an append batch once it is split so that its topics share a slot). One run
+//! of [`APPEND`] stores and publishes a batch of messages (up to
+//! `RedisRelayConfig::append_batch_max`): the fixed cost of an `EVALSHA`, the meta read
+//! and the TTL renewal are paid once per batch, not once per message.
 //!
 //! Loading: `publish_link` sends `SCRIPT LOAD` for both on every new publish connection
 //! (after a Redis restart the script cache is empty), and commands name the scripts by SHA1
@@ -68,53 +71,98 @@ pub(crate) fn is_noscript(e: &RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
-/// Appends one message to a topic's stream and publishes it. Step by step:
-/// 1. the meta hash (`KEYS[2]`) holds the stream's `epoch` and last `offset`; when it is
-///    there, `HINCRBY offset 1` allocates the next offset and the message is `XADD`ed as
-///    entry `<offset>-0` with `MAXLEN ~ size`;
+/// Appends a batch of messages (one or more, to one or more topics) to their topics'
+/// streams and publishes them, in the order given. For each message, step by step:
+/// 1. the meta hash holds the stream's `epoch` and last `offset`; when it is there,
+///    `HINCRBY offset 1` allocates the next offset and the message is `XADD`ed as entry
+///    `<offset>-0` with `MAXLEN ~ size`. The meta's epoch is read (`HGET`) once per topic
+///    and batch: the script runs atomically, so after its first message of a topic the
+///    script itself is the only writer of that topic's keys and knows the epoch;
 /// 2. when there is no meta (a new stream, or its past was lost: expired, evicted,
 ///    flushed, Redis restarted without persistence), or when the stream contradicts it
 ///    (the `XADD` is refused because the stream already holds a larger id, or the key has
 ///    another type), the stream starts over: the old stream key is deleted, the meta is
-///    written with the node's epoch candidate (`ARGV[2]`) and offset 1, and the message
-///    is entry `1-0`;
-/// 3. both keys get the policy's TTL (`PEXPIRE`), so a stream nobody publishes to for a
-///    TTL disappears whole, and comes back with a new epoch;
-/// 4. `PUBLISH` on the topic's channel of the version 2 envelope: the node's head (up to
+///    written with the node's epoch candidate for that topic and offset 1, and the message
+///    is entry `1-0` (within one batch this can happen only to a topic's first message:
+///    after it, the stream ends at the meta's offset);
+/// 3. `PUBLISH` on the topic's channel of the version 2 envelope: the node's head (up to
 ///    and including the flags byte), the offset (u64 big-endian), the epoch length and
 ///    epoch, the origin connection (8 bytes or nothing) and the payload;
-/// 5. returns `{offset, epoch}`.
+/// 4. its answer is `{offset, epoch}`, or an error reply when Redis refused one of its
+///    commands (a wrong key type, an ACL, out of memory): then that message alone fails,
+///    exactly as one script run per message would (the next message of its topic reads
+///    the meta again).
 ///
-/// `ARGV`: 1 channel, 2 epoch candidate, 3 size (MAXLEN), 4 TTL in ms, 5 publish time in
-/// µs, 6 payload kind (0 JSON, 1 text, 2 binary), 7 envelope head, 8 origin connection,
-/// 9 payload.
+/// Then each topic with a stored message gets the policy's TTL on both keys (`PEXPIRE`,
+/// once per batch), so a stream nobody publishes to for a TTL disappears whole and comes
+/// back with a new epoch. Returns the answers, one per message, in order.
+///
+/// `KEYS`: per topic `j` (1-based), `KEYS[2j-1]` its stream and `KEYS[2j]` its meta. The
+/// two keys of a topic share a hash tag (one slot), so a batch whose topics are all in one
+/// hash slot can run on a Redis Cluster; the publisher groups the keys per topic so that a
+/// batch can be split by slot (issue 14).
+///
+/// `ARGV`: 1 the number of topics `T`; then per topic 4: channel, epoch candidate, size
+/// (MAXLEN), TTL in ms; then per message 6: topic number `j`, publish time in µs, payload
+/// kind (0 JSON, 1 text, 2 binary), envelope head, origin connection, payload.
 pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "append",
-        r#"-- herald history append (see docs/cluster.md)
-local s, m = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', m, 'epoch')
-local offset = nil
-if epoch and #epoch > 0 and #epoch < 256 then
-  offset = redis.call('HINCRBY', m, 'offset', 1)
-  local r = redis.pcall('XADD', s, 'MAXLEN', '~', ARGV[3], string.format('%d-0', offset),
-    't', ARGV[5], 'k', ARGV[6], 'p', ARGV[9])
-  if type(r) == 'table' and r.err then
-    offset = nil
+        r#"-- herald history append, batched (see docs/cluster.md)
+local nt = tonumber(ARGV[1])
+local base = 1 + 4 * nt
+local epochs, stored, out = {}, {}, {}
+local function append(j, a)
+  local s, m, p = KEYS[2 * j - 1], KEYS[2 * j], 4 * j - 2
+  local epoch = epochs[j]
+  if not epoch then
+    epoch = redis.call('HGET', m, 'epoch')
+    if not (epoch and #epoch > 0 and #epoch < 256) then epoch = nil end
+  end
+  local offset = nil
+  if epoch then
+    offset = redis.call('HINCRBY', m, 'offset', 1)
+    local r = redis.pcall('XADD', s, 'MAXLEN', '~', ARGV[p + 2], string.format('%d-0', offset),
+      't', ARGV[a + 1], 'k', ARGV[a + 2], 'p', ARGV[a + 5])
+    if type(r) == 'table' and r.err then
+      offset = nil
+    end
+  end
+  if not offset then
+    epoch = ARGV[p + 1]
+    offset = 1
+    redis.call('DEL', s, m)
+    redis.call('HSET', m, 'epoch', epoch, 'offset', 1)
+    redis.call('XADD', s, 'MAXLEN', '~', ARGV[p + 2], '1-0',
+      't', ARGV[a + 1], 'k', ARGV[a + 2], 'p', ARGV[a + 5])
+  end
+  epochs[j] = epoch
+  redis.call('PUBLISH', ARGV[p],
+    ARGV[a + 3] .. struct.pack('>I8', offset) .. string.char(#epoch) .. epoch .. ARGV[a + 4] .. ARGV[a + 5])
+  stored[j] = true
+  return {offset, epoch}
+end
+for a = base + 1, #ARGV - 5, 6 do
+  local j = tonumber(ARGV[a])
+  local ok, r = pcall(append, j, a)
+  if ok then
+    out[#out + 1] = r
+  else
+    epochs[j] = nil
+    if type(r) == 'table' and r.err then
+      out[#out + 1] = r
+    else
+      out[#out + 1] = {err = 'ERR ' .. tostring(r)}
+    end
   end
 end
-if not offset then
-  epoch = ARGV[2]
-  offset = 1
-  redis.call('DEL', s, m)
-  redis.call('HSET', m, 'epoch', epoch, 'offset', 1)
-  redis.call('XADD', s, 'MAXLEN', '~', ARGV[3], '1-0', 't', ARGV[5], 'k', ARGV[6], 'p', ARGV[9])
+for j = 1, nt do
+  if stored[j] then
+    redis.call('PEXPIRE', KEYS[2 * j - 1], ARGV[4 * j + 1])
+    redis.call('PEXPIRE', KEYS[2 * j], ARGV[4 * j + 1])
+  end
 end
-redis.call('PEXPIRE', s, ARGV[4])
-redis.call('PEXPIRE', m, ARGV[4])
-redis.call('PUBLISH', ARGV[1],
-  ARGV[7] .. struct.pack('>I8', offset) .. string.char(#epoch) .. epoch .. ARGV[8] .. ARGV[9])
-return {offset, epoch}
+return out
 "#,
     )
 });
