@@ -342,4 +342,21 @@ mod tests {
         };
         assert_eq!(p.len(), 5, "{p:?}");
     }
+
+    #[test]
+    fn the_append_batch_is_between_one_and_the_limit() {
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (64, true),
+            (APPEND_BATCH_LIMIT, true),
+            (APPEND_BATCH_LIMIT + 1, false),
+        ] {
+            let c = RedisRelayConfig {
+                append_batch_max: n,
+                ..RedisRelayConfig::new("redis://127.0.0.1:1/", "n1")
+            };
+            assert_eq!(c.validate().is_ok(), ok, "append_batch_max {n}");
+        }
+    }
 }

@@ -383,6 +383,98 @@ fn answer_all(shared: &Shared, batch: &mut Vec<Outgoing>, result: Result<(), Rel
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn append(topic: &str, ttl_ms: u64) -> Outgoing {
+        Outgoing {
+            command: Command::Append(Box::new(Append {
+                stream_key: format!("s:{topic}"),
+                meta_key: format!("m:{topic}"),
+                channel: format!("c:{topic}"),
+                epoch_candidate: "e".into(),
+                size: 10,
+                ttl_ms,
+                published_at_micros: 1,
+                kind: 1,
+                head: Bytes::new(),
+                origin_conn: Bytes::new(),
+                payload: Bytes::new(),
+            })),
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn publish() -> Outgoing {
+        Outgoing {
+            command: Command::Publish {
+                channel: "c".into(),
+                envelope: Bytes::new(),
+            },
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    /// Each chunk as `P` or the stream keys of its messages, and its topics' count.
+    fn shape(chunks: &[Chunk<'_>]) -> Vec<String> {
+        chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Publish(_) => "P".to_owned(),
+                Chunk::Appends(run) => {
+                    let topics: Vec<&str> = run.topics.iter().map(|t| &t.stream_key[2..]).collect();
+                    let msgs: Vec<String> = run
+                        .messages
+                        .iter()
+                        .map(|(a, j)| format!("{}{j}", &a.stream_key[2..]))
+                        .collect();
+                    format!("{}|{}", topics.join(","), msgs.join(","))
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_appends_are_cut_at_publications_the_cap_and_a_changed_policy() {
+        let batch = vec![
+            append("x", 1),
+            append("y", 1),
+            append("x", 1),
+            publish(),
+            append("x", 1),
+            append("x", 1),
+            append("x", 1),
+            append("x", 1),
+            append("x", 2),
+            publish(),
+            publish(),
+        ];
+        assert_eq!(
+            shape(&chunks(&batch, 3)),
+            ["x,y|x0,y1,x0", "P", "x|x0,x0,x0", "x|x0", "x|x0", "P", "P"]
+        );
+        assert_eq!(shape(&chunks(&batch[..3], 1)), ["x|x0", "y|y0", "x|x0"]);
+    }
+
+    #[test]
+    fn a_run_answered_as_a_whole_answers_each_of_its_messages() {
+        let batch = vec![
+            append("x", 1),
+            append("x", 1),
+            publish(),
+            append("y", 1),
+            append("y", 1),
+        ];
+        let c = chunks(&batch, 64);
+        let pos = |n| Value::Array(vec![Value::Int(n), Value::BulkString(b"e".to_vec())]);
+        let noscript = || redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").unwrap();
+        assert!(scripts::is_noscript_reply(&noscript()));
+        let got = spread(&c, vec![Value::Array(vec![pos(1), pos(2)]), Value::Okay, noscript()]);
+        assert_eq!(got, vec![pos(1), pos(2), Value::Okay, noscript(), noscript()]);
+        // An answer of the wrong length is no answer for any of them.
+        let got = spread(&c, vec![Value::Array(vec![pos(1)]), Value::Okay, Value::Array(vec![])]);
+        assert_eq!(got, vec![Value::Nil, Value::Nil, Value::Okay, Value::Nil, Value::Nil]);
+        assert!(outcome(&batch[0].command, Value::Nil).is_err());
+    }
 
     #[test]
     fn reads_the_append_scripts_answer() {
