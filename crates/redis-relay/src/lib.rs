@@ -12,14 +12,15 @@
 //!   (version, kind, publish time, origin node id, topic, payload; see
 //!   `herald_protocol::envelope` for the byte layout): version 1 for topics without
 //!   history, version 2 (with the message's offset and epoch) for topics with history.
-//! - Topic history (`History`, see `history` and `scripts`): an append is one `EVALSHA` of
-//!   a Lua script that allocates the next offset in the topic's meta hash, `XADD`s the
+//! - Topic history (`History`, see `history` and `scripts`): appends run through a Lua
+//!   script (one `EVALSHA` per run of up to `append_batch_max` consecutive appends) that,
+//!   for each message, allocates the next offset in the topic's meta hash, `XADD`s the
 //!   message to the topic's Redis Stream, renews both keys' TTL and PUBLISHes the version 2
 //!   envelope, atomically, so offsets agree on every node and every node, the appending one
 //!   included, receives a topic's messages in offset order. Appends share the publish queue
-//!   and pipelines with PUBLISHes. Reads (`XRANGE`, at most `MAX_READ` entries) are a second
-//!   script, run from a task of their own, bounded in number. Keys and scripts are
-//!   documented in `docs/cluster.md`.
+//!   and pipelines with PUBLISHes, in queue order, each with its own answer. Reads
+//!   (`XRANGE`, at most `MAX_READ` entries) are a second script, run from a task of their
+//!   own, bounded in number. Keys and scripts are documented in `docs/cluster.md`.
 //! - After the pub/sub connection was re-established and every topic resubscribed,
 //!   `RelaySink::relinked` tells the broker to fill the gap from history.
 //! - `Relay::publish` (and `History::append`) never blocks: it encodes the envelope and

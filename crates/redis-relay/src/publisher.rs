@@ -1,7 +1,8 @@
 //! The publisher task: drains the bounded publish queue and sends its commands to Redis in
 //! pipelines (PUBLISH for topics without history and control messages, `EVALSHA` of the
-//! append script for topics with history), answering each one's oneshot when Redis has
-//! replied: an append with the offset and epoch the script allocated.
+//! append script for topics with history: one call per run of consecutive appends, at most
+//! `append_batch_max` messages, see [`chunks`]), answering each one's oneshot when Redis has
+//! replied: an append with the offset and epoch the script allocated for that message.
 //!
 //! Ordering: one task takes the queue in order and hands each pipeline to the connection
 //! before it builds the next, and Redis executes a connection's commands in order, so

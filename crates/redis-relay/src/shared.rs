@@ -34,11 +34,12 @@ pub(crate) struct Outgoing {
 pub(crate) enum Command {
     /// `PUBLISH channel envelope` (a topic without history, or a control message).
     Publish { channel: String, envelope: Bytes },
-    /// `EVALSHA` of the append script (boxed: the queue's slots stay small).
+    /// One message for the append script (boxed: the queue's slots stay small).
     Append(Box<Append>),
 }
 
-/// The arguments of one run of the append script (see `scripts::APPEND`).
+/// One message's arguments for the append script (see `scripts::APPEND`); the publisher
+/// sends consecutive ones together, see `publisher::chunks`.
 pub(crate) struct Append {
     pub(crate) stream_key: String,
     pub(crate) meta_key: String,
