@@ -2,7 +2,8 @@
 //! stored by one run of the append script (fewer `EVALSHA` calls than messages), yet every
 //! message keeps its own answer and position, appends to several topics and plain
 //! publications reach Redis in exactly the order they were accepted (seen by a raw
-//! subscriber), and a message Redis refuses fails alone, its batch neighbours stored.
+//! subscriber), a message Redis refuses fails alone, its batch neighbours stored, and a
+//! batch that finds a topic's past lost or contradicted starts one new epoch for it.
 
 mod support;
 
@@ -194,4 +195,53 @@ async fn an_append_redis_refuses_fails_alone_in_its_batch() {
     assert!(ttl > 0, "the stored topic got its TTL");
     let ttl: i64 = redis.query(redis::cmd("PTTL").arg(&meta));
     assert_eq!(ttl, -1, "the refused topic's key was left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_finds_its_past_lost_or_contradicted_starts_one_new_epoch() {
+    init_logs();
+    let redis = RedisServer::start();
+    let node = up(&redis, fast(&redis.url(), "node-a")).await;
+    let p = policy(10_000, HOUR);
+    let cfg = node.relay.config();
+    for (topic, damage) in [("lost", "meta evicted"), ("behind", "meta behind its stream")] {
+        let mut old = None;
+        for i in 0..5 {
+            let pos = outcome(node.append(topic, &format!("old-{i}"), &p))
+                .await
+                .unwrap()
+                .unwrap();
+            old = Some(pos.epoch);
+        }
+        let old = old.unwrap();
+        if damage == "meta evicted" {
+            let _: () = redis.query(redis::cmd("DEL").arg(cfg.meta_key(topic)));
+        } else {
+            let _: () = redis.query(redis::cmd("HSET").arg(cfg.meta_key(topic)).arg("offset").arg(1));
+        }
+        redis.pause_writes(200);
+        let tickets: Vec<_> = (0..20).map(|i| node.append(topic, &format!("new-{i}"), &p)).collect();
+        let mut epoch = None;
+        for (i, t) in tickets.into_iter().enumerate() {
+            let pos = outcome(t).await.unwrap().unwrap();
+            assert_eq!(pos.offset, i as u64 + 1, "{damage}: the new stream counts from 1");
+            assert_ne!(pos.epoch, old, "{damage}: a new epoch");
+            assert_eq!(
+                pos.epoch,
+                *epoch.get_or_insert_with(|| pos.epoch.clone()),
+                "{damage}: one new epoch"
+            );
+        }
+        let page = node.read(topic, 0, 1000, &p).await;
+        let texts: Vec<String> = page
+            .messages
+            .iter()
+            .map(|m| String::from_utf8(m.payload.bytes.to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            (0..20).map(|i| format!("new-{i}")).collect::<Vec<_>>(),
+            "{damage}"
+        );
+    }
 }
