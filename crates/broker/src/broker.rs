@@ -425,6 +425,8 @@ impl Broker {
                     continue;
                 }
                 Err(e) => {
+                    // Counted as a loss (its size is unknown); the next relink tries again.
+                    self.metrics.history_gaps.with_label_values(&["lost"]).inc();
                     tracing::warn!(topic = %t.name(), error = %e, "history read for a gap failed; giving the gap up");
                     crate::history::HistoryPage {
                         head: StreamPos {

@@ -47,6 +47,9 @@ pub struct Config {
     pub history: Vec<HistoryEntry>,
 }
 
+/// The longest history TTL: a year (Redis refuses expiry times past what its clock can add).
+pub const MAX_HISTORY_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// One `[[history]]` entry: the topics matching `topics` keep their last `size` messages
 /// for `ttl_ms` (docs/protocol.md, "History and recovery").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -795,8 +798,10 @@ impl Config {
             if h.size == 0 || h.size > 1_000_000 {
                 p.push(format!("{at}.size: at least 1 and at most 1000000 messages"));
             }
-            if h.ttl_ms < 1000 {
-                p.push(format!("{at}.ttl_ms: at least 1000"));
+            if !(1000..=MAX_HISTORY_TTL_MS).contains(&h.ttl_ms) {
+                p.push(format!(
+                    "{at}.ttl_ms: at least 1000 and at most {MAX_HISTORY_TTL_MS} (365 days)"
+                ));
             }
         }
         if !self.history.is_empty() && self.limits.replay_buffer == 0 {

@@ -32,8 +32,14 @@ use crate::shared::{Append, Shared};
 
 /// The TTL in whole milliseconds for `PEXPIRE` (at least 1: 0 would be refused).
 fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    // Redis refuses an expiry its clock cannot add (and a script is not rolled back: the
+    // message would be stored but not published), so a TTL is at most a year here, as in
+    // the configuration.
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
 }
+
+/// The longest TTL given to Redis keys: a year.
+const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// The append script's arguments for one message: the envelope is encoded as version 2
 /// with a placeholder position (offset 0, empty epoch), then cut around the position, which
@@ -116,26 +122,67 @@ impl ReadRequest {
         }
     }
 
-    fn command(&self) -> redis::Cmd {
-        let (mode, start, count) = match self.mode {
-            ReadMode::After { after, limit } => {
-                ("range", format!("{}-0", after.saturating_add(1)), limit.min(MAX_READ))
-            }
-            ReadMode::Latest => ("latest", String::from("-"), 1),
-        };
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&scripts::READ.sha)
+    /// One transaction: the read script for the head (creating an empty stream when
+    /// there is none, trimming expired entries from the front) with nothing to range, then
+    /// the range itself as a native `XRANGE` / `XREVRANGE`, which Redis serves ten times
+    /// faster than the same command inside Lua (no copy of every entry into Lua tables and
+    /// back). `MULTI`/`EXEC` keeps head and entries one atomic view.
+    fn command(&self) -> redis::Pipeline {
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("EVALSHA")
+            .arg(&scripts::READ.sha)
             .arg(2)
             .arg(&self.stream_key)
             .arg(&self.meta_key)
             .arg(&self.epoch_candidate)
             .arg(self.ttl_ms)
             .arg(self.cutoff_micros)
-            .arg(mode)
-            .arg(start)
-            .arg(count);
-        c
+            .arg("range")
+            .arg("-")
+            .arg(0);
+        match self.mode {
+            // A zero limit reads the head alone.
+            ReadMode::After { limit: 0, .. } => {}
+            ReadMode::After { after, limit } => {
+                p.cmd("XRANGE")
+                    .arg(&self.stream_key)
+                    .arg(format!("{}-0", after.saturating_add(1)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit.min(MAX_READ));
+            }
+            ReadMode::Latest => {
+                p.cmd("XREVRANGE")
+                    .arg(&self.stream_key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+        }
+        p
     }
+}
+
+/// The transaction's two replies as the read script's `{offset, epoch, entries}`.
+fn combine(v: Value) -> Result<Value, RelayError> {
+    let Value::Array(v) = v else {
+        return Err(unexpected("transaction reply"));
+    };
+    let mut v = v.into_iter();
+    let (Some(head), entries, None) = (v.next(), v.next(), v.next()) else {
+        return Err(unexpected("transaction length"));
+    };
+    let entries = entries.unwrap_or(Value::Array(Vec::new()));
+    let Value::Array(mut head) = head else {
+        return Err(unexpected("head"));
+    };
+    if head.len() != 3 {
+        return Err(unexpected("head length"));
+    }
+    head[2] = entries;
+    Ok(Value::Array(head))
 }
 
 /// Holds a place in `history_read_queue` until dropped.
@@ -174,41 +221,71 @@ pub(crate) async fn read(queued: Queued, req: ReadRequest, done: oneshot::Sender
 
 async fn run(shared: &Shared, req: &ReadRequest) -> Result<HistoryPage, RelayError> {
     let _permit = shared.reads.acquire().await.map_err(|_| RelayError::ShuttingDown)?;
-    let link = shared.publish_link.borrow().clone();
-    let Some(link) = link else {
-        return Err(RelayError::Unavailable("redis relay publish connection is down".into()));
-    };
-    let mut conn = link.conn.clone();
+    if !shared.is_publish_up() {
+        return Err(RelayError::Unavailable("redis relay is down".into()));
+    }
+    let mut conn = read_connection(shared).await?;
     let cmd = req.command();
     let timeout = shared.config.command_timeout;
     let mut reloaded = false;
     loop {
         let reply = match tokio::time::timeout(timeout, cmd.query_async::<Value>(&mut conn)).await {
             Err(_) => {
+                forget_read_connection(shared).await;
                 return Err(RelayError::Unavailable(
                     "redis did not answer a history read in time".into(),
-                ))
+                ));
             }
             Ok(r) => r,
         };
         match reply {
-            Ok(v) => return parse_page(shared, v),
+            Ok(v) => return parse_page(shared, combine(v)?, req.cutoff_micros),
             Err(e) if scripts::is_noscript(&e) && !reloaded => {
                 tracing::info!("redis forgot the read script (NOSCRIPT); loading it again");
                 reloaded = true;
                 if let Err(e) = scripts::READ.load(&mut conn).await {
-                    return Err(fail(&link, e));
+                    return Err(fail(shared, e).await);
                 }
             }
-            Err(e) => return Err(fail(&link, e)),
+            Err(e) => return Err(fail(shared, e).await),
         }
     }
 }
 
-/// A failed read; the publish connection is replaced when it is to blame.
-fn fail(link: &crate::shared::PublishLink, e: redis::RedisError) -> RelayError {
+/// The reads' own connection (see `Shared::read_conn`), opened when there is none, with
+/// the read script loaded. The lock is held only while a connection is being opened, by
+/// whichever read comes first.
+async fn read_connection(shared: &Shared) -> Result<redis::aio::MultiplexedConnection, RelayError> {
+    let mut slot = shared.read_conn.lock().await;
+    if let Some(c) = slot.as_ref() {
+        return Ok(c.clone());
+    }
+    let cfg = &shared.config;
+    let conn_cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.command_timeout));
+    let mut conn = shared
+        .client
+        .get_multiplexed_async_connection_with_config(&conn_cfg)
+        .await
+        .map_err(|e| RelayError::Unavailable(format!("redis: history read connection: {e}")))?;
+    scripts::READ
+        .load(&mut conn)
+        .await
+        .map_err(|e| RelayError::Unavailable(format!("redis: loading the read script: {e}")))?;
+    *slot = Some(conn.clone());
+    Ok(conn)
+}
+
+async fn forget_read_connection(shared: &Shared) {
+    *shared.read_conn.lock().await = None;
+}
+
+/// A failed read; the reads' connection is dropped when it is to blame (the publish
+/// connection is never touched by a read).
+async fn fail(shared: &Shared, e: redis::RedisError) -> RelayError {
     if is_connection_failure(&e) {
-        link.failed.cancel();
+        forget_read_connection(shared).await;
     }
     RelayError::Unavailable(format!("redis: history read: {e}"))
 }
@@ -225,8 +302,10 @@ fn utf8(v: Value) -> Option<String> {
     }
 }
 
-/// The read script's `{offset, epoch, entries}`.
-fn parse_page(shared: &Shared, reply: Value) -> Result<HistoryPage, RelayError> {
+/// The read script's `{offset, epoch, entries}`. Entries at the front published before
+/// `cutoff` (past the TTL; the script trims a bounded number per call, so some may remain)
+/// are left out, so a page never holds an expired message and never has a hole.
+fn parse_page(shared: &Shared, reply: Value, cutoff: u64) -> Result<HistoryPage, RelayError> {
     let Value::Array(v) = reply else {
         return Err(unexpected("not an array"));
     };
@@ -241,6 +320,7 @@ fn parse_page(shared: &Shared, reply: Value) -> Result<HistoryPage, RelayError> 
     let mut messages: Vec<StoredMessage> = Vec::with_capacity(entries.len());
     for entry in entries {
         match parse_entry(entry) {
+            Some(m) if messages.is_empty() && m.published_at_micros < cutoff => {}
             Some(m) if m.offset <= offset && messages.last().is_none_or(|p| p.offset < m.offset) => messages.push(m),
             _ => {
                 shared.metrics.relay_invalid.inc();

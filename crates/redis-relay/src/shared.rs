@@ -131,6 +131,11 @@ pub(crate) struct Shared {
     pub(crate) feeds: mpsc::Sender<Feed>,
     /// History reads in flight to Redis (`history_read_concurrency` permits).
     pub(crate) reads: Semaphore,
+    /// The connection history reads use, opened on first use and dropped when it fails:
+    /// never the publish connection, so a large read (Redis answers a connection's
+    /// commands in order) cannot hold up PUBLISH pipelines, and a failed read never
+    /// replaces the publish connection.
+    pub(crate) read_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// History reads accepted and not answered yet (bounded by `history_read_queue`).
     pub(crate) reads_waiting: AtomicUsize,
     /// This process's part of every epoch it proposes (random).
@@ -177,6 +182,7 @@ impl Shared {
             feeds,
             reads,
             reads_waiting: AtomicUsize::new(0),
+            read_conn: tokio::sync::Mutex::new(None),
             epoch_seed,
             epochs: AtomicU64::new(0),
         }
