@@ -165,12 +165,9 @@ async fn resubscribing_with_since_replays_what_was_missed_then_live() {
     let mut pubr = racer.await.unwrap();
     publish(&mut pubr, "room.1", 41, 41).await;
     assert_eq!(offsets(&messages(&mut again, 1).await), vec![41]);
-    assert!(
-        node.metric("herald_history_replays_total{outcome=\"completed\"}")
-            .await
-            .unwrap()
-            >= 1.0
-    );
+    node.metric_reaches("herald_history_replays_total{outcome=\"completed\"}", 1.0)
+        .await
+        .unwrap();
     node.shutdown().await;
 }
 
@@ -509,5 +506,29 @@ async fn unsubscribing_stops_a_running_replay() {
         after_ack < 100,
         "{after_ack} replayed messages after the unsubscribe ack"
     );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_mode_on_history_topics_echo_and_latest() {
+    use herald_client::{RawClient, RawFrame};
+    let node = TestNode::start_with(|c| history(c, "r.*", 10, true)).await.unwrap();
+    let mut quiet = RawClient::connect(&node.url("/raw/r.a?echo=false")).await.unwrap();
+    let mut other = RawClient::connect(&node.url("/raw/r.a")).await.unwrap();
+    quiet.send_text("one").await.unwrap();
+    assert_eq!(other.next_timeout(WAIT).await.unwrap(), RawFrame::Text("one".into()));
+    assert!(
+        quiet.next_timeout(Duration::from_millis(300)).await.is_err(),
+        "echo=false holds for history topics (delivered from the stream)"
+    );
+    // A new raw subscriber gets the latest value at once.
+    let mut late = RawClient::connect(&node.url("/raw/r.a")).await.unwrap();
+    assert_eq!(late.next_timeout(WAIT).await.unwrap(), RawFrame::Text("one".into()));
+    // And JSON subscribers see the raw publish with its offset.
+    let mut j = client(&node, "/ws").await;
+    send(&mut j, json!({"op":"subscribe","topics":["r.a"],"id":1})).await;
+    until_answer(&mut j, 1).await;
+    let m = messages(&mut j, 1).await;
+    assert_eq!((m[0]["offset"].clone(), m[0]["data"].clone()), (json!(1), json!("one")));
     node.shutdown().await;
 }

@@ -453,11 +453,9 @@ async fn review_since_u64_max_does_not_kill_the_replay() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     spam.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let done = node
-        .metric("herald_history_replays_total{outcome=\"completed\"}")
+    // Every replay ends (none died on an overflowing offset).
+    node.metric_reaches("herald_history_replays_total{outcome=\"completed\"}", 20.0)
         .await
         .unwrap();
-    assert!(done >= 20.0, "every replay ended: {done}");
     node.shutdown().await;
 }
