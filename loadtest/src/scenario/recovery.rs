@@ -55,6 +55,10 @@ pub fn lifetime(plan: &RecoveryPlan, rng: &mut impl Rng) -> Duration {
         .mul_f64(1.0 + plan.jitter * (2.0 * rng.random::<f64>() - 1.0))
 }
 
+/// A drop is scheduled only if it ends (`--away` later) at least this long before the end
+/// of the measured phase, so every drop is followed by its reconnect within the run.
+const LAST_DROP_MARGIN: Duration = Duration::from_millis(250);
+
 /// Runs one subscriber from the start of the measured phase (`start`) until `stop`.
 #[allow(clippy::too_many_arguments)]
 pub async fn subscriber(
@@ -100,7 +104,8 @@ pub async fn subscriber(
     let mut next_drop = start + plan.drop_every.mul_f64(1.0 - rng.random::<f64>());
     let mut conn = conn;
     loop {
-        let deadline = (next_drop < end).then_some(next_drop);
+        // No drop so late that its reconnect could still be under way when the run stops.
+        let deadline = (next_drop + plan.away + LAST_DROP_MARGIN < end).then_some(next_drop);
         let ended = pump(
             &mut conn,
             id,
