@@ -134,6 +134,12 @@ pub struct RedisConfig {
     pub unsubscribe_delay_ms: u64,
     /// Publications waiting for Redis; beyond it a publish fails at once.
     pub publish_queue: usize,
+    /// Consecutive history appends run as one script call, at most (1 to 256).
+    pub history_append_batch: usize,
+    /// History reads in flight on the reads' connection at once.
+    pub history_read_concurrency: usize,
+    /// History reads waiting for their turn; beyond it a read fails at once.
+    pub history_read_queue: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,6 +351,9 @@ impl Default for RedisConfig {
             reconnect_max_ms: 5000,
             unsubscribe_delay_ms: 500,
             publish_queue: 65536,
+            history_append_batch: 64,
+            history_read_concurrency: 16,
+            history_read_queue: 4096,
         }
     }
 }
@@ -660,6 +669,11 @@ impl Config {
             ("redis.heartbeat_timeout_ms", self.redis.heartbeat_timeout_ms),
             ("redis.reconnect_min_ms", self.redis.reconnect_min_ms),
             ("redis.publish_queue", self.redis.publish_queue as u64),
+            (
+                "redis.history_read_concurrency",
+                self.redis.history_read_concurrency as u64,
+            ),
+            ("redis.history_read_queue", self.redis.history_read_queue as u64),
             ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
             ("admin.max_connections", self.admin.max_connections as u64),
             (
@@ -683,6 +697,9 @@ impl Config {
         }
         if self.redis.reconnect_max_ms < self.redis.reconnect_min_ms {
             p.push("redis.reconnect_max_ms: must be at least redis.reconnect_min_ms".into());
+        }
+        if !(1..=256).contains(&self.redis.history_append_batch) {
+            p.push("redis.history_append_batch: 1 to 256".into());
         }
         if self.redis.unsubscribe_delay_ms > 1500 {
             p.push("redis.unsubscribe_delay_ms: at most 1500 (a channel must be gone within 2 s)".into());

@@ -30,6 +30,9 @@ pub fn start_redis(
     rc.reconnect_backoff_max = Duration::from_millis(r.reconnect_max_ms);
     rc.unsubscribe_delay = Duration::from_millis(r.unsubscribe_delay_ms);
     rc.publish_queue_capacity = r.publish_queue;
+    rc.append_batch_max = r.history_append_batch;
+    rc.history_read_concurrency = r.history_read_concurrency;
+    rc.history_read_queue = r.history_read_queue;
     rc.max_payload_bytes = config.limits.max_message_bytes;
     let relay = RedisRelay::start(rc, metrics, stop.child_token())?;
     let handle = relay.clone();
