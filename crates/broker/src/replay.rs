@@ -547,11 +547,16 @@ impl Broker {
     /// [`SETTLE_WITHIN`]; past it the gate stays (open, dropping such copies: one lock per
     /// message for this subscriber only).
     async fn settle(&self, req: &ReplayRequest, last: u64, epoch: Option<&str>) {
+        // A single node delivers from the store it replays from, under one lock: no late
+        // copy can come.
+        let standalone = self.relay_state() == crate::relay::RelayState::Standalone;
         let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+        // Backing off: a mass resubscribe to a quiet topic costs a few wake-ups each.
+        let mut pause = std::time::Duration::from_millis(10);
         loop {
             let passed = match epoch {
                 None => true,
-                Some(_) if last == 0 => true,
+                Some(_) if last == 0 || standalone => true,
                 Some(e) => self.delivered_past(&req.topic, e, last),
             };
             if passed {
@@ -561,7 +566,8 @@ impl Broker {
             if req.gate.failed() || req.outbox.is_closing() || tokio::time::Instant::now() >= deadline {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
     }
 }
