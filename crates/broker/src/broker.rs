@@ -305,34 +305,59 @@ impl Broker {
 
     /// [`Broker::fan_out`] to a topic object already looked up.
     fn fan_out_topic(&self, t: &Topic, topic: &str, payload: &Payload, origin: Option<ConnId>) -> FanOut {
-        let started = Instant::now();
         let delivery = Delivery {
             topic,
             payload,
             stream: None,
         };
+        self.fan_out_delivery(t, &delivery, origin)
+    }
+
+    /// The one fan-out loop: queues `delivery` to every subscriber of `t` but `skip` (when
+    /// it does not want its own messages), encoding at most once per encoding in use; idle
+    /// writers' outboxes are listed for the flusher. A subscriber that replays history
+    /// (history topics only: `delivery.stream` is set) gets the frame through its gate.
+    fn fan_out_delivery(&self, t: &Topic, delivery: &Delivery<'_>, skip: Option<ConnId>) -> FanOut {
+        let started = Instant::now();
         let mut frames = FrameCache::default();
         let mut out = FanOut::default();
+        let mut overflowed = 0u64;
         let direct = self.flush.is_running();
         let mut listed = Listed::new(&self.flush);
         let visited = t.for_each_subscriber(|s| {
-            if !s.echo && origin == Some(s.conn) {
+            if !s.echo && skip == Some(s.conn) {
                 return;
             }
-            let frame: Bytes = frames.get(&self.encodings, s.encoding, &delivery);
-            let outcome = if direct {
-                let (outcome, list) = s.outbox.push_listed(frame, started);
-                if list {
-                    listed.outboxes.push(s.outbox.clone());
+            let frame: Bytes = frames.get(&self.encodings, s.encoding, delivery);
+            let outcome = match (&s.gate, delivery.stream) {
+                (Some(g), Some(pos)) => {
+                    let (o, over) = g.offer(pos, frame, &s.outbox, started);
+                    if over {
+                        overflowed += 1;
+                        crate::replay::overflowed(self, t.name(), &s.outbox);
+                        return;
+                    }
+                    match o {
+                        Some(o) => o,
+                        None => {
+                            // A late live copy of an offset its replay sent already.
+                            self.metrics.history_duplicates.inc();
+                            return;
+                        }
+                    }
                 }
-                outcome
-            } else {
-                s.outbox.push(frame, started)
+                _ if direct => {
+                    let (outcome, list) = s.outbox.push_listed(frame, started);
+                    if list {
+                        listed.outboxes.push(s.outbox.clone());
+                    }
+                    outcome
+                }
+                _ => s.outbox.push(frame, started),
             };
             match outcome {
                 PushOutcome::Queued => out.delivered += 1,
-                PushOutcome::Dropped => out.dropped_slow += 1,
-                PushOutcome::Disconnected => out.dropped_slow += 1,
+                PushOutcome::Dropped | PushOutcome::Disconnected => out.dropped_slow += 1,
                 PushOutcome::Closed => out.dropped_closed += 1,
             }
         });
@@ -349,6 +374,9 @@ impl Broker {
                 m.dropped
                     .with_label_values(&["closed"])
                     .inc_by(out.dropped_closed as u64);
+            }
+            if overflowed > 0 {
+                m.dropped.with_label_values(&["recovery_overflow"]).inc_by(overflowed);
             }
             m.fanout_duration.observe(started.elapsed().as_secs_f64());
         }
@@ -507,66 +535,14 @@ impl Broker {
     }
 
     /// Queues a history topic's message to every local subscriber (under the topic's
-    /// sequence lock): one encoding per format, the position in the frame, replaying
-    /// subscribers' copies into their gates.
+    /// sequence lock), with its position in the frame.
     fn fan_out_stream(&self, t: &Topic, msg: &Sequenced) -> FanOut {
-        let started = Instant::now();
         let delivery = Delivery {
             topic: t.name(),
             payload: &msg.payload,
             stream: Some(&msg.pos),
         };
-        let mut frames = FrameCache::default();
-        let mut out = FanOut::default();
-        let mut overflowed = 0u64;
-        let visited = t.for_each_subscriber(|s| {
-            if !s.echo && msg.skip_conn == Some(s.conn) {
-                return;
-            }
-            let frame: Bytes = frames.get(&self.encodings, s.encoding, &delivery);
-            let outcome = match &s.gate {
-                Some(g) => {
-                    let (o, over) = g.offer(&msg.pos, frame, &s.outbox, started);
-                    if over {
-                        overflowed += 1;
-                        crate::replay::overflowed(self, t.name(), &s.outbox);
-                    }
-                    match o {
-                        Some(o) => o,
-                        None => {
-                            // A late live copy of an offset its replay sent already.
-                            self.metrics.history_duplicates.inc();
-                            return;
-                        }
-                    }
-                }
-                None => s.outbox.push(frame, started),
-            };
-            match outcome {
-                PushOutcome::Queued => out.delivered += 1,
-                PushOutcome::Dropped | PushOutcome::Disconnected => out.dropped_slow += 1,
-                PushOutcome::Closed => out.dropped_closed += 1,
-            }
-        });
-        if visited > 0 {
-            let m = &self.metrics;
-            m.delivered.inc_by(out.delivered as u64);
-            if out.dropped_slow > 0 {
-                m.dropped
-                    .with_label_values(&["slow_consumer"])
-                    .inc_by(out.dropped_slow.saturating_sub(overflowed as usize) as u64);
-            }
-            if overflowed > 0 {
-                m.dropped.with_label_values(&["recovery_overflow"]).inc_by(overflowed);
-            }
-            if out.dropped_closed > 0 {
-                m.dropped
-                    .with_label_values(&["closed"])
-                    .inc_by(out.dropped_closed as u64);
-            }
-            m.fanout_duration.observe(started.elapsed().as_secs_f64());
-        }
-        out
+        self.fan_out_delivery(t, &delivery, msg.skip_conn)
     }
 }
 

@@ -140,9 +140,9 @@ impl Gate {
         }
     }
 
-    /// True once the hold overflowed or a resubscribe replaced the gate (the replay
-    /// stops).
-    fn failed(&self) -> bool {
+    /// True once the subscription ended (overflowed, lost, superseded): the replay stops,
+    /// and a resubscribe must register the subscription again.
+    pub fn has_ended(&self) -> bool {
         matches!(self.lock().state, GateState::Failed | GateState::Superseded)
     }
 
@@ -162,7 +162,7 @@ impl Gate {
             let n = self.ended.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if self.failed() {
+            if self.has_ended() {
                 return;
             }
             n.await;
@@ -202,12 +202,6 @@ impl Gate {
         drop(g);
         self.ended.notify_waiters();
         true
-    }
-
-    /// True once the subscription ended (overflowed, lost, superseded): a resubscribe must
-    /// register it again.
-    pub fn has_ended(&self) -> bool {
-        self.failed()
     }
 
     /// Takes up to `max` held messages after `last`; when nothing is held any more the
@@ -381,7 +375,7 @@ impl Broker {
                     continue;
                 }
                 if !self.send_replayed(&req, m, &epoch).await {
-                    if !req.gate.failed() {
+                    if !req.gate.has_ended() {
                         count(&self, "abandoned");
                     }
                     return;
@@ -406,7 +400,7 @@ impl Broker {
             }
         }
         self.finish(&req, last, Some(&epoch)).await;
-        if !req.gate.failed() {
+        if !req.gate.has_ended() {
             count(&self, "completed");
         }
     }
@@ -419,7 +413,7 @@ impl Broker {
                 Ok(p) => return Some(p),
                 Err(e) => {
                     tracing::debug!(topic = %req.topic, error = %e, attempt, "history read during a replay failed");
-                    if req.gate.failed() {
+                    if req.gate.has_ended() {
                         return None;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
@@ -435,7 +429,7 @@ impl Broker {
     async fn lose(&self, req: &ReplayRequest, last: u64, epoch: &str) {
         if req.gate.continues(last, epoch) && req.gate.first_held().is_some() {
             self.finish(req, last, Some(epoch)).await;
-            if !req.gate.failed() {
+            if !req.gate.has_ended() {
                 count(self, "completed");
             }
             return;
@@ -468,7 +462,7 @@ impl Broker {
                 stream: Some(&pos),
             },
         );
-        if req.gate.failed() || !self.push_paced(req, frame, limits).await {
+        if req.gate.has_ended() || !self.push_paced(req, frame, limits).await {
             return false;
         }
         self.metrics().history_replayed.inc();
@@ -563,7 +557,7 @@ impl Broker {
                 self.registry().ungate(&req.topic, req.conn, &req.gate);
                 return;
             }
-            if req.gate.failed() || req.outbox.is_closing() || tokio::time::Instant::now() >= deadline {
+            if req.gate.has_ended() || req.outbox.is_closing() || tokio::time::Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(pause).await;

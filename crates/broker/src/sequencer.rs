@@ -194,11 +194,6 @@ impl Sequence {
     pub fn fill_epoch(&self) -> Option<&str> {
         self.epoch.as_deref().or(self.hint.as_ref().map(|h| h.epoch.as_str()))
     }
-
-    /// The epoch a fill must read in (a fill of another epoch is stale).
-    pub fn epoch(&self) -> Option<&str> {
-        self.epoch.as_deref()
-    }
 }
 
 #[cfg(test)]

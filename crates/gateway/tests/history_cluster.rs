@@ -4,6 +4,8 @@
 //! another node publishes delivers everything it missed to its subscribers, in order and
 //! once, without any client reconnecting.
 
+mod history_support;
+
 use std::time::Duration;
 
 use herald_gateway::config::HistoryEntry;
@@ -12,9 +14,8 @@ use herald_testkit::node::{redis_member_config, RedisCluster, TestNode};
 use herald_testkit::redis::RedisServer;
 use herald_testkit::tcp_proxy::TcpProxy;
 use herald_testkit::wire::WireClient;
+use history_support::*;
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(15);
 
 fn history(c: &mut Config) {
     c.history.push(HistoryEntry {
@@ -24,31 +25,6 @@ fn history(c: &mut Config) {
     });
     c.limits.publish_per_second = 0;
     c.limits.publish_bytes_per_second = 0;
-}
-
-async fn client(node: &TestNode, path: &str) -> WireClient {
-    let mut c = WireClient::connect(node.ws_addr(), path).await.unwrap();
-    assert_eq!(frame(&mut c).await["type"], "welcome");
-    c
-}
-
-async fn frame(c: &mut WireClient) -> Value {
-    serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap()
-}
-
-async fn send(c: &mut WireClient, v: Value) {
-    c.send_text(&v.to_string()).await.unwrap();
-}
-
-async fn until_answer(c: &mut WireClient, id: u64) -> (Value, Vec<Value>) {
-    let mut msgs = Vec::new();
-    loop {
-        let v = frame(c).await;
-        if v["id"] == id {
-            return (v, msgs);
-        }
-        msgs.push(v);
-    }
 }
 
 async fn messages(c: &mut WireClient, n: usize) -> Vec<u64> {

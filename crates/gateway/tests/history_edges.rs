@@ -3,53 +3,20 @@
 //! trimmed or reset while a slow subscriber replays (never a silent gap: the replay goes
 //! on, or the subscription ends with `recovery_lost`), and `since` at `u64::MAX`.
 
+mod history_support;
+
 use std::time::Duration;
 
 use herald_gateway::config::HistoryEntry;
 use herald_gateway::Config;
 use herald_testkit::node::TestNode;
-use herald_testkit::wire::WireClient;
+use history_support::*;
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn entry(c: &mut Config, e: HistoryEntry) {
     c.history.push(e);
     c.limits.publish_per_second = 0;
     c.limits.publish_bytes_per_second = 0;
-}
-
-async fn client(node: &TestNode, path: &str) -> WireClient {
-    let mut c = WireClient::connect(node.ws_addr(), path).await.unwrap();
-    let w = json_frame(&mut c).await;
-    assert_eq!(w["type"], "welcome");
-    c
-}
-
-async fn json_frame(c: &mut WireClient) -> Value {
-    serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap()
-}
-
-async fn send(c: &mut WireClient, v: Value) {
-    c.send_text(&v.to_string()).await.unwrap();
-}
-
-async fn until_answer(c: &mut WireClient, id: u64) -> (Value, Vec<Value>) {
-    let mut msgs = Vec::new();
-    loop {
-        let v = json_frame(c).await;
-        if v["id"] == id {
-            return (v, msgs);
-        }
-        msgs.push(v);
-    }
-}
-
-async fn publish(c: &mut WireClient, topic: &str, n: u64, id: u64) -> Value {
-    send(c, json!({"op":"publish","topic":topic,"data":{"n":n},"id":id})).await;
-    let (ack, _) = until_answer(c, id).await;
-    assert_eq!(ack["type"], "ack", "{ack}");
-    ack
 }
 
 /// Finding: after `recovery_overflow` the subscriber entry keeps its failed gate, so the
