@@ -495,3 +495,52 @@ async fn raw_mode_on_history_topics_echo_and_latest() {
     assert_eq!((m[0]["offset"].clone(), m[0]["data"].clone()), (json!(1), json!("one")));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_resubscribe_publish_and_ping_answer_in_order_and_replay_once() {
+    let node = TestNode::start_with(|c| history(c, "p.*", 1000, false)).await.unwrap();
+    let mut pubr = client(&node, "/ws").await;
+    let mut epoch = String::new();
+    for n in 1..=50 {
+        epoch = publish(&mut pubr, "p.a", n, n).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    // One write: a resubscribe with since, a publish to the same topic, a ping.
+    let mut c = client(&node, "/ws").await;
+    let batch = [
+        json!({"op":"subscribe","topics":["p.a"],"since":{"p.a":{"offset":20,"epoch":epoch}},"id":1}),
+        json!({"op":"publish","topic":"p.a","data":{"n":51},"id":2}),
+        json!({"op":"ping","id":3}),
+    ];
+    for v in &batch {
+        c.send_text(&v.to_string()).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < 31 || answers.len() < 3 {
+        let v = json_frame(&mut c).await;
+        match v["type"].as_str() {
+            Some("message") => {
+                assert!(!answers.is_empty(), "a replayed message before the subscribe ack: {v}");
+                got.push(v["offset"].as_u64().unwrap());
+            }
+            _ => answers.push(v),
+        }
+    }
+    assert_eq!(
+        answers.iter().map(|a| a["id"].as_u64().unwrap()).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "{answers:?}"
+    );
+    assert_eq!(answers[0]["recovered"]["p.a"], true);
+    assert_eq!(answers[1]["offset"], 51, "the pipelined publish got the next offset");
+    assert_eq!(
+        got,
+        (21..=51).collect::<Vec<_>>(),
+        "the replay, then its own publish, once"
+    );
+    assert!(c.read_text(Duration::from_millis(300)).await.is_err(), "nothing twice");
+    node.shutdown().await;
+}
