@@ -6,26 +6,37 @@ ARGS ?=
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 HERALD_BIN ?= $(TARGET_DIR)/debug/herald
 INTEROP := tests/interop
+JS_CLIENT := clients/js
 
-.PHONY: run build test deps fmt fmt-check clippy unit interop bench
+.PHONY: run build test deps fmt fmt-check clippy unit interop js examples bench
 
 ## run: a single-node broker with defaults (no Redis, no config); pass flags with ARGS="..."
 run:
 	$(CARGO) run --release -p herald-gateway --bin herald -- $(ARGS)
+
+## demo: a release node with the demo pages on (HERALD_DEMO__ENABLED=true); open the URL it prints
+.PHONY: demo
+demo:
+	$(CARGO) build --release -p herald-gateway --bin herald
+	@echo "Herald demo: http://127.0.0.1:8080/demo/  (Ctrl-C stops the node)"
+	HERALD_DEMO__ENABLED=true $(TARGET_DIR)/release/herald $(ARGS)
 
 ## build: release build of the whole workspace
 build:
 	$(CARGO) build --workspace --release
 
 ## test: deps, formatting, clippy, unit and integration tests, then the Node interop tests
+## and the JavaScript client's tests (unit, then headless Chromium)
 test:
 	scripts/ensure-deps.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(MAKE) --no-print-directory interop
+	$(MAKE) --no-print-directory js
+	$(MAKE) --no-print-directory examples
 
-## deps: install missing system tools (redis-server, node's ws)
+## deps: install missing system tools (redis-server, chromium, node's ws and playwright-core)
 deps:
 	scripts/ensure-deps.sh
 
@@ -49,6 +60,37 @@ interop: $(INTEROP)/node_modules/.package-lock.json
 
 $(INTEROP)/node_modules/.package-lock.json: $(INTEROP)/package-lock.json $(INTEROP)/package.json
 	cd $(INTEROP) && npm ci --no-audit --no-fund
+	touch $@
+
+## js: clients/js's unit tests (node:test), then its browser tests: the demo pages and
+## herald.js in Debian's headless Chromium (/usr/bin/chromium, via playwright-core) against
+## the herald binary; screenshots go to target/browser-artifacts/
+js: $(JS_CLIENT)/node_modules/.package-lock.json
+	$(CARGO) build -p herald-gateway --bin herald
+	cd $(JS_CLIENT) && node --test test/unit/
+	cd $(JS_CLIENT) && HERALD_BIN='$(HERALD_BIN)' node --test test/browser/
+
+$(JS_CLIENT)/node_modules/.package-lock.json: $(JS_CLIENT)/package-lock.json $(JS_CLIENT)/package.json
+	cd $(JS_CLIENT) && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+	touch $@
+
+## examples: runs every example in examples/ (Node with herald.js and with ws, Python,
+## Rust, curl, the page in headless Chromium) against a herald node; Python's websockets
+## goes into a venv under the target directory
+EXAMPLES := examples
+EXAMPLES_VENV := $(TARGET_DIR)/examples-venv
+examples: $(EXAMPLES)/node_modules/.package-lock.json $(JS_CLIENT)/node_modules/.package-lock.json $(EXAMPLES_VENV)/.installed
+	$(CARGO) build -p herald-gateway --bin herald -p herald-example
+	cd $(EXAMPLES) && HERALD_BIN='$(HERALD_BIN)' EXAMPLES_PYTHON='$(EXAMPLES_VENV)/bin/python' \
+	  EXAMPLES_RUST_BIN='$(TARGET_DIR)/debug/herald-example' node --test test/
+
+$(EXAMPLES)/node_modules/.package-lock.json: $(EXAMPLES)/package-lock.json $(EXAMPLES)/package.json
+	cd $(EXAMPLES) && npm ci --no-audit --no-fund
+	touch $@
+
+$(EXAMPLES_VENV)/.installed: $(EXAMPLES)/python/requirements.txt
+	python3 -m venv '$(EXAMPLES_VENV)'
+	'$(EXAMPLES_VENV)/bin/pip' install --quiet --disable-pip-version-check -r $(EXAMPLES)/python/requirements.txt
 	touch $@
 
 bench:

@@ -45,6 +45,37 @@ pub struct Config {
     /// Topics that keep history (`[[history]]` entries, first match wins); none by
     /// default.
     pub history: Vec<HistoryEntry>,
+    /// The built-in demo: pages under `/demo/` and the node's system topics (off by default).
+    pub demo: DemoConfig,
+}
+
+/// `[demo]`: the demo pages and the node's own system messages (docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve `/demo/` and publish on `time_topic` and `stats_topic`.
+    pub enabled: bool,
+    /// The node publishes its clock here every `interval_ms` (reserved: clients may not).
+    pub time_topic: String,
+    /// The node publishes its figures here every `interval_ms` (reserved: clients may not).
+    pub stats_topic: String,
+    /// The chat page's topic; it keeps history (200 messages, 1 h) unless a `[[history]]`
+    /// rule already matches it.
+    pub chat_topic: String,
+    /// How often the system messages go out (100 to 60000).
+    pub interval_ms: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            time_topic: "herald.time".into(),
+            stats_topic: "herald.stats".into(),
+            chat_topic: "demo.chat".into(),
+            interval_ms: 1000,
+        }
+    }
 }
 
 /// The longest history TTL: a year (Redis refuses expiry times past what its clock can add).
@@ -317,6 +348,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             proxy: ProxyConfig::default(),
             history: Vec::new(),
+            demo: DemoConfig::default(),
         }
     }
 }
@@ -798,6 +830,29 @@ impl Config {
             p.extend(errors.iter().map(|e| format!("auth.allowed_origins: {e}")));
         }
         self.validate_history(p);
+        self.validate_demo(p);
+    }
+
+    fn validate_demo(&self, p: &mut Vec<String>) {
+        let d = &self.demo;
+        for (key, topic) in [
+            ("time_topic", &d.time_topic),
+            ("stats_topic", &d.stats_topic),
+            ("chat_topic", &d.chat_topic),
+        ] {
+            if let Err(e) = herald_protocol::validate_topic(topic, self.topic_rules()) {
+                p.push(format!("demo.{key}: {e}"));
+            }
+        }
+        if d.time_topic == d.stats_topic {
+            p.push("demo.stats_topic: must differ from demo.time_topic".into());
+        }
+        if d.chat_topic == d.time_topic || d.chat_topic == d.stats_topic {
+            p.push("demo.chat_topic: must differ from the system topics (time_topic, stats_topic)".into());
+        }
+        if !(100..=60_000).contains(&d.interval_ms) {
+            p.push("demo.interval_ms: at least 100 and at most 60000".into());
+        }
     }
 
     fn validate_history(&self, p: &mut Vec<String>) {
@@ -1137,6 +1192,34 @@ mod tests {
             "admin.max_pending_body_bytes",
         ] {
             assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn demo_comes_from_the_environment_and_is_validated() {
+        let (c, w) = Config::load(
+            None,
+            env(&[("HERALD_DEMO__ENABLED", "true"), ("HERALD_DEMO__INTERVAL_MS", "250")]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert!(c.demo.enabled);
+        assert_eq!(c.demo.interval_ms, 250);
+        assert_eq!(c.demo.time_topic, "herald.time");
+        let err = Config::load(
+            None,
+            env(&[
+                ("HERALD_DEMO__INTERVAL_MS", "50"),
+                ("HERALD_DEMO__STATS_TOPIC", "bad topic"),
+                ("HERALD_DEMO__CHAT_TOPIC", "herald.time"),
+            ]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["demo.interval_ms", "demo.stats_topic", "demo.chat_topic"] {
+            assert!(err.contains(needle), "{needle} missing in {err}");
         }
     }
 

@@ -10,7 +10,30 @@ use herald_auth::PatternSet;
 use herald_broker::{BrokerMetrics, HistoryRules, MemoryStreams, StreamPolicy};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HistoryEntry;
+use crate::config::{Config, HistoryEntry};
+
+/// The `[[history]]` entries in force: the configured ones, after a rule for the demo's
+/// chat topic (200 messages, 1 h) when `[demo]` is enabled and no configured rule matches
+/// it, so a chat page that reconnects catches up with `since`.
+pub fn effective(config: &Config) -> Vec<HistoryEntry> {
+    let mut entries = config.history.clone();
+    let chat = &config.demo.chat_topic;
+    let matched = entries
+        .iter()
+        .any(|e| PatternSet::compile(&[e.topics.as_str()], None).is_ok_and(|set| set.matches(chat)));
+    if config.demo.enabled && !matched {
+        entries.insert(
+            0,
+            HistoryEntry {
+                topics: chat.clone(),
+                size: 200,
+                ttl_ms: 3_600_000,
+                ..Default::default()
+            },
+        );
+    }
+    entries
+}
 
 /// How often the memory history is swept for expired messages.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +76,27 @@ pub async fn run_sweeper(streams: Arc<MemoryStreams>, metrics: Arc<BrokerMetrics
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_chat_topic_keeps_history_unless_a_rule_covers_it() {
+        let mut c = Config::default();
+        assert!(effective(&c).is_empty(), "demo off: nothing added");
+        c.demo.enabled = true;
+        let e = effective(&c);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].topics.as_str(), e[0].size, e[0].ttl_ms),
+            ("demo.chat", 200, 3_600_000)
+        );
+        c.history.push(HistoryEntry {
+            topics: "demo.>".into(),
+            size: 7,
+            ..Default::default()
+        });
+        let e = effective(&c);
+        assert_eq!(e.len(), 1, "the configured rule wins");
+        assert_eq!(rules(&e).policy("demo.chat").map(|p| p.size), Some(7));
+    }
 
     #[test]
     fn first_matching_entry_wins() {

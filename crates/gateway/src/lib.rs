@@ -26,6 +26,8 @@ pub mod relay_setup;
 pub mod session;
 pub mod socket_budget;
 pub mod state;
+pub mod static_files;
+pub mod system_topics;
 pub mod tls;
 
 pub use config::{CliOverrides, Config, ConfigError};

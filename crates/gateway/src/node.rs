@@ -115,14 +115,20 @@ impl Node {
                 config.relay.kind
             )));
         }
+        // `[demo]` adds a rule for its chat topic, where the relay keeps history at all.
+        let history = if relay.history().is_some() {
+            crate::history::effective(&config)
+        } else {
+            config.history.clone()
+        };
         let broker = Broker::with_history(
             &node_id,
             relay,
             metrics.clone(),
             Encodings::default(),
-            crate::history::rules(&config.history),
+            crate::history::rules(&history),
         );
-        if let (Some(streams), false) = (memory_history, config.history.is_empty()) {
+        if let (Some(streams), false) = (memory_history, history.is_empty()) {
             tasks.spawn(crate::history::run_sweeper(
                 streams,
                 metrics.clone(),
@@ -137,7 +143,13 @@ impl Node {
             rate: RateLimits::from_config(&config.limits),
             replay_buffer: config.limits.replay_buffer,
         };
-        let core = Core::new(broker.clone(), limits, connections.clone());
+        // `[demo]`: only the node publishes to its system topics.
+        let reserved = if config.demo.enabled {
+            vec![config.demo.time_topic.clone(), config.demo.stats_topic.clone()]
+        } else {
+            Vec::new()
+        };
+        let core = Core::with_reserved(broker.clone(), limits, connections.clone(), reserved);
         let state = Arc::new(AppState {
             config: config.clone(),
             node_id: node_id.clone(),
@@ -180,6 +192,9 @@ impl Node {
         }
 
         tasks.spawn(clock::run_ticker(shutdown.stop_all.clone()));
+        if config.demo.enabled {
+            tasks.spawn(crate::system_topics::run(state.clone(), shutdown.stop_all.clone()));
+        }
         tasks.spawn(drain::relay_gauge(state.clone()));
         tasks.spawn(ip_limits::run_cleanup(
             state.ip_limits.clone(),

@@ -1,5 +1,6 @@
 //! Routes of the public listener: `GET /ws` (JSON protocol v1), `GET /raw/{topic}` (raw
-//! mode) and `GET /healthz`. Everything a request can get wrong is answered before the
+//! mode), `GET /healthz`, the embedded browser client `/client/herald.js` (and `.d.ts`) and,
+//! with `[demo]` enabled, the demo pages under `/demo/` (`static_files.rs`). Everything a request can get wrong is answered before the
 //! upgrade with an HTTP status and a JSON body (`code`, `message`), and counted:
 //! 404 unknown path, 405 wrong method, 426 not a WebSocket upgrade, 400 bad topic or bad
 //! handshake (HTTP/1.0, a `Sec-WebSocket-Key` that is not 16 bytes in base64), 403
@@ -30,6 +31,7 @@ use crate::query::{param, percent_decode};
 use crate::session::{self, SessionParams};
 use crate::socket_budget::ServePermit;
 use crate::state::AppState;
+use crate::static_files;
 
 /// Entry point for every public request.
 pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -45,6 +47,17 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
             )
         }
         "/ws" => upgrade(state, req, peer, SubscriberMode::Json, None).await,
+        p if p.starts_with("/client/") => match static_files::client_asset(p) {
+            Some(asset) => static_files::serve(req.method(), req.headers(), asset, true),
+            None => not_found(),
+        },
+        "/demo" if state.config.demo.enabled => static_files::demo_redirect(),
+        p if p.starts_with("/demo/") && state.config.demo.enabled => {
+            match static_files::demo_asset(&p["/demo/".len()..]) {
+                Some(asset) => static_files::serve(req.method(), req.headers(), asset, false),
+                None => not_found(),
+            }
+        }
         p if p.starts_with("/raw/") => {
             let raw = &p["/raw/".len()..];
             match percent_decode(raw, false) {
@@ -57,12 +70,16 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
                 ),
             }
         }
-        _ => json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint; WebSocket endpoints are /ws and /raw/{topic}",
-        ),
+        _ => not_found(),
     }
+}
+
+fn not_found() -> Response<Body> {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; WebSocket endpoints are /ws and /raw/{topic}",
+    )
 }
 
 use crate::core::shown;
@@ -233,6 +250,19 @@ async fn upgrade(
             )
         }
     };
+    let json_heartbeat = match param(query.as_deref(), "heartbeat") {
+        None => false,
+        Some(Ok(v)) if v == "ws" => false,
+        Some(Ok(v)) if v == "json" => true,
+        Some(_) => {
+            return reject(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "`heartbeat` must be json or ws",
+            )
+        }
+    };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {
@@ -282,6 +312,7 @@ async fn upgrade(
         mode,
         topics,
         echo,
+        json_heartbeat,
         peer,
         identity,
         ip_slot,

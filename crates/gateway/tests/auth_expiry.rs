@@ -79,6 +79,8 @@ async fn a_refresh_before_expiry_keeps_the_connection_and_its_permissions_follow
     send(&mut c, json!({"op":"refresh","token":second,"id":"r1"})).await;
     let dropped = json_frame(&mut c).await;
     assert_eq!(dropped["code"], "forbidden", "{dropped}");
+    assert_eq!(dropped["topic"], "b.x", "{dropped}");
+    assert!(dropped.get("id").is_none(), "{dropped}");
     assert!(dropped["message"].as_str().unwrap().contains("\"b.x\""), "{dropped}");
     assert_eq!(json_frame(&mut c).await, json!({"type":"ack","id":"r1"}));
 

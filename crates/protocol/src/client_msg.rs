@@ -46,6 +46,9 @@ pub enum ClientRequest<'a> {
     Ping {
         id: Option<RequestId<'a>>,
     },
+    /// `{"op":"pong"}`: a client's answer to a JSON heartbeat (`{"type":"ping"}`, on
+    /// `/ws?heartbeat=json`). Never answered, whatever `id` it carries.
+    Pong,
     /// `{"op":"auth","token":".."}`: the connection's first token (keeps it out of URLs and
     /// so out of proxy access logs).
     Auth {
@@ -69,6 +72,7 @@ impl<'a> ClientRequest<'a> {
             | Self::Ping { id }
             | Self::Auth { id, .. }
             | Self::Refresh { id, .. } => *id,
+            Self::Pong => None,
         }
     }
 }
@@ -320,6 +324,7 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
             })
         }
         "ping" => Ok(ClientRequest::Ping { id }),
+        "pong" => Ok(ClientRequest::Pong),
         "auth" | "refresh" => {
             let Some(raw) = wire.token else {
                 return err(ErrorCode::MissingField, format!("missing field `token` for `{op}`"));
@@ -338,7 +343,7 @@ pub fn decode_request(text: &[u8], rules: TopicRules) -> Result<ClientRequest<'_
             let shown: String = other.chars().take(32).collect();
             err(
                 ErrorCode::UnknownOp,
-                format!("unknown op {shown:?}; expected subscribe, unsubscribe, publish, ping, auth or refresh"),
+                format!("unknown op {shown:?}; expected subscribe, unsubscribe, publish, ping, pong, auth or refresh"),
             )
         }
     }
@@ -408,6 +413,12 @@ mod tests {
             }
         );
         assert_eq!(dec(r#" {"op":"ping"} "#).unwrap(), ClientRequest::Ping { id: None });
+        assert_eq!(dec(r#"{"op":"pong"}"#).unwrap(), ClientRequest::Pong);
+        assert_eq!(
+            dec(r#"{"op":"pong","id":4}"#).unwrap().id(),
+            None,
+            "a pong is never answered"
+        );
         assert_eq!(
             dec(r#"{"op":"auth","token":"a.b.c","id":5}"#).unwrap(),
             ClientRequest::Auth {
@@ -565,7 +576,7 @@ mod tests {
                             prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok());
                             vec![topic.as_ref()]
                         }
-                        ClientRequest::Ping { .. } => vec![],
+                        ClientRequest::Ping { .. } | ClientRequest::Pong => vec![],
                         ClientRequest::Auth { token, .. } | ClientRequest::Refresh { token, .. } => {
                             prop_assert!(!token.is_empty());
                             vec![]

@@ -123,6 +123,25 @@ pub fn welcome(node: &str, connection: &str) -> Bytes {
     text_frame(body.as_bytes())
 }
 
+/// `{"type":"welcome",..,"ping_interval_ms":N}`: the welcome of a `/ws?heartbeat=json`
+/// connection, telling the client how often `{"type":"ping"}` arrives.
+pub fn welcome_json_heartbeat(node: &str, connection: &str, ping_interval_ms: u64) -> Bytes {
+    let body = format!(
+        r#"{{"type":"welcome","node":{},"connection":{},"ping_interval_ms":{ping_interval_ms}}}"#,
+        json_string(node),
+        json_string(connection)
+    );
+    text_frame(body.as_bytes())
+}
+
+/// The JSON heartbeat `{"type":"ping"}` as a complete text frame (15-byte payload).
+const JSON_PING_FRAME: &[u8] = b"\x81\x0f{\"type\":\"ping\"}";
+
+/// The JSON heartbeat frame: static bytes, shared by every connection (no allocation).
+pub fn json_ping() -> Bytes {
+    Bytes::from_static(JSON_PING_FRAME)
+}
+
 /// `{"type":"ack","id":..}` echoing the raw id.
 pub fn ack(id: &str) -> Bytes {
     encode_frame(OP_TEXT, &[br#"{"type":"ack","id":"#, id.as_bytes(), b"}"])
@@ -339,6 +358,10 @@ mod tests {
             body(&error(None, ErrorCode::InvalidJson, "bad")),
             r#"{"type":"error","code":"invalid_json","message":"bad"}"#
         );
+        assert_eq!(&json_ping()[..], &text_frame(br#"{"type":"ping"}"#)[..]);
+        let w: serde_json::Value = serde_json::from_str(body(&welcome_json_heartbeat("n1", "c9", 25))).unwrap();
+        assert_eq!(w["ping_interval_ms"], 25);
+        assert_eq!(w["connection"], "c9");
         let w: serde_json::Value = serde_json::from_str(body(&welcome("n1", "c9"))).unwrap();
         assert_eq!(w["type"], "welcome");
         assert_eq!(w["connection"], "c9");

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::body;
 use super::error::{ApiError, ApiResult};
 use super::message::{check_count, check_data, check_topic, parse_item, BatchIn, BroadcastIn, Refused, MAX_ITEMS};
-use super::publish::{limits, start, InFlight, Outcome};
+use super::publish::{check_reserved, limits, start, InFlight, Outcome};
 use crate::state::AppState;
 
 /// One item's report.
@@ -139,11 +139,14 @@ pub async fn batch(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResult {
         .iter()
         .enumerate()
         .map(|(i, item)| match parse_item(item, limits) {
-            Ok(m) => Slot::Flying(start(
-                state,
-                m.topic,
-                Payload::json(body::slice_of(&bytes, m.data.get())),
-            )),
+            Ok(m) => match check_reserved(state, &m.topic) {
+                Err(e) => refused(i, e, Some(m.topic)),
+                Ok(()) => Slot::Flying(start(
+                    state,
+                    m.topic,
+                    Payload::json(body::slice_of(&bytes, m.data.get())),
+                )),
+            },
             Err(r) => Slot::Done(ItemResult::refused(i, r)),
         })
         .collect();
@@ -171,6 +174,9 @@ pub async fn broadcast(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResu
                 return refused(i, ApiError::InvalidField("each topic must be a string".into()), None);
             };
             if let Err(e) = check_topic(&topic, limits.topics) {
+                return refused(i, e, Some(topic));
+            }
+            if let Err(e) = check_reserved(state, &topic) {
                 return refused(i, e, Some(topic));
             }
             if !seen.insert(topic.clone()) {

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// A publish-only key (`admin.publish_keys`) on an endpoint that does not publish.
     #[error("this API key may only publish (admin.publish_keys); this endpoint needs a key from admin.api_keys")]
     Forbidden,
+    /// A publish to one of the node's system topics (`[demo]`): 403 `forbidden`.
+    #[error("{0}")]
+    Reserved(String),
     #[error("{0}")]
     NotFound(String),
     /// `allow` lists the methods the path does accept.
@@ -67,7 +70,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingKey | Self::WrongKey => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::Reserved(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidJson(_)
@@ -89,7 +92,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingKey | Self::WrongKey => "unauthorized",
-            Self::Forbidden => "forbidden",
+            Self::Forbidden | Self::Reserved(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::InvalidJson(_) => "invalid_json",

@@ -84,6 +84,14 @@ pub fn limits(state: &AppState) -> Limits {
     }
 }
 
+/// Refuses a publish to one of the node's system topics (`[demo]` time and stats).
+pub fn check_reserved(state: &AppState, topic: &str) -> Result<(), ApiError> {
+    state
+        .core
+        .check_reserved(topic)
+        .map_err(|r| ApiError::Reserved(r.to_string()))
+}
+
 /// Publishes (local fan-out now, relay started); await [`InFlight::finish`] for the verdict.
 pub fn start(state: &AppState, topic: String, payload: Payload) -> InFlight {
     let standalone = state.broker.relay_state() == RelayState::Standalone;
@@ -153,6 +161,7 @@ pub async fn publish(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResult
     let parsed: MessageIn<'_> =
         serde_json::from_slice(&bytes).map_err(|e| body::json_error(e, "an object {\"topic\": ..., \"data\": ...}"))?;
     let msg = parsed.validate(limits(state)).map_err(|r| r.error)?;
+    check_reserved(state, &msg.topic)?;
     let payload = Payload::json(body::slice_of(&bytes, msg.data.get()));
     let outcome = start(state, msg.topic, payload).finish().await;
     Ok(respond(&outcome))
@@ -160,6 +169,7 @@ pub async fn publish(state: &Arc<AppState>, req: Request<Incoming>) -> ApiResult
 
 /// `POST /api/topics/{topic}/publish`: the body is the payload.
 pub async fn publish_raw(state: &Arc<AppState>, topic: String, req: Request<Incoming>) -> ApiResult {
+    check_reserved(state, &topic)?;
     let media = body::media(req.headers());
     if let Media::Text { charset: Some(c) } = &media {
         if !matches!(c.as_str(), "utf-8" | "utf8" | "us-ascii") {

@@ -72,6 +72,12 @@ pub enum Refusal {
     OverLimit { over_ms: u64 },
     #[error("not allowed to {action} {}", shown(topic))]
     Forbidden { action: Action, topic: String },
+    /// A publish to one of the node's system topics (`[demo]` time and stats topics).
+    #[error(
+        "{} is reserved for the node's system messages; clients may not publish to it",
+        shown(topic)
+    )]
+    Reserved { topic: String },
 }
 
 /// What a permission governs (the `action` label of `herald_forbidden_total`).
@@ -114,7 +120,7 @@ impl Refusal {
             Self::ConnectionLimit { .. } => ErrorCode::Internal,
             Self::TooManySubscriptions { .. } => ErrorCode::TooManySubscriptions,
             Self::RateLimited | Self::OverLimit { .. } => ErrorCode::RateLimited,
-            Self::Forbidden { .. } => ErrorCode::Forbidden,
+            Self::Forbidden { .. } | Self::Reserved { .. } => ErrorCode::Forbidden,
         }
     }
 }
@@ -206,10 +212,22 @@ pub struct Core {
     /// `herald_rate_limited_total` for `json` and `raw`, resolved once (a label lookup
     /// per refused frame would cost a flood more than the refusal).
     rate_limited: [IntCounter; 2],
+    /// Topics only the node itself publishes to (`[demo]` system topics); usually empty.
+    reserved: Vec<Box<str>>,
 }
 
 impl Core {
     pub fn new(broker: Arc<Broker>, limits: CoreLimits, connections: Arc<Connections>) -> Arc<Self> {
+        Self::with_reserved(broker, limits, connections, Vec::new())
+    }
+
+    /// Like [`Core::new`], with topics no client may publish to (the node's system topics).
+    pub fn with_reserved(
+        broker: Arc<Broker>,
+        limits: CoreLimits,
+        connections: Arc<Connections>,
+        reserved: Vec<String>,
+    ) -> Arc<Self> {
         let metrics = broker.metrics();
         let rate_limited =
             [SubscriberMode::Json, SubscriberMode::Raw].map(|m| metrics.rate_limited.with_label_values(&[m.as_str()]));
@@ -219,7 +237,23 @@ impl Core {
             broker,
             limits,
             connections,
+            reserved: reserved.into_iter().map(String::into_boxed_str).collect(),
         })
+    }
+
+    /// [`Refusal::Reserved`] for a node system topic (counted as a forbidden publish), for
+    /// every way in: WebSocket, raw and the admin API.
+    pub fn check_reserved(&self, topic: &str) -> Result<(), Refusal> {
+        if self.reserved.iter().any(|r| &**r == topic) {
+            self.metrics
+                .forbidden
+                .with_label_values(&[Action::Publish.as_str()])
+                .inc();
+            return Err(Refusal::Reserved {
+                topic: topic.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -475,6 +509,7 @@ impl Core {
         topic: &str,
         payload: Payload,
     ) -> Result<PublishReport, Refusal> {
+        self.check_reserved(topic)?;
         if !conn.permissions.can_publish(topic) {
             return Err(self.forbidden(Action::Publish, topic));
         }

@@ -58,6 +58,12 @@ pub fn error_frame(metrics: &BrokerMetrics, id: Option<&str>, code: ErrorCode, m
     server_msg::error(id, code, message)
 }
 
+/// [`error_frame`] about one subscription (no `id`, a `topic` field): counted the same way.
+pub fn topic_error_frame(metrics: &BrokerMetrics, code: ErrorCode, topic: &str, message: &str) -> Bytes {
+    metrics.client_errors.with_label_values(&[code.as_str()]).inc();
+    server_msg::topic_error(code, topic, message)
+}
+
 impl Answers {
     /// Answers queued (waiting or behind one that waits).
     pub fn waiting(&self) -> usize {

@@ -30,7 +30,7 @@ use herald_broker::{Source, SubscriberMode};
 use herald_protocol::server_msg::{self, ErrorCode};
 use herald_protocol::{decode_request, ClientRequest, Payload};
 
-use super::answers::error_frame;
+use super::answers::{error_frame, topic_error_frame};
 use super::reader::{pushed, Message};
 use super::{Exit, Session};
 use crate::core::Refusal;
@@ -65,7 +65,9 @@ pub fn handle(session: &mut Session, message: Message) -> Option<Exit> {
             {
                 Ok(report) => drop(report.relay),
                 Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
-                Err(Refusal::Forbidden { .. }) => return Some(Exit::new(1008, "publish not allowed", "forbidden")),
+                Err(Refusal::Forbidden { .. } | Refusal::Reserved { .. }) => {
+                    return Some(Exit::new(1008, "publish not allowed", "forbidden"))
+                }
                 Err(_) => {}
             }
             None
@@ -146,6 +148,9 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
     }
     match request {
         ClientRequest::Ping { id } => answer(answers.send(&conn.outbox, server_msg::pong(id))),
+        // The answer to a JSON heartbeat: its arrival (the reader's `last_seen_ms`) is all
+        // it is for; never answered.
+        ClientRequest::Pong => {}
         ClientRequest::Subscribe { topics, since, id } => {
             match core.subscribe_from(conn, topics.iter().map(|t| t.as_ref()), &since, true) {
                 Ok(confirmation) => answer(answers.subscribe(&conn.outbox, &state.metrics, id, confirmation)),
@@ -166,7 +171,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
             let report = match core.publish_from(conn, Source::Websocket, &topic, payload) {
                 Ok(report) => report,
                 Err(Refusal::OverLimit { over_ms }) => return Some(over_limit_exit(over_ms)),
-                Err(refusal @ Refusal::Forbidden { .. }) => {
+                Err(refusal @ (Refusal::Forbidden { .. } | Refusal::Reserved { .. })) => {
                     // Always told (the topic is named), with the `id` when there is one.
                     let frame = error_frame(&state.metrics, id, refusal.code(), &refusal.to_string());
                     answer(answers.send(&conn.outbox, frame));
@@ -220,7 +225,7 @@ fn handle_request(session: &mut Session, text: Bytes) -> Option<Exit> {
                     "subscription to {} dropped: the new token does not allow it",
                     crate::core::shown(&topic)
                 );
-                let frame = error_frame(&state.metrics, None, ErrorCode::Forbidden, &message);
+                let frame = topic_error_frame(&state.metrics, ErrorCode::Forbidden, &topic, &message);
                 answer(answers.send(&conn.outbox, frame));
             }
             if let Some(id) = id {

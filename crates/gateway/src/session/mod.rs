@@ -42,6 +42,9 @@ pub struct SessionParams {
     pub topics: Vec<String>,
     /// Receive one's own publications (`?echo=false` turns it off).
     pub echo: bool,
+    /// `?heartbeat=json`: heartbeats as `{"type":"ping"}` text frames (for browsers, which
+    /// cannot see WebSocket pings), announced in the welcome.
+    pub json_heartbeat: bool,
     /// The client's address (behind trusted proxies: the one they named).
     pub peer: SocketAddr,
     /// Who connects: from a token on the upgrade, or anonymous.
@@ -91,6 +94,9 @@ pub struct SessionFlags {
     pub expiry_notice_ms: u32,
     /// A connection whose token expired is closed this many milliseconds after it.
     pub expiry_grace_ms: u32,
+    /// `?heartbeat=json`: the writer sends `{"type":"ping"}` every ping interval instead of
+    /// a WebSocket ping (in the flags' padding: no byte more per connection).
+    pub json_heartbeat: bool,
 }
 
 /// Per-connection state owned by the session task.
@@ -145,9 +151,16 @@ impl Prepared {
             identity: params.identity,
         };
         let mut conn = state.core.connect(request, CancellationToken::new())?;
+        let json_heartbeat = params.json_heartbeat && params.mode == SubscriberMode::Json;
         if params.mode == SubscriberMode::Json {
-            conn.outbox
-                .push_control(server_msg::welcome(&state.node_id, &conn.id.to_string()));
+            let connection = conn.id.to_string();
+            let welcome = if json_heartbeat {
+                let every = state.config.heartbeat.ping_interval_ms;
+                server_msg::welcome_json_heartbeat(&state.node_id, &connection, every)
+            } else {
+                server_msg::welcome(&state.node_id, &connection)
+            };
+            conn.outbox.push_control(welcome);
         }
         let confirmation = match state
             .core
@@ -179,6 +192,7 @@ impl Prepared {
                 noticed_ms: AtomicU64::new(0),
                 expiry_notice_ms,
                 expiry_grace_ms,
+                json_heartbeat,
             }),
         };
         Ok((

@@ -11,8 +11,9 @@
 //! shared with other subscribers, so the batch is written without copying or encoding.
 //!
 //! Between batches it keeps every timer of the connection: the heartbeat (every
-//! `ping_interval` in which the reader saw no frame, it pings; after `idle_timeout` of
-//! silence it closes with 1001), the first-message deadline (1008) and the token's expiry
+//! `ping_interval` in which the reader saw no frame, it pings; on `/ws?heartbeat=json` it
+//! sends the text frame `{"type":"ping"}` every interval instead, whatever the traffic;
+//! after `idle_timeout` of silence it closes with 1001), the first-message deadline (1008) and the token's expiry
 //! (`expiry_notice` before it an error frame `token_expired`, `expiry_grace` after it a
 //! close 1008 "token expired"; a `refresh` moves the expiry, and the ack it sends wakes
 //! the writer to re-arm). During a drain the
@@ -439,8 +440,12 @@ fn check_timers(
     }
     if now >= timers.next_beat {
         timers.next_beat = now + cfg.ping_interval;
-        // Ping only a client we have not heard from for a whole interval.
-        if silent >= cfg.ping_interval {
+        if flags.json_heartbeat {
+            // `?heartbeat=json`: every interval whatever the traffic (a browser client
+            // judges the link by these alone); one static frame shared by all connections.
+            outbox.push_control(server_msg::json_ping());
+        } else if silent >= cfg.ping_interval {
+            // Ping only a client we have not heard from for a whole interval.
             outbox.push_control(ping_frame(b""));
         }
     }

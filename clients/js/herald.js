@@ -1,0 +1,668 @@
+// herald.js — the Herald client for browsers and Node 18+ (JSON protocol v1 on /ws).
+//
+// A dependency-free ES module, served by every node at /client/herald.js. It keeps one
+// WebSocket to a node and hides its failures: reconnect with exponential backoff and full
+// jitter, resubscribe every topic with `since` (history recovery, duplicate offsets
+// dropped), liveness from the node's JSON pings (with a probe after the page slept),
+// auth and token refresh, and a bounded offline queue for publishes.
+// Documentation: docs/client-js.md. Types: herald.d.ts.
+
+/** An error from the node (its `code`) or from the client (disconnected, timeout, closed, connection_lost). */
+export class HeraldError extends Error {
+  constructor(code, message, extra) {
+    super(message || code);
+    this.name = "HeraldError";
+    this.code = code;
+    if (extra) Object.assign(this, extra);
+  }
+}
+
+const OPEN = 1;
+const DEFAULT_RECONNECT = { initialDelayMs: 500, maxDelayMs: 20000, factor: 2, resetAfterMs: 5000 };
+const DEFAULT_LIVENESS = { slackMs: 1000, probeTimeoutMs: 3000, lateTimerMs: 2000 };
+const MAX_TIMER_MS = 2147483647;
+
+/** Turns the node's base URL into the /ws URL the client connects to. */
+export function buildUrl(url) {
+  let text = String(url);
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    const loc = globalThis.location;
+    if (text.startsWith("/") && loc && loc.host) text = `${loc.protocol}//${loc.host}${text}`;
+    else text = `ws://${text}`;
+  }
+  const u = new URL(text);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.protocol !== "ws:" && u.protocol !== "wss:") {
+    throw new HeraldError("invalid_url", `unsupported URL scheme ${u.protocol}`);
+  }
+  if (u.pathname === "" || u.pathname === "/") u.pathname = "/ws";
+  u.searchParams.set("heartbeat", "json");
+  return u.toString();
+}
+
+/** Reads a JWT's `exp` (seconds) without verifying it; undefined when unreadable. */
+export function jwtExpiry(token) {
+  try {
+    const part = String(token).split(".")[1];
+    if (!part) return undefined;
+    let b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    while (b64.length % 4) b64 += "=";
+    const bin = globalThis.atob(b64);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return typeof claims.exp === "number" ? claims.exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function defaultClock() {
+  return {
+    now: () => Date.now(),
+    setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+    clearTimeout: (t) => globalThis.clearTimeout(t),
+  };
+}
+
+export class Herald {
+  constructor(url, options = {}) {
+    this.url = buildUrl(url);
+    const o = options;
+    this._WebSocket = o.WebSocket || globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new HeraldError("no_websocket", "no WebSocket: pass options.WebSocket (Node: the `ws` package)");
+    }
+    this._token = o.token;
+    this._getToken = typeof o.getToken === "function" ? o.getToken : null;
+    this._reconnect = o.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(o.reconnect || {}) };
+    this._offlineMax = o.offlineQueue === undefined ? 100 : Math.max(0, o.offlineQueue | 0);
+    this._rate = o.publishRatePerSecond > 0 ? o.publishRatePerSecond : 50;
+    this._ackTimeoutMs = o.ackTimeoutMs > 0 ? o.ackTimeoutMs : 10000;
+    this._refreshAheadMs = o.refreshBeforeExpiryMs >= 0 ? o.refreshBeforeExpiryMs : 10000;
+    this._liveness = { ...DEFAULT_LIVENESS, ...(o.liveness || {}) };
+    this._clock = o._clock || defaultClock();
+    this._random = o._random || Math.random;
+    this._window = o._window !== undefined ? o._window : globalThis.window || null;
+    this._document = o._document !== undefined ? o._document : globalThis.document || null;
+
+    this._listeners = new Map();
+    this._topics = new Map(); // topic -> TopicState
+    this._pending = new Map(); // id -> { kind, ... }
+    this._queue = []; // { topic, data, resolve, reject }
+    this._nextId = 1;
+    this._ws = null;
+    this._state = "connecting";
+    this._attempt = 0;
+    this._welcomed = false;
+    this._openedAt = 0;
+    this._lastRecv = 0;
+    this._pingMs = 0;
+    this._timers = {};
+    this._authFailed = false;
+    this._refreshing = false;
+    this._offline = false;
+    this._installBrowserHooks();
+    this._connect();
+  }
+
+  /** "connecting" | "connected" | "reconnecting" | "closed" */
+  get state() {
+    return this._state;
+  }
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    const set = this._listeners.get(event);
+    if (set) set.delete(fn);
+  }
+
+  subscribe(topic, onMessage, options = {}) {
+    if (typeof onMessage !== "function") throw new TypeError("subscribe(topic, onMessage): onMessage must be a function");
+    const sub = { topic, handler: onMessage, active: true };
+    sub.ready = new Promise((resolve, reject) => {
+      sub._resolve = resolve;
+      sub._reject = reject;
+    });
+    sub.ready.catch(() => {}); // a rejected ready nobody awaits must not crash Node
+    sub.unsubscribe = () => this._unsubscribe(sub);
+    if (this._state === "closed") {
+      sub.active = false;
+      sub._reject(new HeraldError("closed", "the client is closed"));
+      return publicSub(sub);
+    }
+    let ts = this._topics.get(topic);
+    if (!ts) {
+      ts = { topic, subs: new Set(), status: "idle", last: null, ackPos: null, reqId: null, suppressLost: false };
+      if (options.since && options.since.epoch !== undefined) {
+        ts.last = { offset: options.since.offset, epoch: options.since.epoch };
+      }
+      this._topics.set(topic, ts);
+      ts.subs.add(sub);
+      if (this._isOpen()) this._sendSubscribe(ts);
+    } else {
+      ts.subs.add(sub);
+      if (ts.status === "active") settle(sub, null);
+    }
+    return publicSub(sub);
+  }
+
+  publish(topic, data) {
+    return new Promise((resolve, reject) => {
+      if (this._state === "closed") return reject(new HeraldError("closed", "the client is closed"));
+      const item = { topic, data, resolve, reject };
+      if (this._state === "connected" && this._queue.length === 0 && this._isOpen()) {
+        this._sendPublish(item);
+      } else if (this._state === "connected" && this._isOpen()) {
+        this._queue.push(item); // keep order behind the queue being flushed
+      } else if (this._queue.length >= this._offlineMax) {
+        reject(new HeraldError("disconnected", this._offlineMax === 0
+          ? "not connected (offline queue disabled)" : "not connected and the offline queue is full"));
+      } else {
+        this._queue.push(item);
+      }
+    });
+  }
+
+  close() {
+    if (this._state === "closed") return;
+    this._state = "closed";
+    this._clearAllTimers();
+    this._removeBrowserHooks();
+    const err = () => new HeraldError("closed", "the client was closed");
+    this._failPending(err);
+    for (const item of this._queue.splice(0)) item.reject(err());
+    for (const ts of this._topics.values()) for (const sub of ts.subs) settle(sub, err());
+    this._topics.clear();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      detach(ws);
+      try { ws.close(1000); } catch { /* already closing */ }
+      this._emit("disconnected", { code: 1000, reason: "closed by the client" });
+    }
+  }
+
+  // ---- connection --------------------------------------------------------------------
+
+  async _connect() {
+    this._clearTimer("reconnect");
+    if (this._state === "closed" || this._offline || this._connecting || this._ws) return;
+    let token = this._token;
+    if (this._getToken) {
+      this._connecting = true;
+      try {
+        token = await this._getToken();
+      } catch (e) {
+        this._connecting = false;
+        this._emit("error", e instanceof Error ? e : new Error(String(e)));
+        this._scheduleReconnect();
+        return;
+      } finally {
+        this._connecting = false;
+      }
+      if (this._state === "closed" || this._offline || this._ws) return;
+    }
+    this._currentToken = token || null;
+    this._welcomed = false;
+    this._authFailed = false;
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch (e) {
+      this._emit("error", e instanceof Error ? e : new Error(String(e)));
+      this._scheduleReconnect();
+      return;
+    }
+    this._ws = ws;
+    ws.onopen = () => this._onOpen(ws);
+    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
+    ws.onclose = (ev) => this._onClose(ws, ev && ev.code, ev && ev.reason);
+    ws.onerror = () => { /* a close event follows */ };
+  }
+
+  _onOpen(ws) {
+    if (ws !== this._ws) return;
+    this._openedAt = this._clock.now();
+    this._lastRecv = this._openedAt;
+    if (this._currentToken) {
+      const id = this._id();
+      this._pending.set(id, { kind: "auth" });
+      this._send({ op: "auth", token: this._currentToken, id });
+    }
+    for (const ts of this._topics.values()) this._sendSubscribe(ts);
+  }
+
+  _onClose(ws, code, reason) {
+    if (ws !== this._ws) return;
+    detach(ws);
+    this._ws = null;
+    const now = this._clock.now();
+    const stayedUp = this._welcomed && this._openedAt && now - this._openedAt >= (this._reconnect ? this._reconnect.resetAfterMs : 0);
+    const authRefused = this._authFailed || (code === 1008 && /^unauthorized/.test(reason || ""));
+    this._welcomed = false;
+    for (const k of ["liveness", "probe", "flush", "refresh"]) this._clearTimer(k);
+    this._failPending(() => new HeraldError("connection_lost", "the connection dropped before the answer (the request may or may not have taken effect)"),
+      (p) => p.kind === "publish");
+    // Subscribes and other requests in flight are simply resent after the reconnect.
+    this._pending.clear();
+    for (const ts of this._topics.values()) if (ts.status !== "idle") ts.status = "idle";
+    if (this._state === "closed") return;
+    this._emit("disconnected", { code: code === undefined ? 1006 : code, reason: reason || "" });
+    if (authRefused && !this._getToken) {
+      this._emit("error", new HeraldError("unauthorized", `authentication refused (${reason || "unauthorized"}); not reconnecting with the same token`));
+      this.close();
+      return;
+    }
+    if (stayedUp && !authRefused) this._attempt = 0;
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect() {
+    if (this._state === "closed") return;
+    if (!this._reconnect) {
+      this.close();
+      return;
+    }
+    this._state = "reconnecting";
+    if (this._offline) return; // the `online` event reconnects
+    const r = this._reconnect;
+    const ceiling = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(r.factor, this._attempt));
+    const delayMs = Math.floor(this._random() * ceiling);
+    this._attempt += 1;
+    this._emit("reconnecting", { attempt: this._attempt, delayMs });
+    this._setTimer("reconnect", delayMs, () => this._connect());
+  }
+
+  /** Drops the current socket (dead or asleep) and goes through the reconnect path. */
+  _replaceConnection(reason) {
+    const ws = this._ws;
+    if (!ws) return;
+    try { ws.close(4000, reason); } catch { /* ignore */ }
+    this._onClose(ws, 4000, reason);
+  }
+
+  // ---- frames ------------------------------------------------------------------------
+
+  _onFrame(ws, raw) {
+    if (ws !== this._ws) return;
+    this._lastRecv = this._clock.now();
+    if (this._timers.probe) {
+      this._clearTimer("probe");
+      this._armLiveness();
+    }
+    let f;
+    try {
+      f = JSON.parse(typeof raw === "string" ? raw : String(raw));
+    } catch {
+      this._emit("error", new HeraldError("invalid_frame", "the node sent a frame that is not JSON"));
+      return;
+    }
+    if (!f || typeof f !== "object") return;
+    switch (f.type) {
+      case "welcome": return this._onWelcome(f);
+      case "ping": this._send({ op: "pong" }); return;
+      case "pong": return;
+      case "message": return this._onMessage(f);
+      case "ack": return this._onAck(f);
+      case "error": return this._onError(f);
+      default: return;
+    }
+  }
+
+  _onWelcome(f) {
+    this._welcomed = true;
+    this._state = "connected";
+    this._pingMs = f.ping_interval_ms > 0 ? f.ping_interval_ms : 0;
+    this._armLiveness();
+    this._armRefresh();
+    this._emit("connected", { node: f.node, connection: f.connection });
+    this._flushQueue();
+  }
+
+  _onMessage(f) {
+    const ts = this._topics.get(f.topic);
+    if (!ts) return;
+    const meta = { topic: f.topic };
+    if (f.offset !== undefined) {
+      meta.offset = f.offset;
+      meta.epoch = f.epoch;
+      if (ts.last && ts.last.epoch === f.epoch && f.offset <= ts.last.offset) return; // duplicate
+      ts.last = { offset: f.offset, epoch: f.epoch };
+    }
+    if (f.encoding) meta.encoding = f.encoding;
+    for (const sub of [...ts.subs]) {
+      try {
+        sub.handler(f.data, meta);
+      } catch (e) {
+        this._emit("error", e instanceof Error ? e : new Error(String(e)));
+      }
+    }
+  }
+
+  _onAck(f) {
+    const p = this._pending.get(f.id);
+    if (!p) return;
+    this._pending.delete(f.id);
+    if (p.timer) this._clock.clearTimeout(p.timer);
+    if (p.kind === "publish") {
+      p.resolve({ offset: f.offset, epoch: f.epoch });
+    } else if (p.kind === "subscribe") {
+      const ts = this._topics.get(p.topic);
+      if (!ts || ts.reqId !== f.id) return;
+      ts.status = "active";
+      ts.reqId = null;
+      const pos = f.positions && f.positions[p.topic];
+      if (pos) ts.ackPos = { offset: pos.offset, epoch: pos.epoch };
+      if (f.recovered && f.recovered[p.topic] === false) {
+        if (ts.suppressLost) ts.suppressLost = false;
+        else this._emit("lost", { topic: p.topic, reason: "not_recovered" });
+      } else {
+        ts.suppressLost = false;
+      }
+      for (const sub of ts.subs) settle(sub, null);
+    } else if (p.kind === "refresh") {
+      this._refreshing = false;
+      this._armRefresh();
+    }
+  }
+
+  _onError(f) {
+    const err = new HeraldError(f.code, f.message, f.topic !== undefined ? { topic: f.topic } : undefined);
+    const p = f.id !== undefined ? this._pending.get(f.id) : undefined;
+    if (p) {
+      this._pending.delete(f.id);
+      if (p.timer) this._clock.clearTimeout(p.timer);
+      if (p.kind === "publish") return p.reject(err);
+      if (p.kind === "subscribe") return this._onSubscribeError(p.topic, f.id, err);
+      if (p.kind === "auth" || p.kind === "refresh") {
+        this._refreshing = false;
+        if (f.code === "unauthorized" || f.code === "token_expired") this._authFailed = true;
+        this._emit("error", err);
+        return;
+      }
+      return; // ping probe: any frame already counted as liveness
+    }
+    switch (f.code) {
+      case "token_expired":
+        this._refresh();
+        return;
+      case "recovery_overflow":
+      case "recovery_lost": {
+        const ts = this._topics.get(f.topic);
+        if (!ts) return this._emit("error", err);
+        if (f.code === "recovery_lost") {
+          ts.suppressLost = true; // the resubscribe answers recovered:false; one "lost" is enough
+          this._emit("lost", { topic: f.topic, reason: "recovery_lost" });
+        }
+        if (this._isOpen()) this._sendSubscribe(ts);
+        return;
+      }
+      case "forbidden": {
+        const topic = f.topic; // a subscription a refresh dropped; without it, a refused publish
+        const ts = topic !== undefined ? this._topics.get(topic) : undefined;
+        if (ts) {
+          err.topic = topic;
+          this._endTopic(ts, err);
+        }
+        this._emit("error", err);
+        return;
+      }
+      default:
+        this._emit("error", err);
+    }
+  }
+
+  _onSubscribeError(topic, id, err) {
+    const ts = this._topics.get(topic);
+    if (!ts || ts.reqId !== id) return;
+    ts.reqId = null;
+    err.topic = topic;
+    if (err.code === "relay_unavailable") {
+      // The subscription holds on this node; other nodes' messages follow when the relay is back.
+      ts.status = "active";
+      for (const sub of ts.subs) settle(sub, err);
+    } else {
+      this._endTopic(ts, err);
+    }
+    this._emit("error", err);
+  }
+
+  /** A subscription the node refused or dropped: every handle on it ends. */
+  _endTopic(ts, err) {
+    this._topics.delete(ts.topic);
+    for (const sub of ts.subs) {
+      sub.active = false;
+      settle(sub, err);
+    }
+  }
+
+  _unsubscribe(sub) {
+    if (!sub.active) return;
+    sub.active = false;
+    settle(sub, new HeraldError("unsubscribed", "unsubscribed before the subscription was ready"));
+    const ts = this._topics.get(sub.topic);
+    if (!ts || !ts.subs.has(sub)) return;
+    ts.subs.delete(sub);
+    if (ts.subs.size > 0) return;
+    this._topics.delete(sub.topic);
+    if (this._isOpen()) this._send({ op: "unsubscribe", topics: [sub.topic] });
+  }
+
+  // ---- requests ----------------------------------------------------------------------
+
+  _sendSubscribe(ts) {
+    const id = this._id();
+    const frame = { op: "subscribe", topics: [ts.topic], id };
+    const since = ts.last || ts.ackPos;
+    if (since && since.epoch !== undefined) {
+      frame.since = { [ts.topic]: { offset: since.offset, epoch: since.epoch } };
+    }
+    ts.status = "subscribing";
+    ts.reqId = id;
+    this._pending.set(id, { kind: "subscribe", topic: ts.topic });
+    this._send(frame);
+  }
+
+  _sendPublish(item) {
+    const id = this._id();
+    const p = { kind: "publish", resolve: item.resolve, reject: item.reject };
+    p.timer = this._clock.setTimeout(() => {
+      if (this._pending.get(id) !== p) return;
+      this._pending.delete(id);
+      item.reject(new HeraldError("timeout", `no answer to the publish within ${this._ackTimeoutMs} ms`));
+    }, this._ackTimeoutMs);
+    this._pending.set(id, p);
+    this._send({ op: "publish", topic: item.topic, data: item.data === undefined ? null : item.data, id });
+  }
+
+  /** Sends the queued publishes, one every 1000/publishRatePerSecond ms. */
+  _flushQueue() {
+    this._clearTimer("flush");
+    if (this._state !== "connected" || !this._isOpen() || this._queue.length === 0) return;
+    this._sendPublish(this._queue.shift());
+    if (this._queue.length > 0) this._setTimer("flush", 1000 / this._rate, () => this._flushQueue());
+  }
+
+  async _refresh() {
+    if (this._refreshing || !this._isOpen()) return;
+    if (!this._getToken) {
+      this._emit("error", new HeraldError("token_expired", "the token expires soon and there is no getToken() to renew it"));
+      return;
+    }
+    this._refreshing = true;
+    let token;
+    try {
+      token = await this._getToken();
+    } catch (e) {
+      this._refreshing = false;
+      this._emit("error", e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    if (!this._isOpen() || !token) {
+      this._refreshing = false;
+      return;
+    }
+    this._currentToken = token;
+    const id = this._id();
+    this._pending.set(id, { kind: "refresh" });
+    this._send({ op: "refresh", token, id });
+  }
+
+  /** Fallback to the node's token_expired notice: refresh a bit before the token's exp. */
+  _armRefresh() {
+    this._clearTimer("refresh");
+    if (!this._getToken || !this._currentToken) return;
+    const exp = jwtExpiry(this._currentToken);
+    if (exp === undefined) return;
+    const delay = Math.max(1000, exp * 1000 - this._refreshAheadMs - this._clock.now());
+    this._setTimer("refresh", Math.min(delay, MAX_TIMER_MS), () => this._refresh());
+  }
+
+  // ---- liveness ----------------------------------------------------------------------
+
+  _deadAfterMs() {
+    return 2 * this._pingMs + this._liveness.slackMs;
+  }
+
+  _armLiveness() {
+    this._clearTimer("liveness");
+    if (!this._pingMs || !this._isOpen()) return;
+    const due = this._lastRecv + this._deadAfterMs();
+    const delay = Math.max(10, due - this._clock.now());
+    const scheduledFor = this._clock.now() + delay;
+    this._setTimer("liveness", delay, () => this._checkLiveness(scheduledFor));
+  }
+
+  _checkLiveness(scheduledFor) {
+    if (!this._isOpen()) return;
+    const now = this._clock.now();
+    const silentMs = now - this._lastRecv;
+    if (silentMs < this._deadAfterMs()) return this._armLiveness();
+    if (now - scheduledFor > this._liveness.lateTimerMs) return this._probe(); // woke from sleep
+    this._replaceConnection("no ping from the node");
+  }
+
+  /** Asks the node for a frame; replaces the connection if none arrives within probeTimeoutMs. */
+  _probe() {
+    if (!this._isOpen() || this._timers.probe) return;
+    const id = this._id();
+    this._pending.set(id, { kind: "ping" });
+    this._send({ op: "ping", id });
+    this._setTimer("probe", this._liveness.probeTimeoutMs, () => {
+      this._pending.delete(id);
+      this._replaceConnection("no answer to the liveness probe");
+    });
+    this._clearTimer("liveness"); // the probe decides now; a frame re-arms the check
+  }
+
+  _installBrowserHooks() {
+    const w = this._window;
+    const d = this._document;
+    this._hooks = [];
+    if (w && typeof w.addEventListener === "function") {
+      const offline = () => {
+        this._offline = true;
+        this._clearTimer("reconnect");
+        if (this._ws) this._replaceConnection("browser offline");
+      };
+      const online = () => {
+        if (!this._offline) return;
+        this._offline = false;
+        if (this._state !== "closed" && !this._ws) this._connect();
+      };
+      w.addEventListener("offline", offline);
+      w.addEventListener("online", online);
+      this._hooks.push([w, "offline", offline], [w, "online", online]);
+    }
+    if (d && typeof d.addEventListener === "function") {
+      const visible = () => {
+        if (d.visibilityState !== "visible" || !this._isOpen() || !this._welcomed) return;
+        const silence = this._clock.now() - this._lastRecv;
+        if (silence > (this._pingMs || this._liveness.probeTimeoutMs)) this._probe();
+      };
+      d.addEventListener("visibilitychange", visible);
+      this._hooks.push([d, "visibilitychange", visible]);
+    }
+  }
+
+  _removeBrowserHooks() {
+    for (const [target, name, fn] of this._hooks || []) target.removeEventListener(name, fn);
+    this._hooks = [];
+  }
+
+  // ---- helpers -----------------------------------------------------------------------
+
+  _isOpen() {
+    return !!this._ws && this._ws.readyState === OPEN;
+  }
+
+  _send(frame) {
+    if (this._isOpen()) this._ws.send(JSON.stringify(frame));
+  }
+
+  _id() {
+    return this._nextId++;
+  }
+
+  _failPending(makeErr, filter) {
+    for (const [id, p] of [...this._pending]) {
+      if (filter && !filter(p)) continue;
+      this._pending.delete(id);
+      if (p.timer) this._clock.clearTimeout(p.timer);
+      if (p.reject) p.reject(makeErr());
+    }
+  }
+
+  _setTimer(name, ms, fn) {
+    this._clearTimer(name);
+    this._timers[name] = this._clock.setTimeout(() => {
+      this._timers[name] = null;
+      fn();
+    }, ms);
+  }
+
+  _clearTimer(name) {
+    if (this._timers[name]) {
+      this._clock.clearTimeout(this._timers[name]);
+      this._timers[name] = null;
+    }
+  }
+
+  _clearAllTimers() {
+    for (const name of Object.keys(this._timers)) this._clearTimer(name);
+  }
+
+  _emit(event, payload) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(payload);
+      } catch (e) {
+        if (event !== "error") this._emit("error", e instanceof Error ? e : new Error(String(e)));
+      }
+    }
+  }
+}
+
+function settle(sub, err) {
+  if (sub._settled) return;
+  sub._settled = true;
+  if (err) sub._reject(err);
+  else sub._resolve();
+}
+
+function publicSub(sub) {
+  return { topic: sub.topic, ready: sub.ready, unsubscribe: sub.unsubscribe };
+}
+
+function detach(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+}
+

@@ -1,0 +1,76 @@
+// Browser test: a node restarted under an open chat page. Two nodes share a real
+// redis-server (relay.kind = redis, history for demo.chat in Redis). The page on node A is
+// subscribed; A is killed; node B publishes N messages; A starts again on the same port;
+// the page reconnects, resubscribes with `since` and shows every message once, in order.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { adminPublish, cleanup, launchBrowser, newPage, startHerald, startRedis, waitFor } from "./harness.mjs";
+
+const N = 8;
+let redis;
+let browser;
+
+before(async () => {
+  redis = await startRedis();
+  browser = await launchBrowser();
+}, { timeout: 60_000 });
+
+after(cleanup, { timeout: 30_000 });
+
+function clusterEnv(nodeId) {
+  return {
+    HERALD_NODE_ID: nodeId,
+    HERALD_DEMO__ENABLED: "true",
+    HERALD_RELAY__KIND: "redis",
+    HERALD_REDIS__URL: redis.url,
+    HERALD_HISTORY: JSON.stringify([{ topics: "demo.chat", size: 200, ttl_ms: 3_600_000 }]),
+  };
+}
+
+const lines = (page) =>
+  page.$$eval("#messages li", (lis) => lis.map((li) => ({ text: li.textContent, offset: Number(li.dataset.offset) })));
+
+test("a page whose node restarts catches up on every message, once, in order", { timeout: 60_000 }, async () => {
+  let nodeA = await startHerald({ env: clusterEnv("node-a") });
+  const nodeB = await startHerald({ env: clusterEnv("node-b") });
+
+  const page = await newPage(browser, nodeA.http);
+  const states = [];
+  await page.exposeFunction("__recordState", (s) => states.push(s));
+  await page.goto(`${nodeA.http}/demo/chat.html`);
+  await page.waitForFunction(() => document.body.dataset.state === "connected" && window.__demo.subscribed, null, { timeout: 10_000 });
+  await page.evaluate(() => {
+    new MutationObserver(() => window.__recordState(document.body.dataset.state)).observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
+  });
+
+  // One message before the restart, from B: the page has seen offset 1 through the relay.
+  await adminPublish(nodeB, "demo.chat", { name: "b", text: "before" });
+  await waitFor(async () => (await lines(page)).length === 1, { what: "the first message" });
+
+  await nodeA.kill();
+  await page.waitForFunction(() => document.body.dataset.state !== "connected", null, { timeout: 10_000 });
+
+  const sent = [];
+  for (let i = 1; i <= N; i++) {
+    const answer = await adminPublish(nodeB, "demo.chat", { name: "b", text: `while down ${i}` });
+    assert.equal(answer.relayed, true, JSON.stringify(answer));
+    sent.push(`bwhile down ${i}`);
+  }
+
+  nodeA = await startHerald({ env: clusterEnv("node-a"), port: nodeA.port, adminPort: nodeA.adminPort });
+  await waitFor(async () => (await lines(page)).length >= N + 1, { timeoutMs: 30_000, intervalMs: 100, what: `${N + 1} messages after the restart` });
+  // And one live message after the catch-up, from A itself.
+  await adminPublish(nodeA, "demo.chat", { name: "a", text: "after" });
+  await waitFor(async () => (await lines(page)).length >= N + 2, { what: "the live message after the restart" });
+  await new Promise((r) => setTimeout(r, 500)); // room for a duplicate to show up
+
+  const got = await lines(page);
+  assert.deepEqual(got.map((l) => l.text), ["bbefore", ...sent, "aafter"]);
+  assert.deepEqual(got.map((l) => l.offset), Array.from({ length: N + 2 }, (_, i) => i + 1));
+  assert.ok(states.includes("reconnecting"), `states seen: ${states}`);
+  assert.equal(await page.evaluate(() => document.body.dataset.state), "connected");
+  assert.equal(await page.textContent("#error"), "", "no error or lost notice on the page");
+  assert.deepEqual(page.foreign, [], "requests outside the node");
+  await page.close();
+});
