@@ -59,6 +59,9 @@ pub struct Broker {
     control: OnceLock<ControlHandler>,
     /// This broker, for the gap-filling tasks that `RelaySink::deliver` (`&self`) starts.
     me: OnceLock<Weak<Broker>>,
+    /// Topics this node alone publishes, locally (the gateway's system topics): what the
+    /// relay brings on them is dropped. Set once at start; empty for most nodes.
+    local_only: OnceLock<Box<[Box<str>]>>,
 }
 
 /// Acts on a control message another node sent; must not block.
@@ -146,6 +149,7 @@ impl Broker {
             flush: Arc::new(FlushQueue::default()),
             control: OnceLock::new(),
             me: OnceLock::new(),
+            local_only: OnceLock::new(),
         });
         let _ = broker.me.set(Arc::downgrade(&broker));
         let sink: Arc<dyn RelaySink> = broker.clone();
@@ -162,6 +166,18 @@ impl Broker {
     /// ignored and return `false`). Without one they are dropped.
     pub fn set_control_handler(&self, handler: ControlHandler) -> bool {
         self.control.set(handler).is_ok()
+    }
+
+    /// Declares topics only this node publishes, with [`fan_out`](Self::fan_out): messages
+    /// the relay delivers on them (another node's clients publishing there) are dropped.
+    /// Once, at start; `false` if already set.
+    pub fn set_local_only(&self, topics: &[String]) -> bool {
+        let topics = topics.iter().map(|t| t.clone().into_boxed_str()).collect();
+        self.local_only.set(topics).is_ok()
+    }
+
+    fn is_local_only(&self, topic: &str) -> bool {
+        self.local_only.get().is_some_and(|l| l.iter().any(|t| &**t == topic))
     }
 
     /// Sends a control message to every other node through the relay.
@@ -548,6 +564,9 @@ impl Broker {
 
 impl RelaySink for Broker {
     fn deliver(&self, env: Envelope) {
+        if self.is_local_only(&env.topic) {
+            return; // a system topic: only this node's own messages count
+        }
         if let Some(pos) = env.stream {
             // A history topic's message: delivered from here on every node, the origin too
             // (where `publish` counted it already, by its source).
@@ -684,5 +703,30 @@ mod tests {
         assert!(matches!(rep.relay, PublishTicket::Done(Err(_))));
         assert_eq!(take(&s1).len(), 1, "local delivery continues while the relay is down");
         assert!(take(&s2).is_empty());
+    }
+
+    #[test]
+    fn local_only_topics_ignore_what_the_relay_brings() {
+        let hub = MemoryHub::new();
+        let m = Arc::new(BrokerMetrics::new());
+        let b1 = Broker::new("n1", Arc::new(MemoryRelay::with_hub("n1", hub.clone())), m.clone());
+        let b2 = Broker::new("n2", Arc::new(MemoryRelay::with_hub("n2", hub.clone())), m.clone());
+        assert!(b2.set_local_only(&["sys.time".to_owned()]));
+        assert!(!b2.set_local_only(&[]), "set once");
+        let sys = conn(&b2, 1, "sys.time", SubscriberMode::Json, true);
+        let other = conn(&b2, 2, "sys.timex", SubscriberMode::Json, true);
+        b1.publish("sys.time", Payload::json(&b"\"forged\""[..]), None, Source::Http);
+        b1.publish("sys.timex", Payload::json(&b"1"[..]), None, Source::Http);
+        assert!(
+            take(&sys).is_empty(),
+            "another node's message on a local-only topic is dropped"
+        );
+        assert_eq!(take(&other).len(), 1, "other topics are relayed as ever");
+        b2.fan_out("sys.time", &Payload::json(&b"\"own\""[..]), None);
+        assert_eq!(
+            take(&sys).len(),
+            1,
+            "the node's own fan-out still reaches its subscribers"
+        );
     }
 }

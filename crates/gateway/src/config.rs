@@ -830,7 +830,9 @@ impl Config {
             p.extend(errors.iter().map(|e| format!("auth.allowed_origins: {e}")));
         }
         self.validate_history(p);
-        self.validate_demo(p);
+        if self.demo.enabled {
+            self.validate_demo(p);
+        }
     }
 
     fn validate_demo(&self, p: &mut Vec<String>) {
@@ -1207,9 +1209,20 @@ mod tests {
         assert!(c.demo.enabled);
         assert_eq!(c.demo.interval_ms, 250);
         assert_eq!(c.demo.time_topic, "herald.time");
+        // Off, the [demo] keys are not checked: a user who never set them is not told.
+        let off = Config::load(
+            None,
+            env(&[
+                ("HERALD_DEMO__INTERVAL_MS", "50"),
+                ("HERALD_LIMITS__MAX_TOPIC_LENGTH", "8"),
+            ]),
+            &CliOverrides::default(),
+        );
+        assert!(off.is_ok(), "{:?}", off.err().map(|e| e.to_string()));
         let err = Config::load(
             None,
             env(&[
+                ("HERALD_DEMO__ENABLED", "true"),
                 ("HERALD_DEMO__INTERVAL_MS", "50"),
                 ("HERALD_DEMO__STATS_TOPIC", "bad topic"),
                 ("HERALD_DEMO__CHAT_TOPIC", "herald.time"),

@@ -39,13 +39,16 @@ pub fn effective(config: &Config) -> Vec<HistoryEntry> {
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The broker's rules for `entries` (validated by `Config::validate`; an entry whose
-/// pattern does not compile matches nothing).
-pub fn rules(entries: &[HistoryEntry]) -> HistoryRules {
+/// pattern does not compile matches nothing). Topics in `never` (the node's system topics,
+/// which only the node publishes, live) keep no history whatever the patterns say.
+pub fn rules(entries: &[HistoryEntry], never: &[String]) -> HistoryRules {
     let mut rules = HistoryRules::none();
+    let never: Arc<[Box<str>]> = never.iter().map(|t| t.clone().into_boxed_str()).collect();
     for e in entries {
         let set = PatternSet::compile(&[e.topics.as_str()], None).unwrap_or_else(|_| PatternSet::empty());
+        let never = never.clone();
         rules.push(
-            Box::new(move |topic: &str| set.matches(topic)),
+            Box::new(move |topic: &str| set.matches(topic) && !never.iter().any(|t| &**t == topic)),
             StreamPolicy {
                 size: e.size,
                 max_bytes: e.max_bytes,
@@ -95,7 +98,7 @@ mod tests {
         });
         let e = effective(&c);
         assert_eq!(e.len(), 1, "the configured rule wins");
-        assert_eq!(rules(&e).policy("demo.chat").map(|p| p.size), Some(7));
+        assert_eq!(rules(&e, &[]).policy("demo.chat").map(|p| p.size), Some(7));
     }
 
     #[test]
@@ -113,11 +116,19 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let r = rules(&entries);
+        let r = rules(&entries, &[]);
         assert_eq!(r.policy("chat.vip.a").map(|p| p.size), Some(5));
         assert_eq!(r.policy("chat.room.a").map(|p| p.size), Some(50));
         assert!(r.policy("chat.room.a").unwrap().latest_on_subscribe);
         assert!(r.policy("news").is_none());
-        assert!(rules(&[]).is_empty());
+        assert!(rules(&[], &[]).is_empty());
+        // System topics keep no history, even under a catch-all rule.
+        let all = [HistoryEntry {
+            topics: ">".into(),
+            ..Default::default()
+        }];
+        let r = rules(&all, &["herald.time".to_owned()]);
+        assert!(r.policy("herald.time").is_none());
+        assert!(r.policy("herald.timex").is_some());
     }
 }

@@ -121,12 +121,19 @@ impl Node {
         } else {
             config.history.clone()
         };
+        // `[demo]`: only the node publishes to its system topics, live
+        // (no history, never relayed).
+        let reserved = if config.demo.enabled {
+            vec![config.demo.time_topic.clone(), config.demo.stats_topic.clone()]
+        } else {
+            Vec::new()
+        };
         let broker = Broker::with_history(
             &node_id,
             relay,
             metrics.clone(),
             Encodings::default(),
-            crate::history::rules(&history),
+            crate::history::rules(&history, &reserved),
         );
         if let (Some(streams), false) = (memory_history, history.is_empty()) {
             tasks.spawn(crate::history::run_sweeper(
@@ -143,12 +150,7 @@ impl Node {
             rate: RateLimits::from_config(&config.limits),
             replay_buffer: config.limits.replay_buffer,
         };
-        // `[demo]`: only the node publishes to its system topics.
-        let reserved = if config.demo.enabled {
-            vec![config.demo.time_topic.clone(), config.demo.stats_topic.clone()]
-        } else {
-            Vec::new()
-        };
+        broker.set_local_only(&reserved);
         let core = Core::with_reserved(broker.clone(), limits, connections.clone(), reserved);
         let state = Arc::new(AppState {
             config: config.clone(),
@@ -169,6 +171,11 @@ impl Node {
             client_addrs: Arc::new(ClientAddrs::new(&config.proxy, &metrics)),
             ip_limits: IpLimits::new(&config, &metrics),
             origins,
+            demo_config: crate::static_files::demo_config(
+                &config.demo.time_topic,
+                &config.demo.stats_topic,
+                &config.demo.chat_topic,
+            ),
         });
         // Other nodes' `POST /api/users/{user}/disconnect`, through the relay.
         let core = Arc::downgrade(&state.core);

@@ -52,6 +52,9 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAdd
             None => not_found(),
         },
         "/demo" if state.config.demo.enabled => static_files::demo_redirect(),
+        "/demo/config.js" if state.config.demo.enabled => {
+            static_files::serve(req.method(), req.headers(), &state.demo_config, false)
+        }
         p if p.starts_with("/demo/") && state.config.demo.enabled => {
             match static_files::demo_asset(&p["/demo/".len()..]) {
                 Some(asset) => static_files::serve(req.method(), req.headers(), asset, false),
@@ -250,19 +253,26 @@ async fn upgrade(
             )
         }
     };
-    let json_heartbeat = match param(query.as_deref(), "heartbeat") {
-        None => false,
-        Some(Ok(v)) if v == "ws" => false,
-        Some(Ok(v)) if v == "json" => true,
-        Some(_) => {
-            return reject(
+    let json_heartbeat =
+        match param(query.as_deref(), "heartbeat") {
+            None => false,
+            Some(Ok(v)) if v == "ws" => false,
+            Some(Ok(v)) if v == "json" && mode == SubscriberMode::Json => true,
+            Some(Ok(v)) if v == "json" => return reject(
                 &state,
                 StatusCode::BAD_REQUEST,
                 "invalid_parameter",
-                "`heartbeat` must be json or ws",
-            )
-        }
-    };
+                "`heartbeat=json` is for /ws only: raw connections carry no JSON (their heartbeat is WebSocket pings)",
+            ),
+            Some(_) => {
+                return reject(
+                    &state,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    "`heartbeat` must be json or ws",
+                )
+            }
+        };
     let (response, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(fastwebsockets::WebSocketError::InvalidSecWebsocketVersion) => {

@@ -65,6 +65,8 @@ pub struct AppState {
     pub ip_limits: Arc<IpLimits>,
     /// The Origin allow-list of WebSocket upgrades, parsed once at start.
     pub origins: OriginPolicy,
+    /// `/demo/config.js`: the `[demo]` topic names the pages import (made once).
+    pub demo_config: crate::static_files::Asset,
 }
 
 impl AppState {

@@ -74,6 +74,7 @@ async fn the_client_files_are_served_with_cache_and_cors_headers() {
         &[
             ("Origin", "https://app.example"),
             ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "cache-control"),
         ],
         b"",
     )
@@ -82,6 +83,8 @@ async fn the_client_files_are_served_with_cache_and_cors_headers() {
     assert_eq!(pre.status, 204);
     assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
     assert_eq!(pre.header("access-control-allow-methods"), Some("GET, HEAD, OPTIONS"));
+    assert_eq!(pre.header("access-control-allow-headers"), Some("cache-control"));
+    assert_eq!(pre.header("access-control-expose-headers"), Some("ETag"));
 
     let post = request(addr, "POST", "/client/herald.js", &[], b"x").await.unwrap();
     common::assert_error(&post, 405, "method_not_allowed");
@@ -212,8 +215,14 @@ async fn a_client_answering_pongs_stays_and_a_silent_one_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_heartbeat_mode_is_refused_with_400() {
     let node = TestNode::start().await.unwrap();
-    for q in ["heartbeat=bogus", "heartbeat=", "heartbeat=JSON"] {
-        let refused = WireClient::try_connect(node.ws_addr(), &format!("/ws?{q}"))
+    for q in [
+        "/ws?heartbeat=bogus",
+        "/ws?heartbeat=",
+        "/ws?heartbeat=JSON",
+        "/raw/t?heartbeat=json",
+        "/raw/t?heartbeat=bogus",
+    ] {
+        let refused = WireClient::try_connect(node.ws_addr(), q)
             .await
             .unwrap()
             .err()

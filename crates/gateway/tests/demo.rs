@@ -22,6 +22,17 @@ async fn demo_node() -> TestNode {
     .unwrap()
 }
 
+/// The object `/demo/config.js` exports.
+fn demo_names(module: &str) -> Value {
+    let json = module
+        .split("export default ")
+        .nth(1)
+        .expect("an export default")
+        .trim_end()
+        .trim_end_matches(';');
+    serde_json::from_str(json).unwrap()
+}
+
 async fn json_client(node: &TestNode, path: &str) -> WireClient {
     let mut c = WireClient::connect(node.ws_addr(), path).await.unwrap();
     let welcome: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
@@ -51,7 +62,26 @@ async fn demo_pages_are_served_when_enabled() {
     let addr = node.ws_addr();
     let r = request(addr, "GET", "/demo", &[], b"").await.unwrap();
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location"), Some("/demo/"));
+    assert_eq!(
+        r.header("location"),
+        Some("demo/"),
+        "relative: works under a proxy's path prefix"
+    );
+    // The pages' topic names, from the configuration.
+    let r = request(addr, "GET", "/demo/config.js", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/javascript; charset=utf-8"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    let names = demo_names(&text);
+    assert_eq!(
+        names,
+        serde_json::json!({"time_topic":"herald.time","stats_topic":"herald.stats","chat_topic":"demo.chat"})
+    );
+    let etag = r.header("etag").expect("an ETag").to_owned();
+    let again = request(addr, "GET", "/demo/config.js", &[("If-None-Match", &etag)], b"")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 304);
 
     let assets = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/");
     for (path, file, kind) in [
@@ -186,6 +216,125 @@ async fn clients_may_not_publish_to_the_system_topics() {
     .await
     .unwrap();
     common::assert_error(&r, 403, "forbidden");
+
+    // Batch and broadcast: the system topic's item alone is refused, the others go on.
+    let body = br#"{"messages":[{"topic":"herald.time","data":1},{"topic":"ok.a","data":2}]}"#;
+    let r = request(
+        node.admin_addr(),
+        "POST",
+        "/api/publish/batch",
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 207, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["results"][0]["status"], 403, "{v}");
+    assert_eq!(v["results"][0]["code"], "forbidden", "{v}");
+    assert_eq!(v["results"][1]["status"], 200, "{v}");
+    let body = br#"{"topics":["ok.b","herald.stats"],"data":3}"#;
+    let r = request(
+        node.admin_addr(),
+        "POST",
+        "/api/broadcast",
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 207, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["results"][0]["status"], 200, "{v}");
+    assert_eq!(v["results"][1]["status"], 403, "{v}");
+    assert_eq!(v["results"][1]["code"], "forbidden", "{v}");
+
+    // Every refusal counted: 2 JSON, 1 raw, 2 admin, 1 batch item, 1 broadcast item.
+    let refused = node
+        .metric(r#"herald_forbidden_total{action="publish"}"#)
+        .await
+        .unwrap();
+    assert_eq!(refused, 7.0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_system_topics_are_the_ones_published_reserved_and_served_to_the_pages() {
+    let node = TestNode::start_with(|c| {
+        c.demo.enabled = true;
+        c.demo.interval_ms = 100;
+        c.demo.time_topic = "sys.clock".into();
+        c.demo.stats_topic = "sys.figures".into();
+        c.demo.chat_topic = "room.lobby".into();
+    })
+    .await
+    .unwrap();
+    let r = request(node.ws_addr(), "GET", "/demo/config.js", &[], b"")
+        .await
+        .unwrap();
+    let names = demo_names(std::str::from_utf8(&r.body).unwrap());
+    assert_eq!(
+        names,
+        serde_json::json!({"time_topic":"sys.clock","stats_topic":"sys.figures","chat_topic":"room.lobby"})
+    );
+    let mut c = json_client(&node, "/ws?topics=sys.clock").await;
+    let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
+    assert_eq!(v["topic"], "sys.clock", "{v}");
+    assert!(v["data"]["unix_ms"].is_number(), "{v}");
+    // The new names are reserved; the default ones are ordinary topics now.
+    c.send_text(r#"{"op":"publish","topic":"sys.figures","data":1,"id":1}"#)
+        .await
+        .unwrap();
+    let v = loop {
+        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
+        if v["type"] != "message" {
+            break v;
+        }
+    };
+    assert_eq!(v["code"], "forbidden", "{v}");
+    c.send_text(r#"{"op":"publish","topic":"herald.time","data":1,"id":2}"#)
+        .await
+        .unwrap();
+    let v = loop {
+        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
+        if v["type"] != "message" {
+            break v;
+        }
+    };
+    assert_eq!(v, serde_json::json!({"type":"ack","id":2}));
+    // The chat topic keeps history under its new name.
+    c.send_text(r#"{"op":"publish","topic":"room.lobby","data":{"name":"a","text":"b"},"id":3}"#)
+        .await
+        .unwrap();
+    let v = loop {
+        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
+        if v["type"] != "message" {
+            break v;
+        }
+    };
+    assert_eq!(v["offset"], 1, "{v}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_topics_keep_no_history_under_a_catch_all_rule() {
+    let node = TestNode::start_with(|c| {
+        c.demo.enabled = true;
+        c.history = vec![herald_gateway::config::HistoryEntry {
+            topics: ">".into(),
+            ..Default::default()
+        }];
+    })
+    .await
+    .unwrap();
+    let r = request(node.admin_addr(), "GET", "/api/topics/herald.time/history", &[], b"")
+        .await
+        .unwrap();
+    common::assert_error(&r, 404, "no_history");
+    let r = request(node.admin_addr(), "GET", "/api/topics/other/history", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
     node.shutdown().await;
 }
 

@@ -214,6 +214,9 @@ pub struct Core {
     rate_limited: [IntCounter; 2],
     /// Topics only the node itself publishes to (`[demo]` system topics); usually empty.
     reserved: Vec<Box<str>>,
+    /// `herald_forbidden_total{action="publish"}`, resolved once: refusals of `reserved`
+    /// topics cost a flood no label lookup.
+    forbidden_publish: IntCounter,
 }
 
 impl Core {
@@ -231,6 +234,7 @@ impl Core {
         let metrics = broker.metrics();
         let rate_limited =
             [SubscriberMode::Json, SubscriberMode::Raw].map(|m| metrics.rate_limited.with_label_values(&[m.as_str()]));
+        let forbidden_publish = metrics.forbidden.with_label_values(&[Action::Publish.as_str()]);
         Arc::new(Self {
             rate_limited,
             metrics: broker.metrics().clone(),
@@ -238,6 +242,7 @@ impl Core {
             limits,
             connections,
             reserved: reserved.into_iter().map(String::into_boxed_str).collect(),
+            forbidden_publish,
         })
     }
 
@@ -245,10 +250,7 @@ impl Core {
     /// every way in: WebSocket, raw and the admin API.
     pub fn check_reserved(&self, topic: &str) -> Result<(), Refusal> {
         if self.reserved.iter().any(|r| &**r == topic) {
-            self.metrics
-                .forbidden
-                .with_label_values(&[Action::Publish.as_str()])
-                .inc();
+            self.forbidden_publish.inc();
             return Err(Refusal::Reserved {
                 topic: topic.to_owned(),
             });
