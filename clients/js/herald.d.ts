@@ -29,7 +29,7 @@ export interface LivenessOptions {
   lateTimerMs?: number;
 }
 
-/** A WebSocket constructor: the browser's, or the `ws` package's in Node. */
+/** What the client uses of a WebSocket (the browser's, or the `ws` package's in Node). */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
@@ -39,28 +39,46 @@ export interface WebSocketLike {
   onclose: ((ev: { code?: number; reason?: string }) => any) | null;
   onerror: ((ev: any) => any) | null;
 }
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+/**
+ * A WebSocket constructor: the browser's `WebSocket`, or the `ws` package's in Node. Typed
+ * loosely on purpose: the two differ in their event types, and a strict signature rejects
+ * one or the other under `strict` TypeScript.
+ */
+export type WebSocketConstructor = new (url: string, ...rest: any[]) => any;
 
 export interface HeraldOptions {
   /** A static JWT, sent as `{"op":"auth"}` first on every connection. */
   token?: string;
   /** Called on every (re)connect and on `token_expired`; its token is used for auth and refresh. */
   getToken?: () => string | Promise<string>;
+  /** How long getToken() may take before the attempt counts as failed ("token_timeout", then backoff). Default 10000. */
+  tokenTimeoutMs?: number;
+  /** How long a connection may take from `new WebSocket` to the node's welcome before it is replaced. Default 15000. */
+  connectTimeoutMs?: number;
   /** WebSocket constructor. Default `globalThis.WebSocket`; in Node 18/20 pass `ws`'s. */
   WebSocket?: WebSocketConstructor;
   /** Backoff settings, or `false` for no reconnect (a drop closes the client). */
   reconnect?: ReconnectOptions | false;
-  /** Publishes made while disconnected wait here, at most this many; 0 = reject at once ("disconnected"). Default 100. */
+  /**
+   * Bound of the publish queue: publishes made while not connected, and while connected those made
+   * behind the reconnect backlog. 0 = no queue. Full: "disconnected" (not connected) or "queue_full"
+   * (connected, backlog still draining). Default 100.
+   */
   offlineQueue?: number;
-  /** Pace of sending queued publishes after a reconnect. Default 50. */
+  /** Pace of sending the backlog queued before a reconnect's welcome. Default 50. */
   publishRatePerSecond?: number;
-  /** How long a publish waits for its ack before rejecting with "timeout". Default 10000. */
+  /**
+   * How long a publish may wait, counted from the publish() call (time spent queued included), before
+   * rejecting with "timeout". Default 15000 (above the node's 10 s wait for the relay's verdict).
+   */
   ackTimeoutMs?: number;
-  /** With getToken: refresh this long before the token's `exp` if the node's notice did not come. Default 10000. */
+  /** With getToken: refresh this long before the token expires (lifetime exp - iat from its fetch when it has iat) if the node's notice did not come. Default 10000. */
   refreshBeforeExpiryMs?: number;
   /** Liveness tuning. */
   liveness?: LivenessOptions;
 }
+// Every numeric option (and field of reconnect/liveness) must be a finite number in range, or
+// undefined for the default; anything else makes the constructor throw HeraldError "invalid_option".
 
 export type HeraldState = "connecting" | "connected" | "reconnecting" | "closed";
 
@@ -69,18 +87,20 @@ export type HeraldErrorCode =
   | "forbidden" | "rate_limited" | "relay_unavailable" | "unauthorized" | "token_expired"
   | "invalid_topic" | "invalid_field" | "missing_field" | "too_many_subscriptions"
   | "recovery_overflow" | "recovery_lost"
-  | "disconnected" | "timeout" | "closed" | "connection_lost" | "unsubscribed"
-  | "invalid_url" | "invalid_frame" | "no_websocket"
+  | "disconnected" | "queue_full" | "timeout" | "closed" | "connection_lost" | "unsubscribed"
+  | "invalid_data" | "token_timeout" | "invalid_url" | "invalid_frame" | "no_websocket" | "invalid_option"
   | (string & {});
 
 /** An error from the node (`code` is the node's error code) or from the client. */
 export class HeraldError extends Error {
   constructor(code: string, message?: string, extra?: object);
   readonly name: "HeraldError";
-  /** The node's error code, or a client code: disconnected, timeout, closed, connection_lost. */
+  /** The node's error code, or a client code: disconnected, queue_full, timeout, closed, connection_lost, ... */
   readonly code: HeraldErrorCode;
   /** The topic concerned, when there is one (refused or dropped subscriptions, recovery errors). */
   readonly topic?: string;
+  /** On a publish "timeout": whether it had been sent (true: it may have been published; false: it was not). */
+  readonly sent?: boolean;
 }
 
 /** Delivery metadata of one message. */
@@ -95,7 +115,7 @@ export interface MessageMeta {
 }
 
 export interface SubscribeOptions {
-  /** Resume after this position (the last message you already have). */
+  /** Resume after this position (the last message you already have). Ignored when the topic is already held by another subscribe(). */
   since?: Position;
 }
 
@@ -119,7 +139,7 @@ export interface HeraldEvents {
   disconnected: { code: number; reason: string };
   reconnecting: { attempt: number; delayMs: number };
   error: HeraldError | Error;
-  /** History could not recover messages for a topic: refetch its state from the source of truth. */
+  /** History could not recover messages for a topic (the ack's `recovered: false`, or recovery_lost): refetch its state from the source of truth. */
   lost: { topic: string; reason: "not_recovered" | "recovery_lost" };
 }
 
@@ -136,8 +156,9 @@ export class Herald {
   subscribe(topic: string, onMessage: (data: any, meta: MessageMeta) => void, options?: SubscribeOptions): Subscription;
   /**
    * Publishes `data` (any JSON value). Resolves on the ack; rejects with the node's code, "timeout",
-   * "disconnected" (offline queue full or disabled), "connection_lost" (the socket dropped after it was sent:
-   * it may or may not have been published) or "closed".
+   * "disconnected" (not connected, offline queue full or disabled), "queue_full" (connected, the queue behind
+   * the reconnect backlog is full), "invalid_data" (JSON.stringify failed: BigInt, a cycle; at once),
+   * "connection_lost" (the socket dropped after it was sent: it may or may not have been published) or "closed".
    */
   publish(topic: string, data: unknown): Promise<PublishResult>;
   /** Adds a listener; returns a function that removes it. */

@@ -7,7 +7,10 @@
 // auth and token refresh, and a bounded offline queue for publishes.
 // Documentation: docs/client-js.md. Types: herald.d.ts.
 
-/** An error from the node (its `code`) or from the client (disconnected, timeout, closed, connection_lost). */
+/**
+ * An error from the node (its `code`) or from the client (disconnected, queue_full, timeout,
+ * closed, connection_lost, invalid_data, token_timeout, invalid_option, ...).
+ */
 export class HeraldError extends Error {
   constructor(code, message, extra) {
     super(message || code);
@@ -21,6 +24,30 @@ const OPEN = 1;
 const DEFAULT_RECONNECT = { initialDelayMs: 500, maxDelayMs: 20000, factor: 2, resetAfterMs: 5000 };
 const DEFAULT_LIVENESS = { slackMs: 1000, probeTimeoutMs: 3000, lateTimerMs: 2000 };
 const MAX_TIMER_MS = 2147483647;
+/** Fallback token refresh: never sooner than this after arming, doubling on each clamped arm. */
+const REFRESH_FLOOR_MS = 5000;
+const REFRESH_FLOOR_MAX_MS = 300000;
+const noop = () => {};
+
+/** A finite number >= min (or > min with `above`), `def` when undefined; anything else throws invalid_option. */
+function numberOption(value, name, def, { min = 0, above = false } = {}) {
+  if (value === undefined) return def;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < min || (above && value === min)) {
+    throw new HeraldError("invalid_option", `option ${name} must be a finite number ${above ? ">" : ">="} ${min} (got ${String(value)})`);
+  }
+  return value;
+}
+
+function groupOption(value, name, defaults, rules = {}) {
+  if (value !== undefined && (value === null || typeof value !== "object")) {
+    throw new HeraldError("invalid_option", `option ${name} must be an object`);
+  }
+  const out = {};
+  for (const key of Object.keys(defaults)) {
+    out[key] = numberOption(value ? value[key] : undefined, `${name}.${key}`, defaults[key], rules[key]);
+  }
+  return out;
+}
 
 /** Turns the node's base URL into the /ws URL the client connects to. */
 export function buildUrl(url) {
@@ -43,6 +70,12 @@ export function buildUrl(url) {
 
 /** Reads a JWT's `exp` (seconds) without verifying it; undefined when unreadable. */
 export function jwtExpiry(token) {
+  const claims = jwtClaims(token);
+  return claims && typeof claims.exp === "number" ? claims.exp : undefined;
+}
+
+/** A JWT's payload (unverified), or undefined. */
+function jwtClaims(token) {
   try {
     const part = String(token).split(".")[1];
     if (!part) return undefined;
@@ -51,7 +84,7 @@ export function jwtExpiry(token) {
     const bin = globalThis.atob(b64);
     const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
     const claims = JSON.parse(new TextDecoder().decode(bytes));
-    return typeof claims.exp === "number" ? claims.exp : undefined;
+    return claims && typeof claims === "object" ? claims : undefined;
   } catch {
     return undefined;
   }
@@ -75,12 +108,18 @@ export class Herald {
     }
     this._token = o.token;
     this._getToken = typeof o.getToken === "function" ? o.getToken : null;
-    this._reconnect = o.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(o.reconnect || {}) };
-    this._offlineMax = o.offlineQueue === undefined ? 100 : Math.max(0, o.offlineQueue | 0);
-    this._rate = o.publishRatePerSecond > 0 ? o.publishRatePerSecond : 50;
-    this._ackTimeoutMs = o.ackTimeoutMs > 0 ? o.ackTimeoutMs : 10000;
-    this._refreshAheadMs = o.refreshBeforeExpiryMs >= 0 ? o.refreshBeforeExpiryMs : 10000;
-    this._liveness = { ...DEFAULT_LIVENESS, ...(o.liveness || {}) };
+    // Options: undefined means the default; any other value that is not a finite number in
+    // range throws HeraldError "invalid_option" (Infinity or NaN would break the timers).
+    this._reconnect = o.reconnect === false ? null : groupOption(o.reconnect, "reconnect", DEFAULT_RECONNECT, { factor: { min: 1 } });
+    this._offlineMax = Math.floor(numberOption(o.offlineQueue, "offlineQueue", 100));
+    this._rate = numberOption(o.publishRatePerSecond, "publishRatePerSecond", 50, { above: true });
+    // 15 s: above the node's own 10 s wait for the relay's verdict, so the node's definite
+    // answer (ack or relay_unavailable) arrives before the client gives up with "timeout".
+    this._ackTimeoutMs = numberOption(o.ackTimeoutMs, "ackTimeoutMs", 15000, { above: true });
+    this._refreshAheadMs = numberOption(o.refreshBeforeExpiryMs, "refreshBeforeExpiryMs", 10000);
+    this._tokenTimeoutMs = numberOption(o.tokenTimeoutMs, "tokenTimeoutMs", 10000, { above: true });
+    this._connectTimeoutMs = numberOption(o.connectTimeoutMs, "connectTimeoutMs", 15000, { above: true });
+    this._liveness = groupOption(o.liveness, "liveness", DEFAULT_LIVENESS);
     this._clock = o._clock || defaultClock();
     this._random = o._random || Math.random;
     this._window = o._window !== undefined ? o._window : globalThis.window || null;
@@ -89,7 +128,8 @@ export class Herald {
     this._listeners = new Map();
     this._topics = new Map(); // topic -> TopicState
     this._pending = new Map(); // id -> { kind, ... }
-    this._queue = []; // { topic, data, resolve, reject }
+    this._queue = []; // publish items not sent yet: { text(id), resolve, reject, timer, paced }
+    this._bucket = { tokens: 0, at: 0 }; // pacing of the backlog found at the welcome
     this._nextId = 1;
     this._ws = null;
     this._state = "connecting";
@@ -101,6 +141,10 @@ export class Herald {
     this._timers = {};
     this._authFailed = false;
     this._refreshing = false;
+    this._refreshSeq = 0;
+    this._refreshStreak = 0;
+    this._tokenFetchedAt = 0;
+    this._connecting = false;
     this._offline = false;
     this._installBrowserHooks();
     this._connect();
@@ -138,7 +182,11 @@ export class Herald {
     }
     let ts = this._topics.get(topic);
     if (!ts) {
-      ts = { topic, subs: new Set(), status: "idle", last: null, ackPos: null, reqId: null, suppressLost: false };
+      // last: the last message delivered to the handlers (or options.since); ackPos: the head
+      // the ack of a subscribe *without* since gave. `since` on resubscribe = last || ackPos.
+      // relayError: the relay_unavailable of the last ack, given to handles added meanwhile.
+      ts = { topic, subs: new Set(), status: "idle", last: null, ackPos: null, reqId: null, suppressLost: false, relayError: null };
+      // options.since counts only for a topic not held yet (a held topic keeps its position).
       if (options.since && options.since.epoch !== undefined) {
         ts.last = { offset: options.since.offset, epoch: options.since.epoch };
       }
@@ -147,7 +195,7 @@ export class Herald {
       if (this._isOpen()) this._sendSubscribe(ts);
     } else {
       ts.subs.add(sub);
-      if (ts.status === "active") settle(sub, null);
+      if (ts.status === "active") settle(sub, ts.relayError);
     }
     return publicSub(sub);
   }
@@ -155,17 +203,32 @@ export class Herald {
   publish(topic, data) {
     return new Promise((resolve, reject) => {
       if (this._state === "closed") return reject(new HeraldError("closed", "the client is closed"));
-      const item = { topic, data, resolve, reject };
-      if (this._state === "connected" && this._queue.length === 0 && this._isOpen()) {
-        this._sendPublish(item);
-      } else if (this._state === "connected" && this._isOpen()) {
-        this._queue.push(item); // keep order behind the queue being flushed
-      } else if (this._queue.length >= this._offlineMax) {
-        reject(new HeraldError("disconnected", this._offlineMax === 0
-          ? "not connected (offline queue disabled)" : "not connected and the offline queue is full"));
-      } else {
-        this._queue.push(item);
+      // Encoded now, so data JSON cannot encode (BigInt, a cycle) rejects here and never
+      // breaks a later flush; later changes to `data` do not alter what is sent.
+      let dataJson;
+      try {
+        dataJson = JSON.stringify(data);
+      } catch (e) {
+        return reject(new HeraldError("invalid_data", `publish data cannot be encoded as JSON: ${e && e.message ? e.message : e}`));
       }
+      if (dataJson === undefined) dataJson = "null"; // undefined, a function, a symbol
+      const head = JSON.stringify({ op: "publish", topic }).slice(0, -1);
+      const item = { text: (id) => `${head},"data":${dataJson},"id":${JSON.stringify(id)}}`, resolve, reject, timer: null, id: null, paced: false };
+      const connected = this._state === "connected" && this._isOpen();
+      if (connected && this._queue.length === 0) {
+        this._armPublishTimeout(item);
+        this._sendPublish(item);
+        return;
+      }
+      if (this._queue.length >= this._offlineMax) {
+        if (connected) {
+          return reject(new HeraldError("queue_full", "the queue of publishes waiting behind the reconnect backlog is full"));
+        }
+        return reject(new HeraldError("disconnected", this._offlineMax === 0
+          ? "not connected (offline queue disabled)" : "not connected and the offline queue is full"));
+      }
+      this._armPublishTimeout(item);
+      this._queue.push(item); // connected: behind the backlog being flushed, keeping the order
     });
   }
 
@@ -176,13 +239,16 @@ export class Herald {
     this._removeBrowserHooks();
     const err = () => new HeraldError("closed", "the client was closed");
     this._failPending(err);
-    for (const item of this._queue.splice(0)) item.reject(err());
+    for (const item of this._queue.splice(0)) {
+      if (item.timer) this._clock.clearTimeout(item.timer);
+      item.reject(err());
+    }
     for (const ts of this._topics.values()) for (const sub of ts.subs) settle(sub, err());
     this._topics.clear();
     const ws = this._ws;
     this._ws = null;
     if (ws) {
-      detach(ws);
+      detach(ws); // no-op handlers: `ws` emits "error" when closing a CONNECTING socket
       try { ws.close(1000); } catch { /* already closing */ }
       this._emit("disconnected", { code: 1000, reason: "closed by the client" });
     }
@@ -192,21 +258,24 @@ export class Herald {
 
   async _connect() {
     this._clearTimer("reconnect");
-    if (this._state === "closed" || this._offline || this._connecting || this._ws) return;
+    // While offline this still runs: the slow offline retry (a spurious `offline` must not
+    // leave the client dead) comes through here.
+    if (this._state === "closed" || this._connecting || this._ws) return;
     let token = this._token;
     if (this._getToken) {
       this._connecting = true;
       try {
-        token = await this._getToken();
+        token = await this._fetchToken();
       } catch (e) {
         this._connecting = false;
+        if (this._state === "closed" || this._ws) return;
         this._emit("error", e instanceof Error ? e : new Error(String(e)));
         this._scheduleReconnect();
         return;
-      } finally {
-        this._connecting = false;
       }
-      if (this._state === "closed" || this._offline || this._ws) return;
+      this._connecting = false;
+      if (this._state === "closed" || this._ws) return;
+      this._tokenFetchedAt = this._clock.now();
     }
     this._currentToken = token || null;
     this._welcomed = false;
@@ -220,10 +289,40 @@ export class Herald {
       return;
     }
     this._ws = ws;
-    ws.onopen = () => this._onOpen(ws);
-    ws.onmessage = (ev) => this._onFrame(ws, ev.data);
-    ws.onclose = (ev) => this._onClose(ws, ev && ev.code, ev && ev.reason);
+    // Nothing throws out of the socket's event handlers: a surprise becomes an `error` event.
+    ws.onopen = () => this._guard(() => this._onOpen(ws));
+    ws.onmessage = (ev) => this._guard(() => this._onFrame(ws, ev.data));
+    ws.onclose = (ev) => this._guard(() => this._onClose(ws, ev && ev.code, ev && ev.reason));
     ws.onerror = () => { /* a close event follows */ };
+    // A socket stuck connecting (black-holed SYN) or open without a welcome is replaced.
+    this._setTimer("connect", this._connectTimeoutMs, () => {
+      if (this._ws === ws && !this._welcomed) this._replaceConnection(`no welcome within ${this._connectTimeoutMs} ms`);
+    });
+  }
+
+  /** getToken() raced against tokenTimeoutMs; a late answer is ignored. */
+  _fetchToken() {
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const timer = this._clock.setTimeout(() => {
+        if (done) return;
+        done = true;
+        reject(new HeraldError("token_timeout", `getToken() did not settle within ${this._tokenTimeoutMs} ms`));
+      }, this._tokenTimeoutMs);
+      const finish = (fn, value) => {
+        if (done) return;
+        done = true;
+        this._clock.clearTimeout(timer);
+        fn(value);
+      };
+      let result;
+      try {
+        result = this._getToken();
+      } catch (e) {
+        return finish(reject, e);
+      }
+      Promise.resolve(result).then((t) => finish(resolve, t), (e) => finish(reject, e));
+    });
   }
 
   _onOpen(ws) {
@@ -246,9 +345,13 @@ export class Herald {
     const stayedUp = this._welcomed && this._openedAt && now - this._openedAt >= (this._reconnect ? this._reconnect.resetAfterMs : 0);
     const authRefused = this._authFailed || (code === 1008 && /^unauthorized/.test(reason || ""));
     this._welcomed = false;
-    for (const k of ["liveness", "probe", "flush", "refresh"]) this._clearTimer(k);
+    this._refreshing = false;
+    this._refreshSeq += 1; // a refresh still waiting for getToken() is for a gone socket
+    for (const k of ["liveness", "probe", "flush", "refresh", "connect"]) this._clearTimer(k);
     this._failPending(() => new HeraldError("connection_lost", "the connection dropped before the answer (the request may or may not have taken effect)"),
       (p) => p.kind === "publish");
+    // Other requests (refresh) may carry a timer too.
+    for (const p of this._pending.values()) if (p.timer) this._clock.clearTimeout(p.timer);
     // Subscribes and other requests in flight are simply resent after the reconnect.
     this._pending.clear();
     for (const ts of this._topics.values()) if (ts.status !== "idle") ts.status = "idle";
@@ -270,10 +373,16 @@ export class Herald {
       return;
     }
     this._state = "reconnecting";
-    if (this._offline) return; // the `online` event reconnects
     const r = this._reconnect;
-    const ceiling = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(r.factor, this._attempt));
-    const delayMs = Math.floor(this._random() * ceiling);
+    let delayMs;
+    if (this._offline) {
+      // The browser says offline: retry slowly, in [maxDelayMs/2, maxDelayMs), in case the
+      // event was spurious; `online` brings the retry forward.
+      delayMs = Math.floor(r.maxDelayMs / 2 + this._random() * (r.maxDelayMs / 2));
+    } else {
+      const ceiling = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(r.factor, this._attempt));
+      delayMs = Math.floor(this._random() * ceiling);
+    }
     this._attempt += 1;
     this._emit("reconnecting", { attempt: this._attempt, delayMs });
     this._setTimer("reconnect", delayMs, () => this._connect());
@@ -307,7 +416,11 @@ export class Herald {
     switch (f.type) {
       case "welcome": return this._onWelcome(f);
       case "ping": this._send({ op: "pong" }); return;
-      case "pong": return;
+      case "pong": {
+        const p = f.id !== undefined ? this._pending.get(f.id) : undefined;
+        if (p && p.kind === "ping") this._pending.delete(f.id);
+        return;
+      }
       case "message": return this._onMessage(f);
       case "ack": return this._onAck(f);
       case "error": return this._onError(f);
@@ -316,12 +429,17 @@ export class Herald {
   }
 
   _onWelcome(f) {
+    if (this._welcomed) return;
     this._welcomed = true;
+    this._clearTimer("connect");
     this._state = "connected";
     this._pingMs = f.ping_interval_ms > 0 ? f.ping_interval_ms : 0;
     this._armLiveness();
     this._armRefresh();
     this._emit("connected", { node: f.node, connection: f.connection });
+    // The backlog found now is paced; publishes made while it drains go behind it unpaced.
+    for (const item of this._queue) item.paced = true;
+    this._bucket = { tokens: 1, at: this._clock.now() };
     this._flushQueue();
   }
 
@@ -337,6 +455,7 @@ export class Herald {
     }
     if (f.encoding) meta.encoding = f.encoding;
     for (const sub of [...ts.subs]) {
+      if (!sub.active) continue; // unsubscribed by an earlier handler of this message
       try {
         sub.handler(f.data, meta);
       } catch (e) {
@@ -357,9 +476,23 @@ export class Herald {
       if (!ts || ts.reqId !== f.id) return;
       ts.status = "active";
       ts.reqId = null;
+      ts.relayError = null;
       const pos = f.positions && f.positions[p.topic];
-      if (pos) ts.ackPos = { offset: pos.offset, epoch: pos.epoch };
-      if (f.recovered && f.recovered[p.topic] === false) {
+      const notRecovered = !!(f.recovered && f.recovered[p.topic] === false);
+      // The saved position only ever moves to a message delivered to the handlers, or to the
+      // head at a subscribe without since. The ack of a resubscribe with since gives the head
+      // *before* the replay: taking it would skip the replay if the socket drops first.
+      if (pos && pos.epoch !== undefined) {
+        if (!p.since) {
+          ts.ackPos = { offset: pos.offset, epoch: pos.epoch };
+        } else if (notRecovered && pos.offset === 0 && !(ts.last && ts.last.epoch === pos.epoch)) {
+          // Another epoch whose stream is empty: nothing to replay, so nothing to wait for;
+          // resuming from the old epoch would only report the same loss on every reconnect.
+          ts.last = null;
+          ts.ackPos = { offset: 0, epoch: pos.epoch };
+        }
+      }
+      if (notRecovered) {
         if (ts.suppressLost) ts.suppressLost = false;
         else this._emit("lost", { topic: p.topic, reason: "not_recovered" });
       } else {
@@ -367,6 +500,7 @@ export class Herald {
       }
       for (const sub of ts.subs) settle(sub, null);
     } else if (p.kind === "refresh") {
+      if (p.seq !== this._refreshSeq) return;
       this._refreshing = false;
       this._armRefresh();
     }
@@ -381,7 +515,7 @@ export class Herald {
       if (p.kind === "publish") return p.reject(err);
       if (p.kind === "subscribe") return this._onSubscribeError(p.topic, f.id, err);
       if (p.kind === "auth" || p.kind === "refresh") {
-        this._refreshing = false;
+        if (p.kind === "refresh" && p.seq === this._refreshSeq) this._refreshing = false;
         if (f.code === "unauthorized" || f.code === "token_expired") this._authFailed = true;
         this._emit("error", err);
         return;
@@ -425,7 +559,9 @@ export class Herald {
     err.topic = topic;
     if (err.code === "relay_unavailable") {
       // The subscription holds on this node; other nodes' messages follow when the relay is back.
+      // Handles added before the next clean ack get the same answer.
       ts.status = "active";
+      ts.relayError = err;
       for (const sub of ts.subs) settle(sub, err);
     } else {
       this._endTopic(ts, err);
@@ -465,28 +601,61 @@ export class Herald {
     }
     ts.status = "subscribing";
     ts.reqId = id;
-    this._pending.set(id, { kind: "subscribe", topic: ts.topic });
+    this._pending.set(id, { kind: "subscribe", topic: ts.topic, since: !!frame.since });
     this._send(frame);
+  }
+
+  /** ackTimeoutMs counts from publish(), queued or not; a queued publish that times out is never sent. */
+  _armPublishTimeout(item) {
+    item.timer = this._clock.setTimeout(() => {
+      item.timer = null;
+      if (item.id === null) {
+        const i = this._queue.indexOf(item);
+        if (i < 0) return;
+        this._queue.splice(i, 1);
+        item.reject(new HeraldError("timeout", `not sent within ${this._ackTimeoutMs} ms of publish() (not connected, or still queued): it was not published`, { sent: false }));
+        return;
+      }
+      const p = this._pending.get(item.id);
+      if (!p || p.item !== item) return;
+      this._pending.delete(item.id);
+      item.reject(new HeraldError("timeout", `no answer to the publish within ${this._ackTimeoutMs} ms`, { sent: true }));
+    }, this._ackTimeoutMs);
   }
 
   _sendPublish(item) {
     const id = this._id();
-    const p = { kind: "publish", resolve: item.resolve, reject: item.reject };
-    p.timer = this._clock.setTimeout(() => {
-      if (this._pending.get(id) !== p) return;
-      this._pending.delete(id);
-      item.reject(new HeraldError("timeout", `no answer to the publish within ${this._ackTimeoutMs} ms`));
-    }, this._ackTimeoutMs);
+    item.id = id;
+    const p = { kind: "publish", resolve: item.resolve, reject: item.reject, timer: item.timer, item };
     this._pending.set(id, p);
-    this._send({ op: "publish", topic: item.topic, data: item.data === undefined ? null : item.data, id });
+    this._sendText(item.text(id));
   }
 
-  /** Sends the queued publishes, one every 1000/publishRatePerSecond ms. */
+  /**
+   * Sends the queued publishes: the backlog found at the welcome (`paced`) from a token bucket
+   * on clock.now() (publishRatePerSecond, at most one second's worth at once), so a throttled
+   * background-tab timer still sends its share; then whatever was published meanwhile, at once.
+   */
   _flushQueue() {
     this._clearTimer("flush");
-    if (this._state !== "connected" || !this._isOpen() || this._queue.length === 0) return;
-    this._sendPublish(this._queue.shift());
-    if (this._queue.length > 0) this._setTimer("flush", 1000 / this._rate, () => this._flushQueue());
+    if (this._state !== "connected" || !this._isOpen()) return;
+    const b = this._bucket;
+    const now = this._clock.now();
+    const burst = Math.max(1, this._rate);
+    b.tokens = Math.min(burst, b.tokens + (Math.max(0, now - b.at) * this._rate) / 1000);
+    b.at = now;
+    while (this._queue.length > 0 && this._queue[0].paced) {
+      if (b.tokens + 1e-9 < 1) break;
+      b.tokens -= 1;
+      this._sendPublish(this._queue.shift());
+      if (!this._isOpen()) return;
+    }
+    if (this._queue.length > 0 && this._queue[0].paced) {
+      const waitMs = Math.max(1, Math.ceil(((1 - b.tokens) * 1000) / this._rate));
+      this._setTimer("flush", waitMs, () => this._flushQueue());
+      return;
+    }
+    while (this._queue.length > 0 && this._isOpen()) this._sendPublish(this._queue.shift());
   }
 
   async _refresh() {
@@ -496,31 +665,61 @@ export class Herald {
       return;
     }
     this._refreshing = true;
+    const seq = ++this._refreshSeq;
+    const ws = this._ws;
     let token;
     try {
-      token = await this._getToken();
+      token = await this._fetchToken();
     } catch (e) {
+      if (seq !== this._refreshSeq) return; // the socket went meanwhile; _onClose reset the state
       this._refreshing = false;
       this._emit("error", e instanceof Error ? e : new Error(String(e)));
+      this._armRefresh(); // try again later (the floor backs off)
       return;
     }
-    if (!this._isOpen() || !token) {
+    if (seq !== this._refreshSeq || ws !== this._ws || !this._isOpen()) return; // for a gone socket
+    if (!token) {
       this._refreshing = false;
       return;
     }
     this._currentToken = token;
+    this._tokenFetchedAt = this._clock.now();
     const id = this._id();
-    this._pending.set(id, { kind: "refresh" });
+    const p = { kind: "refresh", seq };
+    // Time-limited: without an answer the next notice or fallback can refresh again.
+    p.timer = this._clock.setTimeout(() => {
+      if (this._pending.get(id) !== p) return;
+      this._pending.delete(id);
+      if (seq === this._refreshSeq) this._refreshing = false;
+      this._armRefresh();
+    }, this._ackTimeoutMs);
+    this._pending.set(id, p);
     this._send({ op: "refresh", token, id });
   }
 
-  /** Fallback to the node's token_expired notice: refresh a bit before the token's exp. */
+  /**
+   * Fallback to the node's token_expired notice: refresh refreshBeforeExpiryMs before the
+   * token expires. With `iat`, the lifetime (exp - iat) is counted from when the token was
+   * fetched, so a client clock off from the issuer's does not matter; without it, from `exp`
+   * on the local clock. Never sooner than 5 s, doubling (up to 5 min) while it keeps being
+   * that soon, so a skewed clock cannot make a refresh loop.
+   */
   _armRefresh() {
     this._clearTimer("refresh");
     if (!this._getToken || !this._currentToken) return;
-    const exp = jwtExpiry(this._currentToken);
-    if (exp === undefined) return;
-    const delay = Math.max(1000, exp * 1000 - this._refreshAheadMs - this._clock.now());
+    const claims = jwtClaims(this._currentToken);
+    if (!claims || typeof claims.exp !== "number") return;
+    const now = this._clock.now();
+    const due = typeof claims.iat === "number" && claims.exp > claims.iat
+      ? this._tokenFetchedAt + (claims.exp - claims.iat) * 1000 - this._refreshAheadMs
+      : claims.exp * 1000 - this._refreshAheadMs;
+    let delay = due - now;
+    if (delay >= REFRESH_FLOOR_MS) {
+      this._refreshStreak = 0;
+    } else {
+      delay = Math.min(REFRESH_FLOOR_MAX_MS, REFRESH_FLOOR_MS * Math.pow(2, this._refreshStreak));
+      this._refreshStreak += 1;
+    }
     this._setTimer("refresh", Math.min(delay, MAX_TIMER_MS), () => this._refresh());
   }
 
@@ -567,14 +766,20 @@ export class Herald {
     this._hooks = [];
     if (w && typeof w.addEventListener === "function") {
       const offline = () => {
+        if (this._state === "closed") return;
         this._offline = true;
         this._clearTimer("reconnect");
-        if (this._ws) this._replaceConnection("browser offline");
+        if (this._ws) this._replaceConnection("browser offline"); // schedules the slow retry
+        else if (!this._connecting) this._scheduleReconnect();
       };
       const online = () => {
         if (!this._offline) return;
         this._offline = false;
-        if (this._state !== "closed" && !this._ws) this._connect();
+        if (this._state === "closed" || !this._reconnect || this._ws || this._connecting) return;
+        // Back online: soon, but jittered, since a whole office comes back at once.
+        const delayMs = Math.floor(this._random() * this._reconnect.initialDelayMs);
+        this._emit("reconnecting", { attempt: this._attempt, delayMs });
+        this._setTimer("reconnect", delayMs, () => this._connect());
       };
       w.addEventListener("offline", offline);
       w.addEventListener("online", online);
@@ -603,7 +808,25 @@ export class Herald {
   }
 
   _send(frame) {
-    if (this._isOpen()) this._ws.send(JSON.stringify(frame));
+    this._sendText(JSON.stringify(frame));
+  }
+
+  /** Never throws (it runs inside the socket's event handlers). */
+  _sendText(text) {
+    if (!this._isOpen()) return;
+    try {
+      this._ws.send(text);
+    } catch (e) {
+      this._emit("error", e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  _guard(fn) {
+    try {
+      fn();
+    } catch (e) {
+      this._emit("error", e instanceof Error ? e : new Error(String(e)));
+    }
   }
 
   _id() {
@@ -615,6 +838,7 @@ export class Herald {
       if (filter && !filter(p)) continue;
       this._pending.delete(id);
       if (p.timer) this._clock.clearTimeout(p.timer);
+      if (p.item) p.item.timer = null;
       if (p.reject) p.reject(makeErr());
     }
   }
@@ -662,7 +886,12 @@ function publicSub(sub) {
   return { topic: sub.topic, ready: sub.ready, unsubscribe: sub.unsubscribe };
 }
 
+/**
+ * Silences a socket we are done with. No-op handlers, not null: with the `ws` package,
+ * `onerror = null` removes the only "error" listener, and closing a socket that is still
+ * connecting then emits an unhandled "error", which ends the Node process.
+ */
 function detach(ws) {
-  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = noop;
 }
 

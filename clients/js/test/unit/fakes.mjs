@@ -56,8 +56,17 @@ export function fakeSocketClass() {
       this.sent.push(JSON.parse(text));
     }
     close(code, reason) {
+      const wasConnecting = this.readyState === 0;
       this.closedWith = { code, reason };
       this.readyState = 3;
+      // Like the `ws` package: closing a socket still connecting emits "error" a moment later;
+      // with no "error" listener (onerror not a function) Node would crash: recorded here.
+      if (wasConnecting) {
+        queueMicrotask(() => {
+          if (typeof this.onerror === "function") this.onerror({ type: "error" });
+          else this.unhandledError = true;
+        });
+      }
     }
     // --- driven by the tests ---
     open() { this.readyState = 1; this.onopen && this.onopen({}); }

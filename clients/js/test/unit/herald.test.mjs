@@ -343,16 +343,21 @@ test("visibilitychange after a long silence probes", () => {
   assert.equal(ws.ops("ping").length, 1);
 });
 
-test("offline closes and waits; online reconnects at once", () => {
-  const { client, WS, clock, win } = make({ _random: () => 0.999, reconnect: { initialDelayMs: 10000 } });
+test("offline closes and retries only slowly; online reconnects soon, jittered", () => {
+  const { client, WS, clock, win, of } = make({ _random: () => 0.5, reconnect: { initialDelayMs: 10000, maxDelayMs: 60000 } });
   up(WS.last());
   win.fire("offline");
   assert.ok(WS.last().closedWith);
   assert.equal(client.state, "reconnecting");
-  clock.advance(60000);
-  assert.equal(WS.sockets.length, 1, "no reconnect while offline");
+  assert.equal(of("reconnecting").at(-1).delayMs, 45000, "offline: a slow retry in [maxDelayMs/2, maxDelayMs)");
+  clock.advance(40000);
+  assert.equal(WS.sockets.length, 1, "no quick reconnect while offline");
   win.fire("online");
-  assert.equal(WS.sockets.length, 2, "reconnect at once, no backoff wait");
+  assert.equal(of("reconnecting").at(-1).delayMs, 5000, "online: random(0, initialDelayMs)");
+  clock.advance(4999);
+  assert.equal(WS.sockets.length, 1);
+  clock.advance(1);
+  assert.equal(WS.sockets.length, 2, "reconnected after the jittered delay");
 });
 
 test("publish resolves with offset/epoch on the ack, rejects with the node's code, times out", async () => {
@@ -518,4 +523,361 @@ test("on() returns an off function; off() works", () => {
   client.off("connected", fb);
   up(WS.last());
   assert.deepEqual(seen, []);
+});
+
+// ---- review findings ----------------------------------------------------------------------
+
+test("close() while the socket is still connecting leaves an error handler (ws emits 'error')", async () => {
+  const { client, WS } = make();
+  const ws = WS.last();
+  assert.equal(ws.readyState, 0);
+  client.close();
+  await tick();
+  assert.ok(ws.closedWith);
+  assert.equal(ws.unhandledError, undefined, "an 'error' with no listener would crash Node");
+});
+
+test("the saved position does not jump to a resubscribe ack's head before the replay arrives", () => {
+  const { client, WS, clock } = make();
+  const got = [];
+  client.subscribe("h", (d, m) => got.push(m.offset));
+  let ws = WS.last();
+  up(ws);
+  ws.recv({ type: "ack", id: ws.ops("subscribe")[0].id, positions: { h: { offset: 57, epoch: "E" } } });
+  ws.drop();
+  clock.advance(1000);
+  ws = WS.last();
+  up(ws);
+  let s = ws.ops("subscribe")[0];
+  assert.deepEqual(s.since, { h: { offset: 57, epoch: "E" } });
+  ws.recv({ type: "ack", id: s.id, recovered: { h: true }, positions: { h: { offset: 60, epoch: "E" } } });
+  ws.drop(); // before 58..60 were replayed
+  clock.advance(2000);
+  ws = WS.last();
+  up(ws);
+  s = ws.ops("subscribe")[0];
+  assert.deepEqual(s.since, { h: { offset: 57, epoch: "E" } }, "58..60 must still be asked for");
+  ws.recv({ type: "ack", id: s.id, recovered: { h: true }, positions: { h: { offset: 60, epoch: "E" } } });
+  ws.recv({ type: "message", topic: "h", offset: 58, epoch: "E", data: 58 });
+  ws.drop();
+  clock.advance(2000);
+  ws = WS.last();
+  up(ws);
+  assert.deepEqual(ws.ops("subscribe")[0].since, { h: { offset: 58, epoch: "E" } }, "moves only with delivered messages");
+  assert.deepEqual(got, [58]);
+});
+
+test("epoch change (recovered:false): the old position stays until the new epoch's replay is delivered", () => {
+  const { client, WS, clock, of } = make();
+  client.subscribe("h", () => {});
+  client.subscribe("e", () => {});
+  let ws = WS.last();
+  up(ws);
+  let [sh, se] = ws.ops("subscribe");
+  ws.recv({ type: "ack", id: sh.id, positions: { h: { offset: 57, epoch: "OLD" } } });
+  ws.recv({ type: "ack", id: se.id, positions: { e: { offset: 5, epoch: "OLD" } } });
+  ws.drop();
+  clock.advance(1000);
+  ws = WS.last();
+  up(ws);
+  [sh, se] = ws.ops("subscribe");
+  assert.deepEqual(sh.since, { h: { offset: 57, epoch: "OLD" } });
+  ws.recv({ type: "ack", id: sh.id, recovered: { h: false }, positions: { h: { offset: 9, epoch: "NEW" } } });
+  // "e" restarted empty: nothing to replay, so its new epoch can be taken at once
+  ws.recv({ type: "ack", id: se.id, recovered: { e: false }, positions: { e: { offset: 0, epoch: "NEW" } } });
+  ws.drop(); // before NEW 1..9 of "h" were replayed
+  clock.advance(2000);
+  ws = WS.last();
+  up(ws);
+  [sh, se] = ws.ops("subscribe");
+  assert.deepEqual(sh.since, { h: { offset: 57, epoch: "OLD" } }, "NEW 1..9 are not skipped");
+  assert.deepEqual(se.since, { e: { offset: 0, epoch: "NEW" } });
+  ws.recv({ type: "ack", id: sh.id, recovered: { h: false }, positions: { h: { offset: 9, epoch: "NEW" } } });
+  ws.recv({ type: "ack", id: se.id, recovered: { e: true }, positions: { e: { offset: 0, epoch: "NEW" } } });
+  assert.deepEqual(of("lost").map((l) => l.topic), ["h", "e", "h"], "the loss is reported again, never silent");
+  ws.recv({ type: "message", topic: "h", offset: 1, epoch: "NEW", data: 1 });
+  ws.drop();
+  clock.advance(2000);
+  ws = WS.last();
+  up(ws);
+  assert.deepEqual(ws.ops("subscribe")[0].since, { h: { offset: 1, epoch: "NEW" } });
+});
+
+test("queue bound holds while connected (queue_full); publishes behind the backlog are not paced", async () => {
+  const { client, WS, clock } = make({ offlineQueue: 3, publishRatePerSecond: 10 });
+  const backlog = [1, 2, 3].map((i) => client.publish("t", i));
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  assert.equal(ws.ops("publish").length, 1);
+  const later = [client.publish("t", "a")];
+  await assert.rejects(client.publish("t", "b"), (e) => e instanceof HeraldError && e.code === "queue_full");
+  clock.advance(200); // the backlog (2, 3) at 10/s, then "a" at once
+  assert.deepEqual(ws.ops("publish").map((f) => f.data), [1, 2, 3, "a"]);
+  const direct = client.publish("t", "c");
+  assert.equal(ws.ops("publish").at(-1).data, "c", "queue empty again: sent directly");
+  for (const f of ws.ops("publish")) ws.recv({ type: "ack", id: f.id });
+  await Promise.all([...backlog, ...later, direct]);
+});
+
+test("pacing is a token bucket on the clock: a throttled (late) timer still sends its share", () => {
+  const { client, WS, clock } = make({ offlineQueue: 200, publishRatePerSecond: 50, ackTimeoutMs: 600000 });
+  for (let i = 0; i < 120; i++) client.publish("t", i).catch(() => {});
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  assert.equal(ws.ops("publish").length, 1);
+  clock.sleep(1000); // one late timer tick instead of 50
+  assert.equal(ws.ops("publish").length, 51, "1 + one second's worth (the burst cap)");
+  clock.sleep(60000);
+  assert.equal(ws.ops("publish").length, 101, "capped at one second's worth per tick");
+  clock.advance(2000);
+  assert.equal(ws.ops("publish").length, 120);
+  assert.deepEqual(ws.ops("publish").map((f) => f.data), [...Array(120).keys()], "in order");
+});
+
+test("a drop during a token refresh does not block later refreshes; a stale result is dropped", async () => {
+  let n = 0;
+  let release;
+  const { client, WS, clock } = make({
+    getToken: () => (++n === 2 ? new Promise((r) => { release = r; }) : Promise.resolve(`t${n}`)),
+  });
+  await tick();
+  up(WS.last());
+  WS.last().recv({ type: "error", code: "token_expired", message: "soon" });
+  await tick();
+  WS.last().drop(); // getToken() of the refresh still pending
+  clock.advance(1000);
+  await tick();
+  const ws2 = WS.last();
+  up(ws2);
+  release("stale");
+  await tick();
+  assert.equal(ws2.ops("refresh").length, 0, "the old refresh's token is not sent on the new socket");
+  ws2.recv({ type: "error", code: "token_expired", message: "soon" });
+  await tick();
+  await tick();
+  assert.equal(ws2.ops("refresh").length, 1, "a new notice refreshes again");
+  assert.equal(client._refreshing, true);
+});
+
+test("a refresh the node never answers is time-limited", async () => {
+  let n = 0;
+  const { WS, clock } = make({ getToken: async () => `t${++n}`, ackTimeoutMs: 5000 });
+  await tick();
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  ws.recv({ type: "error", code: "token_expired", message: "soon" });
+  await tick();
+  assert.equal(ws.ops("refresh").length, 1);
+  ws.recv({ type: "error", code: "token_expired", message: "soon" });
+  await tick();
+  assert.equal(ws.ops("refresh").length, 1, "one at a time");
+  clock.advance(5001);
+  ws.recv({ type: "error", code: "token_expired", message: "soon" });
+  await tick();
+  await tick();
+  assert.equal(ws.ops("refresh").length, 2, "after the time limit a new refresh can start");
+});
+
+test("client clock ahead of the issuer's: the fallback refresh uses exp - iat from the fetch time", async () => {
+  const serverNow = 1_000_000 - 10 * 60_000; // our clock runs 10 min ahead
+  const iat = Math.floor(serverNow / 1000);
+  let calls = 0;
+  const { WS, clock } = make({ getToken: async () => { calls++; return fakeJwt({ sub: "u", iat, exp: iat + 300 }); } });
+  await tick();
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  for (let i = 0; i < 60; i++) {
+    clock.advance(1000);
+    await tick();
+    for (const f of ws.ops("refresh")) if (!f.acked) { f.acked = 1; ws.recv({ type: "ack", id: f.id }); }
+  }
+  assert.equal(ws.ops("refresh").length, 0, "no refresh in the first minute of a 5-minute token");
+  clock.advance(300000 - 10000 - 60000 - 100);
+  await tick();
+  assert.equal(ws.ops("refresh").length, 0);
+  clock.advance(200);
+  await tick();
+  await tick();
+  assert.equal(ws.ops("refresh").length, 1, "refreshBeforeExpiryMs before the end of its lifetime");
+  assert.equal(calls, 2);
+});
+
+test("a token without iat whose exp already passed on our clock: refreshes back off, no 1/s loop", async () => {
+  const exp = Math.floor((1_000_000 - 5 * 60_000) / 1000);
+  const { WS, clock } = make({ getToken: async () => fakeJwt({ sub: "u", exp }) });
+  await tick();
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  for (let i = 0; i < 120; i++) {
+    clock.advance(1000);
+    await tick();
+    await tick();
+    for (const f of ws.ops("refresh")) if (!f.acked) { f.acked = 1; ws.recv({ type: "ack", id: f.id }); }
+  }
+  // floors 5, 10, 20, 40, 80 s: refreshes at 5, 15, 35, 75 s
+  assert.equal(ws.ops("refresh").length, 4);
+});
+
+test("getToken() that never settles: token_timeout, backoff, a later attempt connects; late result ignored", async () => {
+  let n = 0;
+  let late;
+  const { WS, clock, of } = make({
+    tokenTimeoutMs: 2000,
+    getToken: () => (++n === 1 ? new Promise((r) => { late = r; }) : Promise.resolve("good")),
+  });
+  await tick();
+  assert.equal(WS.sockets.length, 0);
+  clock.advance(2000);
+  await tick();
+  assert.equal(of("error")[0].code, "token_timeout");
+  assert.equal(of("reconnecting").length, 1);
+  clock.advance(of("reconnecting")[0].delayMs);
+  await tick();
+  assert.equal(WS.sockets.length, 1);
+  late("stale");
+  await tick();
+  assert.equal(WS.sockets.length, 1, "the late result opens nothing");
+  WS.last().open();
+  assert.equal(WS.last().ops("auth")[0].token, "good");
+});
+
+test("publish data JSON cannot encode rejects at once with invalid_data; the queue keeps going", async () => {
+  const { client, WS } = make();
+  const cyclic = {};
+  cyclic.self = cyclic;
+  await assert.rejects(client.publish("t", 1n), (e) => e instanceof HeraldError && e.code === "invalid_data");
+  await assert.rejects(client.publish("t", cyclic), (e) => e.code === "invalid_data");
+  const ok = client.publish("t", "next");
+  const ws = WS.last();
+  ws.open();
+  assert.doesNotThrow(() => ws.welcome());
+  assert.deepEqual(ws.ops("publish").map((f) => f.data), ["next"]);
+  ws.recv({ type: "ack", id: ws.ops("publish")[0].id });
+  await ok;
+  await assert.rejects(client.publish("t", { n: 2n }), (e) => e.code === "invalid_data");
+});
+
+test("herald.d.ts: WebSocketConstructor accepts both ws and the browser's WebSocket (loose)", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const dts = await readFile(new URL("../../herald.d.ts", import.meta.url), "utf8");
+  const m = dts.match(/export type WebSocketConstructor = ([^;]+);/);
+  assert.ok(m, "WebSocketConstructor declared");
+  assert.match(m[1], /^new \(url: string(, \.\.\.rest: any\[\])?\) => any$/, "returns any: a strict instance type rejects ws or the DOM WebSocket (TS2322)");
+});
+
+test("connect timeout: a socket stuck connecting, or open without a welcome, is replaced with backoff", () => {
+  const { client, WS, clock, of } = make({ connectTimeoutMs: 15000 });
+  clock.advance(14999);
+  assert.equal(WS.last().closedWith, null);
+  clock.advance(1);
+  assert.equal(WS.sockets[0].closedWith.code, 4000, "stuck connecting");
+  assert.equal(of("disconnected").length, 1);
+  assert.equal(of("reconnecting").length, 1);
+  clock.advance(of("reconnecting")[0].delayMs);
+  assert.equal(WS.sockets.length, 2);
+  WS.last().open(); // upgraded, but no welcome
+  clock.advance(15000);
+  assert.ok(WS.sockets[1].closedWith, "open without a welcome");
+  assert.equal(of("reconnecting")[1].attempt, 2, "backing off");
+  clock.advance(of("reconnecting")[1].delayMs);
+  up(WS.last(), { ping_interval_ms: 0 });
+  clock.advance(60000);
+  assert.equal(WS.last().closedWith, null, "the welcome cleared the timeout");
+  assert.equal(client.state, "connected");
+});
+
+test("a spurious offline (no online event ever) does not leave the client dead", () => {
+  const { client, WS, clock, win } = make({ reconnect: { maxDelayMs: 20000 } });
+  up(WS.last());
+  win.fire("offline");
+  clock.advance(20000);
+  assert.equal(WS.sockets.length, 2, "retried within maxDelayMs");
+  up(WS.last());
+  assert.equal(client.state, "connected");
+});
+
+test("a queued publish times out ackTimeoutMs after publish() while reconnects keep failing", async () => {
+  const { client, WS, clock } = make({ ackTimeoutMs: 5000 });
+  const p = client.publish("t", 1);
+  for (let i = 0; i < 10; i++) {
+    WS.last()?.drop();
+    clock.advance(600);
+  }
+  await assert.rejects(p, (e) => e instanceof HeraldError && e.code === "timeout" && e.sent === false);
+  up(WS.last());
+  assert.equal(WS.last().ops("publish").length, 0, "a timed-out publish is never sent later");
+});
+
+test("default ackTimeoutMs is 15 s (above the node's 10 s relay wait)", async () => {
+  const { client, WS, clock } = make();
+  const ws = WS.last();
+  up(ws, { ping_interval_ms: 0 });
+  let done = null;
+  client.publish("t", 1).then(() => (done = "ok"), (e) => (done = e.code));
+  clock.advance(14999);
+  await tick();
+  assert.equal(done, null, "still waiting at 10 s and beyond");
+  ws.recv({ type: "error", id: ws.ops("publish")[0].id, code: "relay_unavailable", message: "no verdict" });
+  await tick();
+  assert.equal(done, "relay_unavailable");
+  const p2 = client.publish("t", 2);
+  clock.advance(15001);
+  await assert.rejects(p2, (e) => e.code === "timeout" && e.sent === true);
+});
+
+test("relay_unavailable: a second subscribe on the topic gets the same answer until a clean ack", async () => {
+  const { client, WS, clock } = make();
+  const s1 = client.subscribe("a", () => {});
+  let ws = WS.last();
+  up(ws);
+  ws.recv({ type: "error", id: ws.ops("subscribe")[0].id, code: "relay_unavailable", message: "x" });
+  const s2 = client.subscribe("a", () => {});
+  await assert.rejects(s1.ready, (e) => e.code === "relay_unavailable");
+  await assert.rejects(s2.ready, (e) => e.code === "relay_unavailable" && e.topic === "a");
+  ws.drop();
+  clock.advance(1000);
+  ws = WS.last();
+  up(ws);
+  ws.recv({ type: "ack", id: ws.ops("subscribe")[0].id });
+  await client.subscribe("a", () => {}).ready;
+});
+
+test("an answered liveness probe leaves no pending entry", () => {
+  const { client, WS, clock, doc } = make({ liveness: { slackMs: 100000 } });
+  const ws = WS.last();
+  up(ws);
+  for (let i = 0; i < 5; i++) {
+    clock.advance(5000);
+    doc.fire("visibilitychange");
+    const probe = ws.ops("ping").at(-1);
+    ws.recv({ type: "pong", id: probe.id });
+  }
+  assert.equal(ws.ops("ping").length, 5);
+  assert.equal(client._pending.size, 0);
+});
+
+test("options: non-finite or negative numbers throw invalid_option; undefined fields take the default", () => {
+  const WS = fakeSocketClass();
+  const opts = { WebSocket: WS, _clock: new FakeClock().clock(), _window: null, _document: null };
+  for (const bad of [{ offlineQueue: Infinity }, { offlineQueue: -1 }, { ackTimeoutMs: NaN }, { publishRatePerSecond: 0 },
+    { reconnect: { maxDelayMs: Infinity } }, { reconnect: { initialDelayMs: "5" } }, { liveness: { slackMs: -5 } }, { tokenTimeoutMs: 0 }]) {
+    assert.throws(() => new Herald("ws://h:1", { ...opts, ...bad }), (e) => e instanceof HeraldError && e.code === "invalid_option", JSON.stringify(bad));
+  }
+  assert.equal(WS.sockets.length, 0, "nothing connects with invalid options");
+  const { WS: W2, of } = make({ _random: () => 0.999, reconnect: { maxDelayMs: undefined, initialDelayMs: 100 } });
+  W2.last().drop();
+  assert.equal(of("reconnecting")[0].delayMs, 99, "a finite delay, not NaN");
+});
+
+test("a handler unsubscribed by another handler during the same message does not get it", () => {
+  const { client, WS } = make();
+  const got = [];
+  let other;
+  client.subscribe("b", () => other.unsubscribe());
+  other = client.subscribe("b", (d) => got.push(d));
+  const ws = WS.last();
+  up(ws);
+  ws.recv({ type: "ack", id: ws.ops("subscribe")[0].id });
+  ws.recv({ type: "message", topic: "b", data: 9 });
+  assert.deepEqual(got, []);
 });
