@@ -201,6 +201,11 @@ impl Broker {
         self.relay.state()
     }
 
+    /// Each relay shard and its state (one, `"0"`, for an unsharded relay).
+    pub fn relay_shards(&self) -> Vec<crate::relay::ShardStatus> {
+        self.relay.shards()
+    }
+
     /// Resolves once the relay listens for `topic`, so that every message another node
     /// publishes to it from then on reaches this node's subscribers (at once on a single
     /// node). Call after [`Broker::subscribe`].

@@ -43,6 +43,7 @@ pub use registry::{
     ConnId, Registry, SubscribeOutcome, Subscriber, SubscriberMode, Topic, TopicStream, UnsubscribeOutcome,
 };
 pub use relay::{
-    InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, Ticket,
+    InterestTicket, MemoryHub, MemoryRelay, PublishTicket, Relay, RelayError, RelaySink, RelayState, ShardStatus,
+    Ticket,
 };
 pub use replay::{Gate, Recovery, ReplayHandle, ReplayRequest, Start};

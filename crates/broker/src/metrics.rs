@@ -140,6 +140,12 @@ pub struct BrokerMetrics {
     /// connections fail and reconnect independently (the Redis relay). A link's first
     /// connection is not counted.
     pub relay_link_reconnects: IntCounterVec,
+    /// Each relay shard's state by shard name: 1 up, 0 down (one shard, `"0"`, for an
+    /// unsharded relay). Kept by the gateway from `Relay::shards`.
+    pub relay_shard_up: IntGaugeVec,
+    /// Canaries (a node's own probe through its relay) that did not come back in time, or
+    /// that Redis said nobody received: the pub/sub connection is then replaced.
+    pub relay_canary_failures: IntCounter,
     pub relay_messages: IntCounterVec,
     pub relay_invalid: IntCounter,
     pub relay_latency: Histogram,
@@ -364,6 +370,23 @@ impl BrokerMetrics {
                 "Times one relay connection was re-established, by link (publish, pubsub).",
                 "link",
                 &["publish", "pubsub"],
+            ),
+            relay_shard_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "herald_relay_shard_up",
+                        "1 when this relay shard (one Redis) is connected, else 0, by shard.",
+                    ),
+                    &["shard"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            relay_canary_failures: counter(
+                &r,
+                "herald_relay_canary_failures_total",
+                "Relay canaries that did not come back (the pub/sub connection was replaced).",
             ),
             relay_messages: counter_vec(
                 &r,

@@ -36,7 +36,19 @@ pub enum RelayState {
     /// Single node: there is no other node to reach; publishing locally is complete.
     Standalone,
     Up,
+    /// A sharded relay with some shards up and some down: the topics of the shards that
+    /// are down get `Unavailable`, the others are relayed as usual.
+    Degraded,
     Down,
+}
+
+/// One shard of a relay (one Redis, or one Redis Cluster master) and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// A stable, credential-free name: `"0"` for an unsharded relay, the shard's
+    /// `host:port` otherwise.
+    pub name: Arc<str>,
+    pub state: RelayState,
 }
 
 impl RelayState {
@@ -44,6 +56,7 @@ impl RelayState {
         match self {
             Self::Standalone => "standalone",
             Self::Up => "up",
+            Self::Degraded => "degraded",
             Self::Down => "down",
         }
     }
@@ -171,6 +184,14 @@ pub trait Relay: Send + Sync {
     /// recovers. Must not block.
     fn confirm_interest(&self, topic: &str) -> InterestTicket;
     fn state(&self) -> RelayState;
+    /// Each shard's state (for `/readyz`, `/api/node` and per-shard metrics). A relay
+    /// that is not sharded is one shard, named `"0"`, in [`state`](Self::state).
+    fn shards(&self) -> Vec<ShardStatus> {
+        vec![ShardStatus {
+            name: Arc::from("0"),
+            state: self.state(),
+        }]
+    }
     /// Sends a control message to every other node (not to this one). `Ok` once the
     /// backend has it: every node listening then gets it. Must not block. The default is
     /// the single node's: there is nobody to tell.

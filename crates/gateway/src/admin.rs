@@ -84,6 +84,8 @@ fn readyz(state: &AppState) -> Response<Body> {
         "ready": ready,
         "reason": reason,
         "relay": state.broker.relay_state().as_str(),
+        "degraded": reason == "degraded",
+        "shards": state.relay_shards_json(),
         "draining": state.shutdown.draining.is_cancelled(),
         "connections": state.connections.len(),
     })

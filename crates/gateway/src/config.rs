@@ -47,6 +47,17 @@ pub struct Config {
     pub history: Vec<HistoryEntry>,
     /// The built-in demo: pages under `/demo/` and the node's system topics (off by default).
     pub demo: DemoConfig,
+    /// What `/readyz` requires besides being started and not draining.
+    pub readiness: ReadinessConfig,
+}
+
+/// `[readiness]`: what `/readyz` answers while the relay is down (docs/operations.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// `true`: a relay that is down (or, sharded, has a shard down) makes the node unready
+    /// (503 `relay_down`). `false` (default): the node stays ready, reported `degraded`.
+    pub require_relay: bool,
 }
 
 /// `[demo]`: the demo pages and the node's own system messages (docs/configuration.md).
@@ -171,6 +182,12 @@ pub struct RedisConfig {
     pub history_read_concurrency: usize,
     /// History reads waiting for their turn; beyond it a read fails at once.
     pub history_read_queue: usize,
+    /// How often the node sends itself a canary through Redis (0: never). A pub/sub
+    /// connection that answers PING but delivers nothing is caught by it.
+    pub canary_interval_ms: u64,
+    /// A canary not back this long after Redis accepted it: the pub/sub connection is
+    /// replaced (and every topic resubscribed).
+    pub canary_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -349,6 +366,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             history: Vec::new(),
             demo: DemoConfig::default(),
+            readiness: ReadinessConfig::default(),
         }
     }
 }
@@ -386,6 +404,8 @@ impl Default for RedisConfig {
             history_append_batch: 64,
             history_read_concurrency: 16,
             history_read_queue: 4096,
+            canary_interval_ms: 5000,
+            canary_timeout_ms: 3000,
         }
     }
 }
@@ -706,6 +726,7 @@ impl Config {
                 self.redis.history_read_concurrency as u64,
             ),
             ("redis.history_read_queue", self.redis.history_read_queue as u64),
+            ("redis.canary_timeout_ms", self.redis.canary_timeout_ms),
             ("admin.max_body_bytes", self.admin.max_body_bytes as u64),
             ("admin.max_connections", self.admin.max_connections as u64),
             (

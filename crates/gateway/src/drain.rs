@@ -1,5 +1,5 @@
 //! The node's one shutdown path, the phased drain, and the background task that keeps
-//! `herald_relay_up` current.
+//! relay gauges (`herald_relay_up`, `herald_relay_shard_up`) current.
 //!
 //! Drain, triggered by a signal, the admin API or `Node::begin_drain`:
 //! 1. `/readyz` answers 503 (`draining`), so load balancers stop sending new clients;
@@ -16,12 +16,21 @@ use herald_broker::{Outbox, RelayState};
 
 use crate::state::AppState;
 
-/// Keeps `herald_relay_up` in step with the relay's state.
+/// Keeps `herald_relay_up` (1 unless the relay is down or degraded) and
+/// `herald_relay_shard_up{shard}` in step with the relay's state.
 pub(crate) async fn relay_gauge(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
-        let up = state.broker.relay_state() != RelayState::Down;
+        let up = matches!(state.broker.relay_state(), RelayState::Up | RelayState::Standalone);
         state.metrics.relay_up.set(up as i64);
+        for shard in state.broker.relay_shards() {
+            let up = matches!(shard.state, RelayState::Up | RelayState::Standalone);
+            state
+                .metrics
+                .relay_shard_up
+                .with_label_values(&[&*shard.name])
+                .set(up as i64);
+        }
         tokio::select! {
             _ = state.shutdown.stop_all.cancelled() => return,
             _ = tick.tick() => {}

@@ -33,6 +33,8 @@ pub fn start_redis(
     rc.append_batch_max = r.history_append_batch;
     rc.history_read_concurrency = r.history_read_concurrency;
     rc.history_read_queue = r.history_read_queue;
+    rc.canary_interval = Duration::from_millis(r.canary_interval_ms);
+    rc.canary_timeout = Duration::from_millis(r.canary_timeout_ms);
     rc.max_payload_bytes = config.limits.max_message_bytes;
     let relay = RedisRelay::start(rc, metrics, stop.child_token())?;
     let handle = relay.clone();

@@ -70,16 +70,33 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Ready to take new clients: started, not draining, relay not down.
+    /// Ready to take new clients: started and not draining; with
+    /// `readiness.require_relay`, also the relay wholly up. Reasons: `starting`,
+    /// `draining`, `relay_down` (not ready), `degraded` (ready, but the relay, or some of
+    /// its shards, is down: this node's clients are served, other nodes' messages on the
+    /// affected topics do not arrive) and `ready`.
     pub fn readiness(&self) -> (bool, &'static str) {
         if !self.started_up.load(Ordering::Acquire) {
-            (false, "starting")
-        } else if self.shutdown.draining.is_cancelled() {
-            (false, "draining")
-        } else if self.broker.relay_state() == RelayState::Down {
-            (false, "relay_down")
-        } else {
-            (true, "ready")
+            return (false, "starting");
         }
+        if self.shutdown.draining.is_cancelled() {
+            return (false, "draining");
+        }
+        match self.broker.relay_state() {
+            RelayState::Down | RelayState::Degraded if self.config.readiness.require_relay => (false, "relay_down"),
+            RelayState::Down | RelayState::Degraded => (true, "degraded"),
+            RelayState::Up | RelayState::Standalone => (true, "ready"),
+        }
+    }
+
+    /// The relay's shards as JSON: `[{"shard": name, "state": "up"|"down"|...}]`.
+    pub fn relay_shards_json(&self) -> serde_json::Value {
+        let shards: Vec<serde_json::Value> = self
+            .broker
+            .relay_shards()
+            .into_iter()
+            .map(|s| serde_json::json!({"shard": &*s.name, "state": s.state.as_str()}))
+            .collect();
+        serde_json::Value::Array(shards)
     }
 }

@@ -31,7 +31,10 @@ async fn node_info_says_who_and_how_the_node_is() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["listeners"]["public"], node.ws_addr().to_string());
     assert_eq!(v["listeners"]["admin"], node.admin_addr().to_string());
-    assert_eq!(v["relay"], json!({"kind": "memory", "state": "standalone"}));
+    assert_eq!(
+        v["relay"],
+        json!({"kind": "memory", "state": "standalone", "shards": [{"shard": "0", "state": "standalone"}]})
+    );
     assert_eq!(
         (v["ready"].clone(), v["readiness"].clone()),
         (json!(true), json!("ready"))

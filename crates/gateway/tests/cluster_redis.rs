@@ -79,11 +79,14 @@ async fn a_node_subscribes_only_while_it_has_local_subscribers() {
     assert!(left.elapsed() < Duration::from_secs(2));
     drop(other);
     c.wait_numsub("herald:quiet", 0, Duration::from_secs(3)).await.unwrap();
-    // Only the control channel (no topic can name it) stays: no topic channel is left.
-    assert_eq!(
-        c.redis.pubsub_channels("herald:*").unwrap(),
-        vec!["herald:#control".to_owned()]
-    );
+    // Only the control channel and each node's canary channel (no topic can name them)
+    // stay: no topic channel is left.
+    let mut channels = c.redis.pubsub_channels("herald:*").unwrap();
+    channels.sort();
+    let mut expected = vec!["herald:#control".to_owned()];
+    expected.extend(c.nodes.iter().map(|n| format!("herald:#canary:{}", n.node.node_id())));
+    expected.sort();
+    assert_eq!(channels, expected);
     c.shutdown().await;
 }
 
@@ -130,19 +133,28 @@ async fn redis_restart_resubscribes_and_delivery_resumes() {
     c.wait_numsub("herald:r", 2, WAIT).await.unwrap();
 
     c.redis.kill().unwrap();
-    // The relay notices, readiness says why, and a publish that cannot reach the other node
-    // is an error, while the local subscriber still gets it.
+    // The relay notices, readiness says so (still ready by default: the node serves its
+    // own clients), and a publish that cannot reach the other node is an error, while the
+    // local subscriber still gets it.
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = ready_status(&c.nodes[0]).await;
-        if status == 503 {
-            assert_eq!(body["reason"], "relay_down");
+        if body["reason"] == "degraded" {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["ready"], true, "{body}");
+            assert_eq!(body["degraded"], true, "{body}");
+            assert_eq!(body["relay"], "down", "{body}");
+            assert_eq!(body["shards"], json!([{"shard": "0", "state": "down"}]), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "relay_down not reported");
+        assert!(Instant::now() < deadline, "degraded not reported: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.nodes[0].metric("herald_relay_up").await.unwrap(), 0.0);
+    assert_eq!(
+        c.nodes[0].metric(r#"herald_relay_shard_up{shard="0"}"#).await.unwrap(),
+        0.0
+    );
     match publisher.publish("r", &json!("during outage")).await {
         Err(ClientError::Server { code, .. }) => assert_eq!(code, "relay_unavailable"),
         other => panic!("expected relay_unavailable, got {other:?}"),
@@ -170,6 +182,12 @@ async fn redis_restart_resubscribes_and_delivery_resumes() {
     );
     assert!(c.nodes[1].metric("herald_relay_reconnects_total").await.unwrap() >= 1.0);
     assert_eq!(c.nodes[1].metric("herald_relay_up").await.unwrap(), 1.0);
+    assert_eq!(
+        c.nodes[1].metric(r#"herald_relay_shard_up{shard="0"}"#).await.unwrap(),
+        1.0
+    );
+    let (status, body) = ready_status(&c.nodes[1]).await;
+    assert_eq!((status, body["degraded"].clone()), (200, json!(false)), "{body}");
     c.shutdown().await;
 }
 
@@ -182,7 +200,7 @@ async fn a_hung_redis_is_noticed_and_recovered_from() {
     c.redis.pause().unwrap();
     let paused = Instant::now();
     loop {
-        if ready_status(&c.nodes[0]).await.0 == 503 {
+        if ready_status(&c.nodes[0]).await.1["reason"] == "degraded" {
             break;
         }
         assert!(
@@ -282,11 +300,11 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_appears() {
         .await
         .unwrap();
     let (status, body) = ready_status(&node).await;
-    assert_eq!((status, body["reason"].as_str()), (503, Some("relay_down")));
+    assert_eq!((status, body["reason"].as_str()), (200, Some("degraded")));
     let mut sub = Client::connect(&node.url("/ws?topics=late")).await.unwrap();
     redis.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ready_status(&node).await.0 != 200 {
+    while ready_status(&node).await.1["reason"] != "ready" {
         assert!(Instant::now() < deadline, "never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -302,5 +320,41 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_appears() {
         herald_protocol::envelope::encode("elsewhere", 1, "late", &herald_protocol::Payload::json(&b"42"[..]));
     redis.publish("herald:late", &envelope).unwrap();
     assert_eq!(sub.next_message_timeout(WAIT).await.unwrap().data_json(), "42");
+    node.shutdown().await;
+}
+
+/// `readiness.require_relay = true`: the old strict behaviour, for fleets that would rather
+/// send new clients nowhere than to a node cut off from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_require_relay_a_redis_outage_makes_the_node_unready() {
+    let mut redis = herald_testkit::redis::RedisServer::start().unwrap();
+    let mut config = redis_member_config("strict", &redis.url());
+    config.readiness.require_relay = true;
+    let node = TestNode::start_config(config, None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready_status(&node).await.1["reason"] != "ready" {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.kill().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = ready_status(&node).await;
+        if status == 503 {
+            assert_eq!(body["reason"], "relay_down", "{body}");
+            assert_eq!(body["ready"], false, "{body}");
+            break;
+        }
+        assert_eq!(body["reason"], "ready", "{body}");
+        assert!(Instant::now() < deadline, "relay_down not reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready_status(&node).await.0 != 200 {
+        assert!(Instant::now() < deadline, "never became ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready_status(&node).await.1["reason"], "ready");
     node.shutdown().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use common::{assert_error, send_raw, Resp};
-use herald_testkit::fleet::{http_status, raise_fd_limit, HeraldProcess, NodeSpec, TempDir};
+use herald_testkit::fleet::{http_status, raise_fd_limit, readiness_reason, HeraldProcess, NodeSpec, TempDir};
 use herald_testkit::node::{http_request, parse_metric, TestNode};
 use herald_testkit::redis::RedisServer;
 use herald_testkit::wire::WireClient;
@@ -352,13 +352,13 @@ async fn at_the_descriptor_limit_refusals_are_quick_and_the_reserve_holds() {
     // The relay reconnects at the limit: Redis goes away and comes back.
     redis.kill().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while http_status(admin, "/readyz").await != Some(503) {
+    while readiness_reason(admin).await.as_deref() != Some("degraded") {
         assert!(Instant::now() < deadline, "the node never noticed Redis was gone");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     redis.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_status(admin, "/readyz").await != Some(200) {
+    while readiness_reason(admin).await.as_deref() != Some("ready") {
         assert!(
             Instant::now() < deadline,
             "the relay did not reconnect at the descriptor limit"

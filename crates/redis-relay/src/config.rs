@@ -92,6 +92,14 @@ pub struct RedisRelayConfig {
     /// History reads waiting for one of those slots (default 4096); beyond it a read is
     /// refused at once with `Overloaded` instead of queueing without bound.
     pub history_read_queue: usize,
+    /// How often the node PUBLISHes a canary to its own canary channel (default 5 s;
+    /// zero: never). A pub/sub connection that answers PING yet no longer delivers (a
+    /// proxy or server that lost the subscription: the "subscribed but silent" failure)
+    /// is caught when the canary does not come back, or when Redis answers that nobody
+    /// received it, and is then replaced like any failed pub/sub connection.
+    pub canary_interval: Duration,
+    /// How long a canary Redis accepted may take to come back (default 3 s).
+    pub canary_timeout: Duration,
 }
 
 impl Default for RedisRelayConfig {
@@ -119,6 +127,8 @@ impl Default for RedisRelayConfig {
             deliver_queue_capacity: 1024,
             history_read_concurrency: 16,
             history_read_queue: 4096,
+            canary_interval: Duration::from_secs(5),
+            canary_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -129,6 +139,10 @@ pub const APPEND_BATCH_LIMIT: usize = 256;
 
 /// What follows the prefix in the control channel's name; not a valid topic.
 pub const CONTROL_SUFFIX: &str = "#control";
+
+/// What follows the prefix in a node's canary channel's name (then the node id); not a
+/// valid topic.
+pub const CANARY_SUFFIX: &str = "#canary:";
 
 impl RedisRelayConfig {
     /// The defaults with `url` and `node_id` set.
@@ -153,6 +167,14 @@ impl RedisRelayConfig {
     /// be this one.
     pub fn control_channel(&self) -> String {
         self.channel(CONTROL_SUFFIX)
+    }
+
+    /// This node's canary channel, `{channel_prefix}#canary:{node_id}`: only this node
+    /// subscribes it.
+    pub fn canary_channel(&self) -> String {
+        let mut c = self.channel(CANARY_SUFFIX);
+        c.push_str(&self.node_id);
+        c
     }
 
     /// The Redis Stream holding `topic`'s history: `{channel_prefix}{<topic>}:s`.
@@ -224,6 +246,7 @@ impl RedisRelayConfig {
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
             ("reconnect_backoff_min", self.reconnect_backoff_min),
+            ("canary_timeout", self.canary_timeout),
         ] {
             if d.is_zero() {
                 p.push(format!("{name} must be positive"));

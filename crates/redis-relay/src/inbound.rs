@@ -17,7 +17,9 @@
 //!
 //! Messages on the control channel (`{channel_prefix}#control`, no topic can name it) are
 //! decoded by the reader itself and handed to `RelaySink::control`: they are rare, and
-//! taking them in arrival order needs no worker.
+//! taking them in arrival order needs no worker. So are this node's canaries
+//! (`{channel_prefix}#canary:{node_id}`, see `supervisor`): the reader only notes their
+//! number.
 //!
 //! A full worker queue makes the reader wait; see "Back-pressure" in the crate docs for
 //! why waiting beats dropping here.
@@ -91,6 +93,7 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
     let prefix = shared.config.channel_prefix.as_str();
     let max = shared.config.max_payload_bytes;
     let control = shared.config.control_channel();
+    let canary = shared.config.canary_channel();
     let mut log = Throttle::default();
     loop {
         let msg = tokio::select! {
@@ -107,6 +110,11 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
         if msg.get_channel_name() == control {
             // Rare (an operator's request): handled here, in arrival order.
             control_message(shared, payload, &mut log);
+            continue;
+        }
+        if msg.get_channel_name() == canary {
+            // This node's own probe came back: the connection delivers.
+            shared.canary_arrived(payload);
             continue;
         }
         if envelope::peek_origin(payload) == Some(node) && payload.first() != Some(&ENVELOPE_VERSION_STREAM) {

@@ -24,6 +24,9 @@ pub(crate) enum LinkError {
     Timeout(&'static str),
     #[error("connection lost")]
     Lost,
+    /// The pub/sub connection answers PING but did not deliver this node's canary.
+    #[error("subscribed but silent: {0}")]
+    Silent(&'static str),
     #[error("shutting down")]
     Shutdown,
 }

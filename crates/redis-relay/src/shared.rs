@@ -138,6 +138,10 @@ pub(crate) struct Shared {
     pub(crate) read_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// History reads accepted and not answered yet (bounded by `history_read_queue`).
     pub(crate) reads_waiting: AtomicUsize,
+    /// The highest canary number that came back on the pub/sub connection (the reader
+    /// sets it, the supervisor compares), and the wake-up for the supervisor.
+    pub(crate) canary_seen: AtomicU64,
+    pub(crate) canary_back: tokio::sync::Notify,
     /// This process's part of every epoch it proposes (random).
     epoch_seed: String,
     /// Numbers the epochs this process proposes.
@@ -183,6 +187,8 @@ impl Shared {
             reads,
             reads_waiting: AtomicUsize::new(0),
             read_conn: tokio::sync::Mutex::new(None),
+            canary_seen: AtomicU64::new(0),
+            canary_back: tokio::sync::Notify::new(),
             epoch_seed,
             epochs: AtomicU64::new(0),
         }
@@ -247,6 +253,14 @@ impl Shared {
             l.was_up = true;
         }
         self.metrics.relay_up.set(i64::from(both));
+    }
+
+    /// The reader saw canary `payload` (8 bytes, big-endian number) come back.
+    pub(crate) fn canary_arrived(&self, payload: &[u8]) {
+        if let Ok(n) = <[u8; 8]>::try_from(payload) {
+            self.canary_seen.fetch_max(u64::from_be_bytes(n), Ordering::AcqRel);
+            self.canary_back.notify_one();
+        }
     }
 
     /// Counts a link's reconnect (not its first connection).

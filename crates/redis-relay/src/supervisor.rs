@@ -23,8 +23,19 @@
 //! acknowledgement. Many subscribers of one topic still cost one SUBSCRIBE: the first one's
 //! confirmation waits for it, the rest find the topic confirmed.
 //!
+//! The canary: every `canary_interval` (while up) the supervisor PUBLISHes a number to
+//! this node's canary channel, which every pub/sub connection subscribes first, over the
+//! publish connection (directly, not through the publish queue: it must not wait behind
+//! a backlog, and its order does not matter). Redis answers how many connections received
+//! it: 0 means this connection's subscriptions are gone although it still answers PING; 1
+//! starts a `canary_timeout` clock, which the reader stops when the number comes back. A
+//! silent connection (either way) counts `herald_relay_canary_failures_total` and is
+//! replaced like a failed one: reconnect, resubscribe everything, fill the gap from
+//! history. A canary PUBLISH that fails is the publish connection's problem (its own
+//! heartbeat replaces it) and proves nothing about pub/sub: that round is skipped.
+//!
 //! It does not touch the publish connection (`publish_link`), publications (`publisher`) or
-//! inbound messages (`inbound`).
+//! inbound messages (`inbound`), beyond borrowing the first for the canary's PUBLISH.
 
 use std::sync::Arc;
 
@@ -108,6 +119,10 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
         timeout(shared.config.command_timeout, sink.subscribe(&control))
             .await
             .map_err(|_| LinkError::Timeout("SUBSCRIBE of the control channel"))??;
+        let canary = shared.config.canary_channel();
+        timeout(shared.config.command_timeout, sink.subscribe(&canary))
+            .await
+            .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))??;
         subscribe(shared, &mut sink, &topics, "SUBSCRIBE").await?;
         shared.interest.connected(&topics);
         let count = topics.len();
@@ -152,8 +167,23 @@ async fn serve(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + cfg.heartbeat_interval, cfg.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let has_interest = |t: &str| shared.has_interest(t);
+    let canary_on = !cfg.canary_interval.is_zero();
+    let canary_every = if canary_on {
+        cfg.canary_interval
+    } else {
+        cfg.heartbeat_interval
+    };
+    let mut canary_tick = tokio::time::interval_at(Instant::now() + canary_every, canary_every);
+    canary_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The canary in flight: its number and when it must be back.
+    let mut outstanding: Option<(u64, Instant)> = None;
     loop {
         let deadline = rec.next_deadline();
+        if let Some((n, _)) = outstanding {
+            if shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) >= n {
+                outstanding = None;
+            }
+        }
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => return Err(LinkError::Shutdown),
@@ -183,7 +213,53 @@ async fn serve(
                 subscribe(shared, sink, &gone, "UNSUBSCRIBE").await?;
                 rec.unsubscribed(&gone);
             }
+            _ = canary_tick.tick(), if canary_on && outstanding.is_none() => {
+                outstanding = send_canary(shared).await?;
+            }
+            _ = shared.canary_back.notified(), if outstanding.is_some() => {}
+            _ = tokio::time::sleep_until(outstanding.map_or_else(Instant::now, |(_, at)| at)), if outstanding.is_some() => {
+                let (n, _) = outstanding.expect("guarded");
+                if shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) < n {
+                    shared.metrics.relay_canary_failures.inc();
+                    tracing::warn!(
+                        timeout_ms = cfg.canary_timeout.as_millis() as u64,
+                        "redis relay canary did not come back: replacing the pub/sub connection"
+                    );
+                    return Err(LinkError::Silent("the canary did not come back"));
+                }
+                outstanding = None;
+            }
         }
+    }
+}
+
+/// PUBLISHes the next canary over the publish connection. `Some((number, deadline))` when
+/// Redis delivered it to a subscriber (ours); `None` when the round proves nothing (the
+/// publish connection is down or failed); `Err(Silent)` when Redis says nobody listens.
+async fn send_canary(shared: &Shared) -> Result<Option<(u64, Instant)>, LinkError> {
+    let cfg = &shared.config;
+    let Some(link) = shared.publish_link.borrow().clone() else {
+        return Ok(None);
+    };
+    let n = shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) + 1;
+    let mut conn = link.conn.clone();
+    let cmd = redis::cmd("PUBLISH")
+        .arg(cfg.canary_channel())
+        .arg(&n.to_be_bytes()[..])
+        .to_owned();
+    let sent = Instant::now();
+    match timeout(cfg.command_timeout, cmd.query_async::<i64>(&mut conn)).await {
+        Ok(Ok(0)) => {
+            shared.metrics.relay_canary_failures.inc();
+            tracing::warn!("redis relay canary reached no subscriber: replacing the pub/sub connection");
+            Err(LinkError::Silent("the canary channel has no subscriber"))
+        }
+        Ok(Ok(_)) => Ok(Some((n, sent + cfg.canary_timeout))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "redis relay canary not sent");
+            Ok(None)
+        }
+        Err(_) => Ok(None),
     }
 }
 

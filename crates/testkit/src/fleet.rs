@@ -133,6 +133,28 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     http_request(addr, "GET", path, &[], b"").await.ok().map(|(s, _)| s)
 }
 
+/// `/readyz`'s `reason` on `addr` (`ready`, `degraded`, `relay_down`, `draining`, ...).
+pub async fn readiness_reason(addr: SocketAddr) -> Option<String> {
+    let (_, body) = http_request(addr, "GET", "/readyz", &[], b"").await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["reason"].as_str().map(str::to_owned)
+}
+
+/// Polls `/readyz` on `addr` until its `reason` is `want`.
+pub async fn wait_readiness(addr: SocketAddr, want: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = readiness_reason(addr).await;
+        if got.as_deref() == Some(want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr}/readyz reason {got:?}, not {want:?}, within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `GET path` on `addr` until it answers `want`.
 pub async fn wait_http_status(addr: SocketAddr, path: &str, want: u16, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
@@ -251,7 +273,9 @@ impl HeraldProcess {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        wait_http_status(self.spec.admin_addr(), "/readyz", 200, Duration::from_secs(10)).await
+        // Wholly ready: a node with a relay is ready (200) while the relay is still down
+        // (`degraded`), and tests want it connected.
+        wait_readiness(self.spec.admin_addr(), "ready", Duration::from_secs(10)).await
     }
 
     /// Starts the process again with the same ports and environment (after it exited).

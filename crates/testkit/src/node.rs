@@ -232,8 +232,13 @@ impl RedisCluster {
         let deadline = tokio::time::Instant::now() + within;
         for n in &self.nodes {
             loop {
-                let (status, _) = http_request(n.admin_addr(), "GET", "/readyz", &[], b"").await?;
-                if status == 200 {
+                // Wholly ready: 200 with reason `ready` (a relay that is still down leaves the
+                // node ready but `degraded`).
+                let (status, body) = http_request(n.admin_addr(), "GET", "/readyz", &[], b"").await?;
+                let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["reason"].as_str().map(str::to_owned));
+                if status == 200 && reason.as_deref() == Some("ready") {
                     break;
                 }
                 if tokio::time::Instant::now() > deadline {

@@ -2,12 +2,20 @@
 //! network between the two without touching Redis itself (the other nodes keep talking
 //! to Redis directly). Cutting closes every proxied connection at once and makes new ones
 //! be accepted and closed at once, until restored.
+//!
+//! It can also *mute* deliveries: while muted, the pub/sub messages Redis pushes to a
+//! subscriber (RESP2 `message`, `pmessage` and `smessage` arrays) are dropped on their way to
+//! the node, while every other reply (PONG, subscribe confirmations, PUBLISH counts) still
+//! passes. The connection looks healthy to PING and delivers nothing: the "subscribed but
+//! silent" failure a relay's canary must catch.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +26,7 @@ pub struct TcpProxy {
     /// Bumped on every cut: live connections end when it changes.
     generation: watch::Sender<u64>,
     cut: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -28,8 +37,9 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let (generation, gen_rx) = watch::channel(0u64);
         let cut = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        let (c, s) = (cut.clone(), stop.clone());
+        let (c, s, m) = (cut.clone(), stop.clone(), muted.clone());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -46,18 +56,21 @@ impl TcpProxy {
                 // without this every connection after the first cut ends at once.
                 gen.borrow_and_update();
                 let s = s.clone();
+                let muted = m.clone();
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let (mut a, mut b) = (client, upstream);
+                    let (mut client_rd, mut client_wr) = client.into_split();
+                    let (mut up_rd, up_wr) = upstream.into_split();
+                    let mut up_wr = up_wr;
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = tokio::io::copy(&mut client_rd, &mut up_wr) => {}
+                        _ = copy_replies(&mut up_rd, &mut client_wr, &muted) => {}
                         _ = gen.changed() => {}
                         _ = s.cancelled() => {}
                     }
-                    // Dropping both ends closes the connections.
-                    drop((a, b));
+                    // Dropping every half closes the connections.
                 });
             }
         });
@@ -65,6 +78,7 @@ impl TcpProxy {
             addr,
             generation,
             cut,
+            muted,
             stop,
         })
     }
@@ -89,10 +103,112 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Drops pub/sub message pushes from Redis to the node (see the module docs) until
+    /// [`TcpProxy::unmute`]; connections stay open, PING and every other reply pass.
+    pub fn mute(&self) {
+        self.muted.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers pub/sub messages again.
+    pub fn unmute(&self) {
+        self.muted.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies Redis's replies to the node frame by frame, dropping pub/sub message pushes while
+/// `muted`. Ends when either side does or the stream is not RESP2.
+async fn copy_replies(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, muted: &AtomicBool) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(buf.len());
+        while let Some(len) = resp_frame_len(&buf[start..]) {
+            let frame = &buf[start..start + len];
+            if !(muted.load(Ordering::SeqCst) && is_message_push(frame)) {
+                out.extend_from_slice(frame);
+            }
+            start += len;
+        }
+        buf.drain(..start);
+        if !out.is_empty() {
+            to.write_all(&out).await?;
+        }
+    }
+}
+
+/// Whether a whole RESP2 frame is a pub/sub push: an array whose first element is the bulk
+/// string `message`, `pmessage` or `smessage`.
+fn is_message_push(frame: &[u8]) -> bool {
+    [&b"$7\r\nmessage\r\n"[..], b"$8\r\npmessage\r\n", b"$8\r\nsmessage\r\n"]
+        .iter()
+        .any(|kind| {
+            frame.first() == Some(&b'*') && {
+                let body = frame
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(&[][..], |i| &frame[i + 1..]);
+                body.starts_with(kind)
+            }
+        })
+}
+
+/// The length of the first complete RESP2 frame in `buf`, or `None` if it is incomplete.
+fn resp_frame_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&buf[1..line_end]).ok()?;
+    let head = line_end + 2;
+    match *buf.first()? {
+        b'+' | b'-' | b':' => Some(head),
+        b'$' => {
+            let n: i64 = line.parse().ok()?;
+            if n < 0 {
+                return Some(head);
+            }
+            let end = head + n as usize + 2;
+            (buf.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let n: i64 = line.parse().ok()?;
+            let mut at = head;
+            for _ in 0..n.max(0) {
+                at += resp_frame_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        _ => None,
+    }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_resp2_frames_and_spots_message_pushes() {
+        let msg = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n";
+        assert_eq!(resp_frame_len(msg), Some(msg.len()));
+        assert!(is_message_push(msg));
+        let pong = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+        assert_eq!(resp_frame_len(pong), Some(pong.len()));
+        assert!(!is_message_push(pong));
+        assert_eq!(resp_frame_len(b":1\r\n"), Some(4));
+        assert_eq!(resp_frame_len(b"$-1\r\n"), Some(5));
+        assert_eq!(resp_frame_len(&msg[..msg.len() - 1]), None, "incomplete");
+        let sub = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        assert_eq!(resp_frame_len(sub), Some(sub.len()));
+        assert!(!is_message_push(sub));
     }
 }

@@ -46,6 +46,7 @@ pub fn node(state: &AppState) -> ApiResult {
         "relay": {
             "kind": state.config.relay.kind,
             "state": state.broker.relay_state().as_str(),
+            "shards": state.relay_shards_json(),
         },
         "ready": ready,
         "readiness": readiness,
