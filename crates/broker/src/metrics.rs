@@ -146,6 +146,8 @@ pub struct BrokerMetrics {
     /// Canaries (a node's own probe through its relay) that did not come back in time, or
     /// that Redis said nobody received: the pub/sub connection is then replaced.
     pub relay_canary_failures: IntCounter,
+    /// Canaries sent (each a PUBLISH to the node's own canary channel).
+    pub relay_canaries: IntCounter,
     pub relay_messages: IntCounterVec,
     pub relay_invalid: IntCounter,
     pub relay_latency: Histogram,
@@ -387,6 +389,11 @@ impl BrokerMetrics {
                 &r,
                 "herald_relay_canary_failures_total",
                 "Relay canaries that did not come back (the pub/sub connection was replaced).",
+            ),
+            relay_canaries: counter(
+                &r,
+                "herald_relay_canaries_total",
+                "Relay canaries sent (the node's own probe through its relay).",
             ),
             relay_messages: counter_vec(
                 &r,

@@ -18,6 +18,8 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Request, Response, StatusCode};
 
+use herald_broker::RelayState;
+
 use crate::api;
 use crate::http_server::{json_error, json_response, Body};
 use crate::state::AppState;
@@ -63,6 +65,8 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAd
 }
 
 fn metrics(state: &AppState) -> Response<Body> {
+    // The relay gauges as of now, not as of the gauge task's last tick.
+    crate::drain::refresh_relay_gauges(state);
     let text = state.metrics.render();
     Response::builder()
         .status(StatusCode::OK)
@@ -79,12 +83,13 @@ fn healthz(state: &AppState) -> Response<Body> {
 }
 
 fn readyz(state: &AppState) -> Response<Body> {
-    let (ready, reason) = state.readiness();
+    let relay = state.broker.relay_state();
+    let (ready, reason) = state.readiness_with(relay);
     let body = serde_json::json!({
         "ready": ready,
         "reason": reason,
-        "relay": state.broker.relay_state().as_str(),
-        "degraded": reason == "degraded",
+        "relay": relay.as_str(),
+        "degraded": matches!(relay, RelayState::Down | RelayState::Degraded),
         "shards": state.relay_shards_json(),
         "draining": state.shutdown.draining.is_cancelled(),
         "connections": state.connections.len(),

@@ -16,25 +16,31 @@ use herald_broker::{Outbox, RelayState};
 
 use crate::state::AppState;
 
-/// Keeps `herald_relay_up` (1 unless the relay is down or degraded) and
-/// `herald_relay_shard_up{shard}` in step with the relay's state.
+/// Keeps `herald_relay_up` and `herald_relay_shard_up{shard}` in step with the relay's
+/// state (every 100 ms; `/metrics` also refreshes them before it renders).
 pub(crate) async fn relay_gauge(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
-        let up = matches!(state.broker.relay_state(), RelayState::Up | RelayState::Standalone);
-        state.metrics.relay_up.set(up as i64);
-        for shard in state.broker.relay_shards() {
-            let up = matches!(shard.state, RelayState::Up | RelayState::Standalone);
-            state
-                .metrics
-                .relay_shard_up
-                .with_label_values(&[&*shard.name])
-                .set(up as i64);
-        }
+        refresh_relay_gauges(&state);
         tokio::select! {
             _ = state.shutdown.stop_all.cancelled() => return,
             _ = tick.tick() => {}
         }
+    }
+}
+
+/// `herald_relay_up`: 1 unless the relay is down or degraded; `herald_relay_shard_up`: each
+/// shard's own state.
+pub(crate) fn refresh_relay_gauges(state: &AppState) {
+    let up = matches!(state.broker.relay_state(), RelayState::Up | RelayState::Standalone);
+    state.metrics.relay_up.set(up as i64);
+    for shard in state.broker.relay_shards() {
+        let up = matches!(shard.state, RelayState::Up | RelayState::Standalone);
+        state
+            .metrics
+            .relay_shard_up
+            .with_label_values(&[&*shard.name])
+            .set(up as i64);
     }
 }
 

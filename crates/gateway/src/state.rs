@@ -76,13 +76,19 @@ impl AppState {
     /// its shards, is down: this node's clients are served, other nodes' messages on the
     /// affected topics do not arrive) and `ready`.
     pub fn readiness(&self) -> (bool, &'static str) {
+        self.readiness_with(self.broker.relay_state())
+    }
+
+    /// [`readiness`](Self::readiness) for a relay state read once by the caller, so one
+    /// answer never mixes two states.
+    pub fn readiness_with(&self, relay: RelayState) -> (bool, &'static str) {
         if !self.started_up.load(Ordering::Acquire) {
             return (false, "starting");
         }
         if self.shutdown.draining.is_cancelled() {
             return (false, "draining");
         }
-        match self.broker.relay_state() {
+        match relay {
             RelayState::Down | RelayState::Degraded if self.config.readiness.require_relay => (false, "relay_down"),
             RelayState::Down | RelayState::Degraded => (true, "degraded"),
             RelayState::Up | RelayState::Standalone => (true, "ready"),

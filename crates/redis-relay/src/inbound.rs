@@ -106,6 +106,9 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
             failed.cancel();
             return;
         };
+        shared
+            .reader_progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let payload = msg.get_payload_bytes();
         if msg.get_channel_name() == control {
             // Rare (an operator's request): handled here, in arrival order.
@@ -147,10 +150,15 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
             envelope: Bytes::copy_from_slice(payload),
         };
         let started = Instant::now();
-        tokio::select! {
+        shared.reader_waiting.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = tokio::select! {
             biased;
-            _ = failed.cancelled() => return,
-            sent = worker.send(item) => if sent.is_err() { return },
+            _ = failed.cancelled() => false,
+            sent = worker.send(item) => sent.is_ok(),
+        };
+        shared.reader_waiting.store(false, std::sync::atomic::Ordering::Relaxed);
+        if !sent {
+            return;
         }
         if started.elapsed() > SLOW_HANDOFF {
             log.note(|| tracing::warn!("relay delivery is falling behind Redis (worker queue full)"));

@@ -55,9 +55,10 @@
 //!   connection's reconnects (first connections are not counted).
 //! - Liveness beyond PING: every `canary_interval` the supervisor PUBLISHes a numbered
 //!   canary to this node's own channel (`{channel_prefix}#canary:{node_id}`) and expects
-//!   it back on the pub/sub connection within `canary_timeout`; a connection that answers
-//!   PING but does not deliver (or whose subscriptions Redis no longer has: the PUBLISH
-//!   reaches nobody) is replaced like a failed one (`herald_relay_canary_failures_total`).
+//!   it back on the pub/sub connection within `canary_timeout` (longer while the reader is
+//!   busy with a backlog); a connection that answers PING but delivers nothing (or whose
+//!   subscriptions Redis no longer has: the PUBLISH reaches nobody) is replaced like a
+//!   failed one (`herald_relay_canary_failures_total`).
 //!
 //! # Why RESP2 `aio::PubSub` rather than RESP3 push messages
 //! redis 1.8.1 offers both. We use a dedicated RESP2 pub/sub connection because:

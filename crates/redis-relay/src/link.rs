@@ -78,7 +78,10 @@ impl Retry {
 
     /// The connection ended, or an attempt failed, with `error`.
     pub(crate) fn failed(&mut self, error: &LinkError, url: &str) {
-        if self.since.take().is_some_and(|t| t.elapsed() >= self.long_enough) {
+        // A connection that lived long enough resets the backoff, unless it ended silent:
+        // a path that stays silent must not be retried at full speed forever.
+        let lived = self.since.take().is_some_and(|t| t.elapsed() >= self.long_enough);
+        if lived && !matches!(error, LinkError::Silent(_)) {
             self.backoff.reset();
         }
         let link = self.link.as_str();

@@ -138,10 +138,17 @@ pub(crate) struct Shared {
     pub(crate) read_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// History reads accepted and not answered yet (bounded by `history_read_queue`).
     pub(crate) reads_waiting: AtomicUsize,
-    /// The highest canary number that came back on the pub/sub connection (the reader
-    /// sets it, the supervisor compares), and the wake-up for the supervisor.
-    pub(crate) canary_seen: AtomicU64,
+    /// The canary number the supervisor waits for (0: none), set before its PUBLISH; the
+    /// reader marks it seen when exactly that number comes back, and wakes the supervisor.
+    /// Any other payload on the canary channel is ignored.
+    pub(crate) canary_expected: AtomicU64,
+    pub(crate) canary_seen: AtomicBool,
     pub(crate) canary_back: tokio::sync::Notify,
+    /// Messages the pub/sub reader has taken off its stream (any channel), and whether it
+    /// is waiting for room in a delivery worker's queue now: a canary stuck behind a
+    /// backlog is a busy reader, not a silent connection.
+    pub(crate) reader_progress: AtomicU64,
+    pub(crate) reader_waiting: AtomicBool,
     /// This process's part of every epoch it proposes (random).
     epoch_seed: String,
     /// Numbers the epochs this process proposes.
@@ -187,8 +194,11 @@ impl Shared {
             reads,
             reads_waiting: AtomicUsize::new(0),
             read_conn: tokio::sync::Mutex::new(None),
-            canary_seen: AtomicU64::new(0),
+            canary_expected: AtomicU64::new(0),
+            canary_seen: AtomicBool::new(false),
             canary_back: tokio::sync::Notify::new(),
+            reader_progress: AtomicU64::new(0),
+            reader_waiting: AtomicBool::new(false),
             epoch_seed,
             epochs: AtomicU64::new(0),
         }
@@ -255,10 +265,13 @@ impl Shared {
         self.metrics.relay_up.set(i64::from(both));
     }
 
-    /// The reader saw canary `payload` (8 bytes, big-endian number) come back.
+    /// The reader saw `payload` on the canary channel: the awaited canary (8 bytes,
+    /// big-endian, the expected number) or something to ignore.
     pub(crate) fn canary_arrived(&self, payload: &[u8]) {
-        if let Ok(n) = <[u8; 8]>::try_from(payload) {
-            self.canary_seen.fetch_max(u64::from_be_bytes(n), Ordering::AcqRel);
+        let Ok(n) = <[u8; 8]>::try_from(payload) else { return };
+        let n = u64::from_be_bytes(n);
+        if n != 0 && n == self.canary_expected.load(Ordering::Acquire) {
+            self.canary_seen.store(true, Ordering::Release);
             self.canary_back.notify_one();
         }
     }

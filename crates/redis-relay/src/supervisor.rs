@@ -25,18 +25,25 @@
 //!
 //! The canary: every `canary_interval` (while up) the supervisor PUBLISHes a number to
 //! this node's canary channel, which every pub/sub connection subscribes first, over the
-//! publish connection (directly, not through the publish queue: it must not wait behind
-//! a backlog, and its order does not matter). Redis answers how many connections received
-//! it: 0 means this connection's subscriptions are gone although it still answers PING; 1
-//! starts a `canary_timeout` clock, which the reader stops when the number comes back. A
-//! silent connection (either way) counts `herald_relay_canary_failures_total` and is
-//! replaced like a failed one: reconnect, resubscribe everything, fill the gap from
-//! history. A canary PUBLISH that fails is the publish connection's problem (its own
-//! heartbeat replaces it) and proves nothing about pub/sub: that round is skipped.
+//! publish connection (from a task of its own, not through the publish queue: it must
+//! neither wait behind a backlog nor hold up this loop). Redis answers how many
+//! connections received it: 0 means this node's subscriptions are gone on the server the
+//! publish connection reaches (or that server is not the one the pub/sub connection is
+//! on, a demoted primary): both connections are replaced. Otherwise a `canary_timeout`
+//! clock starts, which the reader stops when exactly that number comes back. When the
+//! clock runs out the reader's progress decides: if it took other messages off the stream
+//! meanwhile, or waits for a delivery worker, the canary is behind a backlog and the wait
+//! goes on; only a connection that delivered nothing at all is silent. A silent
+//! connection counts `herald_relay_canary_failures_total` and is replaced like a failed
+//! one (reconnect, resubscribe everything, fill the gap from history), without resetting
+//! the backoff, so a path that stays silent is retried ever more slowly. A canary
+//! PUBLISH that fails is the publish connection's problem (its own heartbeat replaces it)
+//! and proves nothing about pub/sub: that round is skipped.
 //!
 //! It does not touch the publish connection (`publish_link`), publications (`publisher`) or
 //! inbound messages (`inbound`), beyond borrowing the first for the canary's PUBLISH.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use herald_broker::RelayError;
@@ -45,7 +52,7 @@ use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::link::{LinkError, Retry};
-use crate::shared::{Feed, Link, Shared};
+use crate::shared::{Feed, Link, PublishLink, Shared};
 use crate::subscriptions::Reconciler;
 
 /// Runs until the relay is cancelled.
@@ -175,14 +182,14 @@ async fn serve(
     };
     let mut canary_tick = tokio::time::interval_at(Instant::now() + canary_every, canary_every);
     canary_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The canary in flight: its number and when it must be back.
-    let mut outstanding: Option<(u64, Instant)> = None;
+    // The canary's PUBLISH in flight (a task: it shares the publish socket and must not
+    // hold up this loop), then the wait for it: until when, and the reader's progress then.
+    let mut sending: Option<(tokio::task::JoinHandle<CanaryReply>, Arc<PublishLink>)> = None;
+    let mut waiting: Option<(Instant, u64)> = None;
     loop {
         let deadline = rec.next_deadline();
-        if let Some((n, _)) = outstanding {
-            if shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) >= n {
-                outstanding = None;
-            }
+        if waiting.is_some() && shared.canary_seen.load(Ordering::Acquire) {
+            waiting = None;
         }
         tokio::select! {
             biased;
@@ -213,54 +220,79 @@ async fn serve(
                 subscribe(shared, sink, &gone, "UNSUBSCRIBE").await?;
                 rec.unsubscribed(&gone);
             }
-            _ = canary_tick.tick(), if canary_on && outstanding.is_none() => {
-                outstanding = send_canary(shared).await?;
+            _ = canary_tick.tick(), if canary_on && sending.is_none() && waiting.is_none() => {
+                sending = start_canary(shared);
             }
-            _ = shared.canary_back.notified(), if outstanding.is_some() => {}
-            _ = tokio::time::sleep_until(outstanding.map_or_else(Instant::now, |(_, at)| at)), if outstanding.is_some() => {
-                let (n, _) = outstanding.expect("guarded");
-                if shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) < n {
+            reply = async { (&mut sending.as_mut().expect("guarded").0).await }, if sending.is_some() => {
+                let (_, link) = sending.take().expect("guarded");
+                match reply {
+                    Ok(Ok(Ok(0))) => {
+                        // Redis delivered it to nobody: our subscriptions are gone (or the
+                        // publish connection talks to another server, a demoted primary):
+                        // both connections are replaced.
+                        shared.metrics.relay_canary_failures.inc();
+                        tracing::warn!("redis relay canary reached no subscriber: replacing both connections");
+                        link.failed.cancel();
+                        return Err(LinkError::Silent("the canary channel has no subscriber"));
+                    }
+                    Ok(Ok(Ok(_))) => {
+                        // The clock starts when Redis has it.
+                        let progress = shared.reader_progress.load(Ordering::Relaxed);
+                        waiting = Some((Instant::now() + cfg.canary_timeout, progress));
+                    }
+                    // Not sent (publish connection failed, timed out): proves nothing here.
+                    Ok(Ok(Err(e))) => tracing::debug!(error = %e, "redis relay canary not sent"),
+                    Ok(Err(_)) | Err(_) => tracing::debug!("redis relay canary not sent"),
+                }
+            }
+            _ = shared.canary_back.notified(), if waiting.is_some() => {}
+            _ = tokio::time::sleep_until(waiting.map_or_else(Instant::now, |(at, _)| at)), if waiting.is_some() => {
+                let (_, before) = waiting.take().expect("guarded");
+                let progress = shared.reader_progress.load(Ordering::Relaxed);
+                if shared.canary_seen.load(Ordering::Acquire) {
+                    // Back (the wake-up was still on its way).
+                } else if progress != before || shared.reader_waiting.load(Ordering::Relaxed) {
+                    // The reader is busy with what came before the canary: a backlog, not a
+                    // silent connection. Wait on.
+                    waiting = Some((Instant::now() + cfg.canary_timeout, progress));
+                } else {
                     shared.metrics.relay_canary_failures.inc();
                     tracing::warn!(
                         timeout_ms = cfg.canary_timeout.as_millis() as u64,
-                        "redis relay canary did not come back: replacing the pub/sub connection"
+                        "redis relay canary did not come back and nothing else arrived: replacing the pub/sub connection"
                     );
                     return Err(LinkError::Silent("the canary did not come back"));
                 }
-                outstanding = None;
             }
         }
     }
 }
 
-/// PUBLISHes the next canary over the publish connection. `Some((number, deadline))` when
-/// Redis delivered it to a subscriber (ours); `None` when the round proves nothing (the
-/// publish connection is down or failed); `Err(Silent)` when Redis says nobody listens.
-async fn send_canary(shared: &Shared) -> Result<Option<(u64, Instant)>, LinkError> {
+/// What the canary's PUBLISH answered within `command_timeout`: Redis's reply (how many
+/// connections received it). Awaiting its task adds the task's own failure.
+type CanaryReply = Result<Result<i64, redis::RedisError>, tokio::time::error::Elapsed>;
+
+/// Starts the next canary's PUBLISH over the publish connection, on a task of its own;
+/// `None` while the publish connection is down (the round proves nothing). The number is
+/// registered as awaited first, so the reader cannot miss a quick answer.
+fn start_canary(shared: &Shared) -> Option<(tokio::task::JoinHandle<CanaryReply>, Arc<PublishLink>)> {
     let cfg = &shared.config;
-    let Some(link) = shared.publish_link.borrow().clone() else {
-        return Ok(None);
+    let link = shared.publish_link.borrow().clone()?;
+    let n = match shared.canary_expected.load(Ordering::Acquire).wrapping_add(1) {
+        0 => 1,
+        n => n,
     };
-    let n = shared.canary_seen.load(std::sync::atomic::Ordering::Acquire) + 1;
+    shared.canary_seen.store(false, Ordering::Release);
+    shared.canary_expected.store(n, Ordering::Release);
+    shared.metrics.relay_canaries.inc();
     let mut conn = link.conn.clone();
     let cmd = redis::cmd("PUBLISH")
         .arg(cfg.canary_channel())
         .arg(&n.to_be_bytes()[..])
         .to_owned();
-    let sent = Instant::now();
-    match timeout(cfg.command_timeout, cmd.query_async::<i64>(&mut conn)).await {
-        Ok(Ok(0)) => {
-            shared.metrics.relay_canary_failures.inc();
-            tracing::warn!("redis relay canary reached no subscriber: replacing the pub/sub connection");
-            Err(LinkError::Silent("the canary channel has no subscriber"))
-        }
-        Ok(Ok(_)) => Ok(Some((n, sent + cfg.canary_timeout))),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "redis relay canary not sent");
-            Ok(None)
-        }
-        Err(_) => Ok(None),
-    }
+    let limit = cfg.command_timeout;
+    let task = tokio::spawn(async move { timeout(limit, cmd.query_async::<i64>(&mut conn)).await });
+    Some((task, link))
 }
 
 /// Lets a burst of hints accumulate: `subscribe_batch_window`, or

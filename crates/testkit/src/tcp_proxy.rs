@@ -8,6 +8,9 @@
 //! the node, while every other reply (PONG, subscribe confirmations, PUBLISH counts) still
 //! passes. The connection looks healthy to PING and delivers nothing: the "subscribed but
 //! silent" failure a relay's canary must catch.
+//!
+//! Each proxied connection ends as a whole as soon as either direction ends (no half-close
+//! is relayed), which is all Redis clients need.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,30 +120,58 @@ impl TcpProxy {
 }
 
 /// Copies Redis's replies to the node frame by frame, dropping pub/sub message pushes while
-/// `muted`. Ends when either side does or the stream is not RESP2.
+/// `muted`. A stream that is not RESP2 (RESP3, TLS) is passed through as raw bytes from
+/// the first frame it cannot read. Ends when either side does.
 async fn copy_replies(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, muted: &AtomicBool) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut raw = false;
     loop {
         let n = from.read(&mut chunk).await?;
         if n == 0 {
             return Ok(());
         }
+        if raw {
+            to.write_all(&chunk[..n]).await?;
+            continue;
+        }
         buf.extend_from_slice(&chunk[..n]);
         let mut start = 0;
         let mut out = Vec::with_capacity(buf.len());
-        while let Some(len) = resp_frame_len(&buf[start..]) {
-            let frame = &buf[start..start + len];
-            if !(muted.load(Ordering::SeqCst) && is_message_push(frame)) {
-                out.extend_from_slice(frame);
+        loop {
+            match resp_frame_len(&buf[start..]) {
+                Frame::Whole(len) => {
+                    let frame = &buf[start..start + len];
+                    if !(muted.load(Ordering::SeqCst) && is_message_push(frame)) {
+                        out.extend_from_slice(frame);
+                    }
+                    start += len;
+                }
+                Frame::Partial => break,
+                Frame::NotResp2 => {
+                    raw = true;
+                    out.extend_from_slice(&buf[start..]);
+                    start = buf.len();
+                    break;
+                }
             }
-            start += len;
         }
         buf.drain(..start);
         if !out.is_empty() {
             to.write_all(&out).await?;
         }
     }
+}
+
+/// What [`resp_frame_len`] found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A complete frame of this many bytes.
+    Whole(usize),
+    /// The start of a frame; more bytes are needed.
+    Partial,
+    /// Not RESP2.
+    NotResp2,
 }
 
 /// Whether a whole RESP2 frame is a pub/sub push: an array whose first element is the bulk
@@ -159,31 +190,46 @@ fn is_message_push(frame: &[u8]) -> bool {
         })
 }
 
-/// The length of the first complete RESP2 frame in `buf`, or `None` if it is incomplete.
-fn resp_frame_len(buf: &[u8]) -> Option<usize> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&buf[1..line_end]).ok()?;
-    let head = line_end + 2;
-    match *buf.first()? {
-        b'+' | b'-' | b':' => Some(head),
-        b'$' => {
-            let n: i64 = line.parse().ok()?;
-            if n < 0 {
-                return Some(head);
-            }
-            let end = head + n as usize + 2;
-            (buf.len() >= end).then_some(end)
-        }
-        b'*' => {
-            let n: i64 = line.parse().ok()?;
-            let mut at = head;
-            for _ in 0..n.max(0) {
-                at += resp_frame_len(&buf[at..])?;
-            }
-            Some(at)
-        }
-        _ => None,
+/// The first RESP2 frame in `buf`: complete (its length), incomplete, or not RESP2.
+fn resp_frame_len(buf: &[u8]) -> Frame {
+    let Some(&kind) = buf.first() else {
+        return Frame::Partial;
+    };
+    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+        return Frame::NotResp2;
     }
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Frame::Partial;
+    };
+    let head = line_end + 2;
+    if matches!(kind, b'+' | b'-' | b':') {
+        return Frame::Whole(head);
+    }
+    let Some(n) = std::str::from_utf8(&buf[1..line_end])
+        .ok()
+        .and_then(|l| l.parse::<i64>().ok())
+    else {
+        return Frame::NotResp2;
+    };
+    if kind == b'$' {
+        if n < 0 {
+            return Frame::Whole(head);
+        }
+        let end = head + n as usize + 2;
+        return if buf.len() >= end {
+            Frame::Whole(end)
+        } else {
+            Frame::Partial
+        };
+    }
+    let mut at = head;
+    for _ in 0..n.max(0) {
+        match resp_frame_len(&buf[at..]) {
+            Frame::Whole(len) => at += len,
+            other => return other,
+        }
+    }
+    Frame::Whole(at)
 }
 
 impl Drop for TcpProxy {
@@ -199,16 +245,19 @@ mod tests {
     #[test]
     fn splits_resp2_frames_and_spots_message_pushes() {
         let msg = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n";
-        assert_eq!(resp_frame_len(msg), Some(msg.len()));
+        assert_eq!(resp_frame_len(msg), Frame::Whole(msg.len()));
         assert!(is_message_push(msg));
         let pong = b"*2\r\n$4\r\npong\r\n$0\r\n\r\n";
-        assert_eq!(resp_frame_len(pong), Some(pong.len()));
+        assert_eq!(resp_frame_len(pong), Frame::Whole(pong.len()));
         assert!(!is_message_push(pong));
-        assert_eq!(resp_frame_len(b":1\r\n"), Some(4));
-        assert_eq!(resp_frame_len(b"$-1\r\n"), Some(5));
-        assert_eq!(resp_frame_len(&msg[..msg.len() - 1]), None, "incomplete");
+        assert_eq!(resp_frame_len(b":1\r\n"), Frame::Whole(4));
+        assert_eq!(resp_frame_len(b"$-1\r\n"), Frame::Whole(5));
+        assert_eq!(resp_frame_len(&msg[..msg.len() - 1]), Frame::Partial, "incomplete");
+        assert_eq!(resp_frame_len(b"%1\r\n"), Frame::NotResp2, "RESP3 map");
+        assert_eq!(resp_frame_len(b"$x\r\n"), Frame::NotResp2);
+        assert_eq!(resp_frame_len(b"\r\n"), Frame::NotResp2);
         let sub = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
-        assert_eq!(resp_frame_len(sub), Some(sub.len()));
+        assert_eq!(resp_frame_len(sub), Frame::Whole(sub.len()));
         assert!(!is_message_push(sub));
     }
 }
