@@ -80,7 +80,8 @@ $(JS_CLIENT)/node_modules/.package-lock.json: $(JS_CLIENT)/package-lock.json $(J
 EXAMPLES := examples
 EXAMPLES_VENV := $(TARGET_DIR)/examples-venv
 examples: $(EXAMPLES)/node_modules/.package-lock.json $(JS_CLIENT)/node_modules/.package-lock.json $(EXAMPLES_VENV)/.installed
-	$(CARGO) build -p herald-gateway --bin herald -p herald-example
+	$(CARGO) build -p herald-gateway --bin herald
+	$(CARGO) build -p herald-example
 	cd $(EXAMPLES) && HERALD_BIN='$(HERALD_BIN)' EXAMPLES_PYTHON='$(EXAMPLES_VENV)/bin/python' \
 	  EXAMPLES_RUST_BIN='$(TARGET_DIR)/debug/herald-example' node --test test/
 
