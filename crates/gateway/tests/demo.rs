@@ -33,6 +33,16 @@ fn demo_names(module: &str) -> Value {
     serde_json::from_str(json).unwrap()
 }
 
+/// The next frame that is not a `message` (an ack or an error), skipping system messages.
+async fn answer(c: &mut WireClient) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
+        if v["type"] != "message" {
+            return v;
+        }
+    }
+}
+
 async fn json_client(node: &TestNode, path: &str) -> WireClient {
     let mut c = WireClient::connect(node.ws_addr(), path).await.unwrap();
     let welcome: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
@@ -285,33 +295,18 @@ async fn renamed_system_topics_are_the_ones_published_reserved_and_served_to_the
     c.send_text(r#"{"op":"publish","topic":"sys.figures","data":1,"id":1}"#)
         .await
         .unwrap();
-    let v = loop {
-        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
-        if v["type"] != "message" {
-            break v;
-        }
-    };
+    let v = answer(&mut c).await;
     assert_eq!(v["code"], "forbidden", "{v}");
     c.send_text(r#"{"op":"publish","topic":"herald.time","data":1,"id":2}"#)
         .await
         .unwrap();
-    let v = loop {
-        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
-        if v["type"] != "message" {
-            break v;
-        }
-    };
+    let v = answer(&mut c).await;
     assert_eq!(v, serde_json::json!({"type":"ack","id":2}));
     // The chat topic keeps history under its new name.
     c.send_text(r#"{"op":"publish","topic":"room.lobby","data":{"name":"a","text":"b"},"id":3}"#)
         .await
         .unwrap();
-    let v = loop {
-        let v: Value = serde_json::from_str(&c.read_text(WAIT).await.unwrap()).unwrap();
-        if v["type"] != "message" {
-            break v;
-        }
-    };
+    let v = answer(&mut c).await;
     assert_eq!(v["offset"], 1, "{v}");
     node.shutdown().await;
 }
