@@ -1,20 +1,18 @@
 //! Abuse defences over real sockets: per-connection publish rate limits (refused with
-//! `rate_limited`, recovered after the refill, a flooder closed with 1008, and other
-//! clients' latency kept low while one connection floods), the Origin allow-list (403
+//! `rate_limited`, recovered after the refill, a flooder closed with 1008; the latency
+//! probe under a flood is `flood.rs`), the Origin allow-list (403
 //! `origin_not_allowed` before the upgrade), publish-only admin keys (403 `forbidden`
 //! outside the publish endpoints) and the listen backlog (read back from the kernel).
 
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::raw_frames::{masked_binary_frame, read_until_close};
 use common::{assert_error, Api, KEY};
-use herald_testkit::fleet::{HeraldProcess, NodeSpec, TempDir};
-use herald_testkit::node::{http_request, parse_metric, TestNode};
+use herald_testkit::node::{http_request, TestNode};
 use herald_testkit::wire::WireClient;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -118,55 +116,6 @@ async fn the_byte_limit_counts_payload_bytes() {
     node.shutdown().await;
 }
 
-/// The bytes of one masked binary frame of `payload`.
-fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x82];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let key = [0x11, 0x22, 0x33, 0x44];
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
-}
-
-/// Reads server frames from `r` until a close frame; its code and reason.
-async fn read_until_close(r: &mut (impl AsyncReadExt + Unpin), mut buf: Vec<u8>) -> Result<(u16, String)> {
-    loop {
-        while buf.len() >= 2 {
-            let (len, head) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into()?) as usize, 10),
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if buf.len() < head + len {
-                break;
-            }
-            if buf[0] & 0x0f == 8 {
-                let p = &buf[head..head + len];
-                let code = u16::from_be_bytes([p[0], p[1]]);
-                return Ok((code, String::from_utf8_lossy(&p[2..]).into_owned()));
-            }
-            buf.drain(..head + len);
-        }
-        let mut chunk = [0u8; 8192];
-        let n = r.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("closed without a close frame");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test]
 async fn a_raw_connection_that_stays_over_its_limit_is_dropped_counted_and_closed_with_1008() {
     let node = TestNode::start_with(|c| {
@@ -229,197 +178,6 @@ async fn a_raw_connection_that_stays_over_its_limit_is_dropped_counted_and_close
         1.0
     );
     node.shutdown().await;
-}
-
-/// Subscribers of the flooded topic.
-const FLOOD_SUBSCRIBERS: usize = 32;
-
-/// What the latency probe saw while one raw connection flooded 64 KiB frames.
-struct FloodOutcome {
-    /// End-to-end latencies of the probe's messages, sorted, in ms.
-    latencies_ms: Vec<f64>,
-    /// How and when the flooder was closed (`None`: not within the run).
-    closed: Option<((u16, String), Duration)>,
-    frames_sent: u64,
-    metrics: String,
-}
-
-/// A real `herald` process (the defaults, plus `env`); one raw connection floods
-/// `/raw/flood` with 64 KiB frames as fast as it can ([`FLOOD_SUBSCRIBERS`] drain that topic)
-/// while a second client publishes small timestamped messages to `lat` every 5 ms, read
-/// by a third. Runs until the flooder is closed or `run` has passed.
-async fn flood_with_probe(env: &[(&str, &str)], run: Duration) -> FloodOutcome {
-    let dir = TempDir::new("abuse-flood").unwrap();
-    let spec = NodeSpec::new("flood-node", env).unwrap();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_herald"));
-    let node = HeraldProcess::start(bin, spec, &dir).await.unwrap();
-    let ws = node.spec.ws_addr();
-
-    // The flood's subscribers, reading as fast as they can: its fan-out is what costs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let drained = Arc::new(AtomicU64::new(0));
-    let mut drain_tasks = Vec::new();
-    for _ in 0..FLOOD_SUBSCRIBERS {
-        let mut s = WireClient::connect(ws, "/raw/flood").await.unwrap().stream;
-        let (stop, drained) = (stop.clone(), drained.clone());
-        drain_tasks.push(tokio::spawn(async move {
-            let mut chunk = vec![0u8; 1 << 16];
-            while !stop.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => drop(drained.fetch_add(n as u64, Ordering::Relaxed)),
-                    Err(_) => {}
-                }
-            }
-        }));
-    }
-    let mut probe_sub = json_client(ws, "/ws?topics=lat").await;
-    let mut probe_pub = json_client(ws, "/ws").await;
-
-    let flooder = WireClient::connect(ws, "/raw/flood?echo=false").await.unwrap();
-    let (buf, mut rd, mut wr) = flooder.into_split();
-    let payload: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-    let frame = masked_binary_frame(&payload);
-    let t0 = Instant::now();
-    let flood = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) && t0.elapsed() < run {
-                if wr.write_all(&frame).await.is_err() {
-                    break;
-                }
-                sent += 1;
-            }
-            sent
-        })
-    };
-    let close_watch = tokio::spawn(async move {
-        let close = read_until_close(&mut rd, buf).await.ok();
-        close.map(|c| (c, t0.elapsed()))
-    });
-    let publisher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            while !stop.load(Ordering::Relaxed) && t0.elapsed() < run {
-                tick.tick().await;
-                let us = t0.elapsed().as_micros() as u64;
-                let msg = format!(r#"{{"op":"publish","topic":"lat","data":{us}}}"#);
-                if probe_pub.send_text(&msg).await.is_err() {
-                    break;
-                }
-            }
-            probe_pub
-        })
-    };
-    let mut latencies_ms = Vec::new();
-    // Warm-up: the first half second is not measured.
-    while t0.elapsed() < run && !close_watch.is_finished() {
-        let v = match probe_sub.read_json(Duration::from_secs(2)).await {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("probe: {e:#}");
-                continue;
-            }
-        };
-        let sent_us = v["data"].as_u64().expect("a timestamp");
-        if sent_us >= 500_000 {
-            let now_us = t0.elapsed().as_micros() as u64;
-            let l = now_us.saturating_sub(sent_us) as f64 / 1000.0;
-            if std::env::var_os("FLOOD_TRACE").is_some() && l > 20.0 {
-                eprintln!("t={:.3}s latency {l:.1} ms", sent_us as f64 / 1e6);
-            }
-            latencies_ms.push(l);
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let closed = if close_watch.is_finished() {
-        close_watch.await.unwrap()
-    } else {
-        close_watch.abort();
-        None
-    };
-    let frames_sent = flood.await.unwrap();
-    let _ = publisher.await;
-    for t in drain_tasks {
-        let _ = t.await;
-    }
-    let (_, body) = http_request(node.spec.admin_addr(), "GET", "/metrics", &[], b"")
-        .await
-        .unwrap();
-    latencies_ms.sort_by(f64::total_cmp);
-    FloodOutcome {
-        latencies_ms,
-        closed,
-        frames_sent,
-        metrics: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    assert!(!sorted.is_empty(), "the probe got no message at all");
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_default_limits_one_flooding_connection_cannot_slow_the_others_and_is_closed() {
-    // The defaults: 4 MiB/s and an 8 MiB burst per connection, closed after 10 s over.
-    let out = flood_with_probe(&[], Duration::from_secs(14)).await;
-    let l = &out.latencies_ms;
-    assert!(l.len() >= 1000, "the probe got {} messages", l.len());
-    let (p50, p99, max) = (pct(l, 0.5), pct(l, 0.99), l[l.len() - 1]);
-    eprintln!(
-        "probe latency while flooding: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms over {} messages; \
-         flooder sent {} frames",
-        l.len(),
-        out.frames_sent
-    );
-    assert!(p99 < 100.0, "p99 {p99} ms (p50 {p50}, max {max})");
-    let ((code, reason), at) = out.closed.expect("the flooder was closed");
-    assert_eq!(code, 1008);
-    assert!(reason.contains("publish rate limit exceeded"), "{reason}");
-    assert!(
-        (Duration::from_secs(9)..Duration::from_secs(13)).contains(&at),
-        "closed at {at:?}"
-    );
-    let raw_published = parse_metric(&out.metrics, r#"herald_messages_published_total{source="raw"}"#);
-    let limited = parse_metric(&out.metrics, r#"herald_rate_limited_total{mode="raw"}"#);
-    // 8 MiB burst = 128 frames, then 64 frames/s.
-    let bound = 128.0 + 64.0 * (at.as_secs_f64() + 0.5);
-    assert!(raw_published <= bound, "{raw_published} published, bound {bound}");
-    assert!(
-        limited > 10.0 * raw_published,
-        "{limited} refused, {raw_published} published"
-    );
-    assert_eq!(
-        parse_metric(
-            &out.metrics,
-            r#"herald_connections_closed_total{reason="rate_limited"}"#
-        ),
-        1.0
-    );
-}
-
-/// The same run with the limits off: the check above would fail. Run by hand
-/// (`cargo test -p herald-gateway --test abuse -- --ignored`) to see that the test can fail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement of the unprotected node, for showing the latency test can fail"]
-async fn without_limits_one_flooding_connection_slows_everyone() {
-    let env = [
-        ("HERALD_LIMITS__PUBLISH_PER_SECOND", "0"),
-        ("HERALD_LIMITS__PUBLISH_BYTES_PER_SECOND", "0"),
-    ];
-    let out = flood_with_probe(&env, Duration::from_secs(8)).await;
-    let l = &out.latencies_ms;
-    let (p50, p99, max) = (pct(l, 0.5), pct(l, 0.99), l[l.len() - 1]);
-    eprintln!(
-        "without limits: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms over {} messages; flooder sent {} frames",
-        l.len(),
-        out.frames_sent
-    );
-    assert!(out.closed.is_none());
-    assert!(p99 >= 100.0, "p99 {p99} ms: the flood did not hurt");
 }
 
 // ---------------------------------------------------------------------------------------

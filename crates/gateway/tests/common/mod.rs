@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod openapi;
+pub mod raw_frames;
 
 use std::net::SocketAddr;
 use std::time::Duration;
