@@ -107,6 +107,13 @@ cluster:
 cluster-down:
 	scripts/cluster.sh down
 
+.PHONY: bench-shards
+
+## bench-shards: Redis CPU per cross-node message, one Redis vs topics sharded over 3 (3 interleaved rounds, ~2 min)
+bench-shards:
+	$(CARGO) build --release -p herald-gateway -p herald-loadtest
+	HERALD_BIN='$(TARGET_DIR)/release/herald' LOADTEST_BIN='$(TARGET_DIR)/release/herald-loadtest' scripts/bench-shards.sh
+
 .PHONY: loadtest
 
 ## loadtest: ~30 s cross-node run of herald-loadtest on a local cluster (uses a running

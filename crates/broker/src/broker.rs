@@ -206,6 +206,11 @@ impl Broker {
         self.relay.shards()
     }
 
+    /// The relay shard that carries `topic` (`None` unless the relay is sharded).
+    pub fn relay_shard_of(&self, topic: &str) -> Option<Arc<str>> {
+        self.relay.shard_of(topic)
+    }
+
     /// Resolves once the relay listens for `topic`, so that every message another node
     /// publishes to it from then on reaches this node's subscribers (at once on a single
     /// node). Call after [`Broker::subscribe`].
@@ -627,7 +632,14 @@ impl RelaySink for Broker {
     }
 
     fn relinked(&self) {
+        self.relinked_topics(&|_| true);
+    }
+
+    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
         for t in self.registry.stream_topics() {
+            if !owns(t.name()) {
+                continue;
+            }
             let start = t
                 .stream()
                 .and_then(|s| s.sequence.lock().unwrap_or_else(|p| p.into_inner()).start_fill());

@@ -165,6 +165,13 @@ pub trait RelaySink: Send + Sync {
     /// each history topic's stream from the last offset it delivered and delivers what
     /// it missed. Must not block.
     fn relinked(&self) {}
+    /// [`relinked`](Self::relinked) for the topics `owns` accepts only: one shard of a
+    /// sharded relay came back, and only its topics missed anything. The default fills
+    /// every topic.
+    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
+        let _ = owns;
+        self.relinked();
+    }
 }
 
 /// See the module docs.
@@ -191,6 +198,12 @@ pub trait Relay: Send + Sync {
             name: Arc::from("0"),
             state: self.state(),
         }]
+    }
+    /// The name of the shard that carries `topic` (a sharded relay); `None` for a relay
+    /// that is not sharded.
+    fn shard_of(&self, topic: &str) -> Option<Arc<str>> {
+        let _ = topic;
+        None
     }
     /// Sends a control message to every other node (not to this one). `Ok` once the
     /// backend has it: every node listening then gets it. Must not block. The default is

@@ -163,6 +163,10 @@ pub struct RelayConfig {
 pub struct RedisConfig {
     /// Redis server for `relay.kind = "redis"`.
     pub url: String,
+    /// Several independent Redis servers to shard topics over (each topic on one of
+    /// them, by rendezvous hashing of its name). When given, replaces `url`. Every node
+    /// must list the same set; the order does not matter.
+    pub urls: Vec<String>,
     /// Prefix of every Redis channel: a topic `t` travels on `<prefix>t`.
     pub channel_prefix: String,
     /// Heartbeat PING period on the relay's connections.
@@ -394,6 +398,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/".into(),
+            urls: Vec::new(),
             channel_prefix: "herald:".into(),
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 1000,
@@ -703,12 +708,36 @@ impl Config {
         }
         match self.relay.kind.as_str() {
             "memory" => {}
-            "redis" => {
+            "redis" if self.redis.urls.is_empty() => {
                 if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
                     p.push(format!(
                         "redis.url: {:?} must start with redis:// or rediss://",
                         self.redis.url
                     ));
+                }
+            }
+            "redis" => {
+                if self.redis.urls.len() > herald_redis::MAX_SHARDS {
+                    p.push(format!(
+                        "redis.urls: at most {} Redis servers, got {}",
+                        herald_redis::MAX_SHARDS,
+                        self.redis.urls.len()
+                    ));
+                }
+                let mut names = Vec::new();
+                for (i, url) in self.redis.urls.iter().enumerate() {
+                    // Only the shard's name goes into a message: a URL may carry a password.
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        p.push(format!("redis.urls[{i}]: must start with redis:// or rediss://"));
+                        continue;
+                    }
+                    match herald_redis::shard_name(url) {
+                        Ok(name) if names.contains(&name) => {
+                            p.push(format!("redis.urls[{i}]: {name} is listed twice"));
+                        }
+                        Ok(name) => names.push(name),
+                        Err(e) => p.push(format!("redis.urls[{i}]: not a usable Redis URL ({e})")),
+                    }
                 }
             }
             other => p.push(format!("relay.kind: {other:?} is not one of \"memory\", \"redis\"")),
@@ -1111,6 +1140,31 @@ mod tests {
         assert_eq!(c.redis.url, "redis://127.0.0.1:7000/");
         assert_eq!(w.len(), 1, "unknown HERALD_ variable warned about: {w:?}");
         f.1.flush().unwrap();
+    }
+
+    #[test]
+    fn redis_urls_come_as_a_comma_separated_list_and_are_checked_without_leaking_passwords() {
+        let load = |urls: &str| {
+            Config::load(
+                None,
+                env(&[("HERALD_RELAY__KIND", "redis"), ("HERALD_REDIS__URLS", urls)]),
+                &CliOverrides::default(),
+            )
+        };
+        let (c, _) = load("redis://10.0.0.2:6379/, redis://10.0.0.3:6379/").unwrap();
+        assert_eq!(c.redis.urls, vec!["redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"]);
+        let text = load("redis://:hunter2@10.0.0.2:6379/,redis://:hunter2@10.0.0.2:6379")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("redis.urls[1]: 10.0.0.2:6379 is listed twice"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let text = load("redis://10.0.0.2:6379/,http://:hunter2@10.0.0.3/")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("redis.urls[1]: must start with redis://"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        // A different database on the same server is another shard.
+        assert!(load("redis://10.0.0.2:6379/0,redis://10.0.0.2:6379/1").is_ok());
     }
 
     #[test]

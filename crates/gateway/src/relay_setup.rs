@@ -1,17 +1,19 @@
-//! Builds the Redis relay from the node's configuration and ties its lifetime to the
-//! node's: it stops when the drain reaches its last phase (`stop_all`).
+//! Builds the Redis relay (over one Redis, or sharded over several) from the node's
+//! configuration and ties its lifetime to the node's: it stops when the drain reaches its
+//! last phase (`stop_all`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_broker::{BrokerMetrics, Relay};
-use herald_redis::{RedisRelay, RedisRelayConfig};
+use herald_redis::{RedisRelay, RedisRelayConfig, ShardedRelay};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
-/// Starts the Redis relay. It connects in the background: a node starts (not ready) while
+/// Starts the Redis relay: over `redis.url`, or sharded over `redis.urls` when that lists
+/// two or more servers. It connects in the background: a node starts (not ready) while
 /// Redis is down and becomes ready when the relay is up.
 pub fn start_redis(
     config: &Config,
@@ -21,7 +23,34 @@ pub fn start_redis(
     tasks: &TaskTracker,
 ) -> Result<Arc<dyn Relay>, herald_redis::RelayStartError> {
     let r = &config.redis;
-    let mut rc = RedisRelayConfig::new(&r.url, node_id);
+    let urls: Vec<&str> = if r.urls.is_empty() {
+        vec![r.url.as_str()]
+    } else {
+        r.urls.iter().map(String::as_str).collect()
+    };
+    if let [url] = urls[..] {
+        let relay = RedisRelay::start(relay_config(config, url, node_id), metrics, stop.child_token())?;
+        let handle = relay.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            handle.shutdown().await;
+        });
+        return Ok(relay);
+    }
+    let configs = urls.iter().map(|url| relay_config(config, url, node_id)).collect();
+    let relay = ShardedRelay::start(configs, metrics, stop.child_token())?;
+    let handle = relay.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        handle.shutdown().await;
+    });
+    Ok(relay)
+}
+
+/// The relay settings for one Redis server, from the node's `[redis]` section.
+fn relay_config(config: &Config, url: &str, node_id: &str) -> RedisRelayConfig {
+    let r = &config.redis;
+    let mut rc = RedisRelayConfig::new(url, node_id);
     rc.channel_prefix = r.channel_prefix.clone();
     rc.topic_rules = config.topic_rules();
     rc.heartbeat_interval = Duration::from_millis(r.heartbeat_interval_ms);
@@ -36,11 +65,5 @@ pub fn start_redis(
     rc.canary_interval = Duration::from_millis(r.canary_interval_ms);
     rc.canary_timeout = Duration::from_millis(r.canary_timeout_ms);
     rc.max_payload_bytes = config.limits.max_message_bytes;
-    let relay = RedisRelay::start(rc, metrics, stop.child_token())?;
-    let handle = relay.clone();
-    tasks.spawn(async move {
-        stop.cancelled().await;
-        handle.shutdown().await;
-    });
-    Ok(relay)
+    rc
 }

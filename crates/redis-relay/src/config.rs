@@ -100,6 +100,10 @@ pub struct RedisRelayConfig {
     pub canary_interval: Duration,
     /// How long a canary Redis accepted may take to come back (default 3 s).
     pub canary_timeout: Duration,
+    /// Whether this relay sets `herald_relay_up` itself (default `true`). A shard of a
+    /// [`ShardedRelay`](crate::ShardedRelay) does not: the gauge is the whole relay's, and
+    /// the gateway derives it from the sharded relay's state.
+    pub sets_relay_up_gauge: bool,
 }
 
 impl Default for RedisRelayConfig {
@@ -129,6 +133,7 @@ impl Default for RedisRelayConfig {
             history_read_queue: 4096,
             canary_interval: Duration::from_secs(5),
             canary_timeout: Duration::from_secs(3),
+            sets_relay_up_gauge: true,
         }
     }
 }

@@ -118,9 +118,11 @@ mod publish_link;
 mod publisher;
 mod relay;
 mod scripts;
+mod sharded;
 mod shared;
 mod subscriptions;
 mod supervisor;
 
 pub use config::{RedisRelayConfig, RelayStartError, APPEND_BATCH_LIMIT};
 pub use relay::RedisRelay;
+pub use sharded::{shard_name, ShardRouter, ShardedRelay, MAX_SHARDS};

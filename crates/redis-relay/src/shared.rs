@@ -166,7 +166,9 @@ impl Shared {
     ) -> Self {
         let unrelayed = metrics.dropped.with_label_values(&["relay_unavailable"]);
         let sent = metrics.relay_messages.with_label_values(&["out"]);
-        metrics.relay_up.set(0);
+        if config.sets_relay_up_gauge {
+            metrics.relay_up.set(0);
+        }
         let reads = Semaphore::new(config.history_read_concurrency);
         let epoch_seed = {
             use rand::Rng;
@@ -262,7 +264,9 @@ impl Shared {
             }
             l.was_up = true;
         }
-        self.metrics.relay_up.set(i64::from(both));
+        if self.config.sets_relay_up_gauge {
+            self.metrics.relay_up.set(i64::from(both));
+        }
     }
 
     /// The reader saw `payload` on the canary channel: the awaited canary (8 bytes,

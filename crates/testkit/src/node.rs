@@ -227,27 +227,9 @@ impl RedisCluster {
         Ok(cluster)
     }
 
-    /// Waits until every node's `/readyz` answers 200.
+    /// Waits until every node is wholly ready (200 with reason `ready`).
     pub async fn wait_ready(&self, within: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + within;
-        for n in &self.nodes {
-            loop {
-                // Wholly ready: 200 with reason `ready` (a relay that is still down leaves the
-                // node ready but `degraded`).
-                let (status, body) = http_request(n.admin_addr(), "GET", "/readyz", &[], b"").await?;
-                let reason = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["reason"].as_str().map(str::to_owned));
-                if status == 200 && reason.as_deref() == Some("ready") {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("node {} not ready within {within:?}", n.node.node_id());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(())
+        wait_nodes_ready(&self.nodes, within).await
     }
 
     /// Waits until Redis reports `expected` subscribers on `channel`.
@@ -260,6 +242,87 @@ impl RedisCluster {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("{channel}: {n} subscribers, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// Waits until each of `nodes` answers `/readyz` with 200 and reason `ready` (a relay
+/// that is still down, or a shard of it, leaves a node ready but `degraded`).
+pub async fn wait_nodes_ready(nodes: &[TestNode], within: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    for n in nodes {
+        loop {
+            let (status, body) = http_request(n.admin_addr(), "GET", "/readyz", &[], b"").await?;
+            let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_owned));
+            if status == 200 && reason.as_deref() == Some("ready") {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("node {} not ready within {within:?}", n.node.node_id());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Nodes sharding their topics over several independent `redis-server`s
+/// (`redis.urls`), each owned by the test. Timings as in [`RedisCluster`].
+pub struct ShardedCluster {
+    pub redis: Vec<crate::redis::RedisServer>,
+    pub nodes: Vec<TestNode>,
+}
+
+impl ShardedCluster {
+    /// Starts `shards` Redis servers and `n` nodes listing all of them, and waits until
+    /// every node is ready with every shard up. `adjust` edits each node's configuration.
+    pub async fn start_with(shards: usize, n: usize, adjust: impl Fn(&mut Config)) -> Result<Self> {
+        let redis = (0..shards)
+            .map(|_| crate::redis::RedisServer::start())
+            .collect::<Result<Vec<_>>>()?;
+        let urls: Vec<String> = redis.iter().map(|r| r.url()).collect();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut c = redis_member_config(&format!("node-{i}"), &urls[0]);
+            c.redis.urls = urls.clone();
+            adjust(&mut c);
+            nodes.push(TestNode::start_config(c, None).await?);
+        }
+        let cluster = Self { redis, nodes };
+        cluster.wait_ready(Duration::from_secs(10)).await?;
+        Ok(cluster)
+    }
+
+    /// Each shard's name as nodes report it (`127.0.0.1:PORT`), in server order.
+    pub fn shard_names(&self) -> Vec<String> {
+        self.redis.iter().map(|r| r.addr().to_string()).collect()
+    }
+
+    /// Waits until every node is wholly ready.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        wait_nodes_ready(&self.nodes, within).await
+    }
+
+    /// Waits until shard `shard`'s Redis reports `expected` subscribers on `channel`.
+    pub async fn wait_numsub(&self, shard: usize, channel: &str, expected: i64, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.redis[shard].pubsub_numsub(channel)?;
+            if n == expected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("shard {shard}, {channel}: {n} subscribers, expected {expected}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -96,7 +96,7 @@ pub fn topics(state: &AppState, query: Option<&str>) -> ApiResult {
 /// `GET /api/topics/{topic}`: a topic nobody here listens to has 0 subscribers (a topic
 /// is a name, not an object that exists or not). A topic with history also shows its
 /// stream's `offset` (the latest) and `epoch`, read from history (the cluster's, on a
-/// Redis relay).
+/// Redis relay). On a sharded relay, `shard` names the Redis that carries the topic.
 pub async fn topic(state: &AppState, topic: &str) -> ApiResult {
     let mut by_mode = ByMode::default();
     let encodings = state.broker.encodings();
@@ -105,6 +105,9 @@ pub async fn topic(state: &AppState, topic: &str) -> ApiResult {
         .registry()
         .for_each_subscriber(topic, |s| by_mode.add(encodings.name(s.encoding)));
     let mut body = serde_json::json!({ "topic": topic, "subscribers": subscribers, "by_mode": by_mode });
+    if let Some(shard) = state.broker.relay_shard_of(topic) {
+        body["shard"] = serde_json::Value::String(shard.to_string());
+    }
     if let Some(head) = super::history::head(state, topic).await? {
         body["history"] = serde_json::Value::Bool(true);
         body["offset"] = head.offset.into();

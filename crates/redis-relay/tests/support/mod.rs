@@ -230,6 +230,8 @@ pub struct FakeSink {
     controls: Mutex<Vec<herald_protocol::ControlMessage>>,
     relinks: std::sync::atomic::AtomicUsize,
     relink_probe: Mutex<Option<RelinkProbe>>,
+    /// For each `relinked_topics` call, the interesting topics its filter let through.
+    relinked_topics: Mutex<Vec<Vec<String>>>,
 }
 
 impl RelaySink for FakeSink {
@@ -252,6 +254,20 @@ impl RelaySink for FakeSink {
         self.relinks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
+        let mut passed: Vec<String> = self
+            .interest
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| owns(t))
+            .cloned()
+            .collect();
+        passed.sort();
+        self.relinked_topics.lock().unwrap().push(passed);
+        self.relinked();
+    }
+
     fn interested_topics(&self) -> Vec<Arc<str>> {
         self.interest
             .lock()
@@ -266,6 +282,16 @@ impl FakeSink {
     /// How often `relinked` was called.
     pub fn relinks(&self) -> usize {
         self.relinks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// For each `relinked_topics` call so far, the interesting topics it was told to fill.
+    pub fn relinked_topic_sets(&self) -> Vec<Vec<String>> {
+        self.relinked_topics.lock().unwrap().clone()
+    }
+
+    /// Marks `topic` as locally wanted (without telling any relay).
+    pub fn want(&self, topic: &str) {
+        self.interest.lock().unwrap().insert(topic.to_owned());
     }
 
     /// Runs `probe` inside every later `relinked` call.
