@@ -712,7 +712,7 @@ impl Config {
                 if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
                     p.push(format!(
                         "redis.url: {:?} must start with redis:// or rediss://",
-                        self.redis.url
+                        mask_url_password(&self.redis.url)
                     ));
                 }
             }
@@ -942,8 +942,16 @@ impl Config {
         if !shown.auth.jwt_hs256_secret.is_empty() {
             shown.auth.jwt_hs256_secret = "********".into();
         }
+        let redis_secret = std::iter::once(&self.redis.url)
+            .chain(&self.redis.urls)
+            .any(|u| mask_url_password(u) != *u);
+        shown.redis.url = mask_url_password(&shown.redis.url);
+        shown.redis.urls = shown.redis.urls.iter().map(|u| mask_url_password(u)).collect();
         let text = toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"));
-        if self.admin.api_keys.is_empty() && self.admin.publish_keys.is_empty() && self.auth.jwt_hs256_secret.is_empty()
+        if self.admin.api_keys.is_empty()
+            && self.admin.publish_keys.is_empty()
+            && self.auth.jwt_hs256_secret.is_empty()
+            && !redis_secret
         {
             text
         } else {
@@ -1063,6 +1071,23 @@ fn structural_problems(value: &serde_json::Value) -> Vec<String> {
 
 /// Every leaf key of the tree (`admin.listen`, ...), mapped to whether it is a list. Public
 /// so that deployment checks can hold environment files to the same reference.
+/// `url` with the password of its user part (`scheme://user:password@host`) replaced by
+/// `********`; unchanged when it has none.
+fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = rest[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!("{}{}:********{}", &url[..scheme_end], &rest[..colon], &rest[at..])
+}
+
 pub fn known_keys() -> BTreeMap<String, bool> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, bool>) {
         match v {
@@ -1165,6 +1190,21 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         // A different database on the same server is another shard.
         assert!(load("redis://10.0.0.2:6379/0,redis://10.0.0.2:6379/1").is_ok());
+    }
+
+    #[test]
+    fn redis_passwords_are_masked_in_the_printed_configuration() {
+        assert_eq!(mask_url_password("redis://:pw@h:1/"), "redis://:********@h:1/");
+        assert_eq!(mask_url_password("redis://u:p@ss@h:1/2"), "redis://u:********@h:1/2");
+        assert_eq!(mask_url_password("redis://u@h:1/"), "redis://u@h:1/");
+        assert_eq!(mask_url_password("redis://h:1/"), "redis://h:1/");
+        let mut c = Config::default();
+        c.redis.url = "redis://:hunter2@10.0.0.1:6379/".into();
+        c.redis.urls = vec!["redis://app:hunter3@10.0.0.2:6379/".into()];
+        let text = c.to_toml();
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("redis://app:********@10.0.0.2:6379/"), "{text}");
+        assert!(text.starts_with("# keys and secrets are masked"), "{text}");
     }
 
     #[test]

@@ -278,7 +278,8 @@ impl RedisRelayConfig {
             }
         }
         if let Err(e) = redis::Client::open(self.url.as_str()) {
-            p.push(format!("url {:?} is not a Redis URL: {e}", self.url));
+            // The URL itself is not repeated: it may carry a password.
+            p.push(format!("url is not a Redis URL: {e}"));
         }
         if p.is_empty() {
             Ok(())

@@ -51,7 +51,7 @@
 //!   resubscribes every topic from `RelaySink::interested_topics`. Each reconnects with
 //!   exponential backoff and full jitter (100 ms .. 5 s). The relay is Up
 //!   (`herald_relay_up` 1) only while both are up; `herald_relay_reconnects_total` counts
-//!   the relay turning Up again, `herald_relay_link_reconnects_total{link}` each
+//!   the relay turning Up again (with several shards, each shard's recovery counts once), `herald_relay_link_reconnects_total{link}` each
 //!   connection's reconnects (first connections are not counted).
 //! - Liveness beyond PING: every `canary_interval` the supervisor PUBLISHes a numbered
 //!   canary to this node's own channel (`{channel_prefix}#canary:{node_id}`) and expects

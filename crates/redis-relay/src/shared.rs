@@ -243,7 +243,8 @@ impl Shared {
     }
 
     /// One link went up or down: updates the relay's state and the `relay_up` gauge, and
-    /// counts `relay_reconnects` when the relay as a whole turns Up again.
+    /// counts `relay_reconnects` when the relay as a whole turns Up again (for a shard of a
+    /// `ShardedRelay`, when that shard does: the counter sums the shards' recoveries).
     pub(crate) fn set_link(&self, link: Link, up: bool) {
         let mut l = self.links.lock().unwrap_or_else(|p| p.into_inner());
         match link {
