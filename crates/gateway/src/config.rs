@@ -154,7 +154,9 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// `memory` (single node, the default) or `redis` (cluster through Redis pub/sub).
+    /// `memory` (single node, the default), `redis` (cluster through Redis pub/sub, over
+    /// one Redis or sharded over several) or `redis-cluster` (Redis Cluster sharded
+    /// pub/sub, seeds in `redis.urls`).
     pub kind: String,
 }
 
@@ -165,8 +167,13 @@ pub struct RedisConfig {
     pub url: String,
     /// Several independent Redis servers to shard topics over (each topic on one of
     /// them, by rendezvous hashing of its name). When given, replaces `url`. Every node
-    /// must list the same set; the order does not matter.
+    /// must list the same set; the order does not matter. With `relay.kind =
+    /// "redis-cluster"`: seed nodes of the Redis Cluster (any of its nodes; `url` when empty).
     pub urls: Vec<String>,
+    /// `relay.kind = "redis-cluster"`: how often the slot map is read while everything is
+    /// up (also at once on a redirect, a slot moved away, a lost master; every 250 ms while
+    /// a slot is unserved).
+    pub cluster_refresh_ms: u64,
     /// Prefix of every Redis channel: a topic `t` travels on `<prefix>t`.
     pub channel_prefix: String,
     /// Heartbeat PING period on the relay's connections.
@@ -411,6 +418,7 @@ impl Default for RedisConfig {
             history_read_queue: 4096,
             canary_interval_ms: 5000,
             canary_timeout_ms: 3000,
+            cluster_refresh_ms: 5000,
         }
     }
 }
@@ -740,7 +748,35 @@ impl Config {
                     }
                 }
             }
-            other => p.push(format!("relay.kind: {other:?} is not one of \"memory\", \"redis\"")),
+            "redis-cluster" => {
+                let seeds: Vec<&String> = if self.redis.urls.is_empty() {
+                    vec![&self.redis.url]
+                } else {
+                    self.redis.urls.iter().collect()
+                };
+                if seeds.len() > herald_redis::MAX_SHARDS {
+                    p.push(format!(
+                        "redis.urls: at most {} seed nodes, got {}",
+                        herald_redis::MAX_SHARDS,
+                        seeds.len()
+                    ));
+                }
+                for (i, url) in seeds.iter().enumerate() {
+                    if !url.starts_with("redis://") {
+                        p.push(format!(
+                            "redis.urls[{i}]: a Redis Cluster seed must start with redis://"
+                        ));
+                    } else if let Err(e) = herald_redis::shard_name(url) {
+                        p.push(format!("redis.urls[{i}]: not a usable Redis URL ({e})"));
+                    }
+                }
+                if self.redis.cluster_refresh_ms == 0 {
+                    p.push("redis.cluster_refresh_ms: must be positive".into());
+                }
+            }
+            other => p.push(format!(
+                "relay.kind: {other:?} is not one of \"memory\", \"redis\", \"redis-cluster\""
+            )),
         }
         if self.redis.channel_prefix.len() > 64 {
             p.push("redis.channel_prefix: at most 64 bytes".into());

@@ -34,13 +34,21 @@ pub(crate) async fn relay_gauge(state: Arc<AppState>) {
 pub(crate) fn refresh_relay_gauges(state: &AppState) {
     let up = matches!(state.broker.relay_state(), RelayState::Up | RelayState::Standalone);
     state.metrics.relay_up.set(up as i64);
-    for shard in state.broker.relay_shards() {
+    let shards = state.broker.relay_shards();
+    for shard in &shards {
         let up = matches!(shard.state, RelayState::Up | RelayState::Standalone);
         state
             .metrics
             .relay_shard_up
             .with_label_values(&[&*shard.name])
             .set(up as i64);
+    }
+    let mut labels = state.shard_labels.lock().unwrap_or_else(|e| e.into_inner());
+    if labels.len() != shards.len() || labels.iter().zip(&shards).any(|(l, s)| *l != s.name) {
+        for gone in labels.iter().filter(|l| !shards.iter().any(|s| s.name == **l)) {
+            let _ = state.metrics.relay_shard_up.remove_label_values(&[gone]);
+        }
+        *labels = shards.iter().map(|s| s.name.clone()).collect();
     }
 }
 

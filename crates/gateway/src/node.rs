@@ -99,7 +99,7 @@ impl Node {
         let mut memory_history = None;
         let relay: Arc<dyn Relay> = match (relay, config.relay.kind.as_str()) {
             (Some(r), _) => r,
-            (None, "redis") => {
+            (None, "redis" | "redis-cluster") => {
                 relay_setup::start_redis(&config, &node_id, metrics.clone(), shutdown.stop_all.clone(), &tasks)
                     .map_err(|e| StartError::Relay(e.to_string()))?
             }
@@ -176,6 +176,7 @@ impl Node {
                 &config.demo.stats_topic,
                 &config.demo.chat_topic,
             ),
+            shard_labels: Default::default(),
         });
         // Other nodes' `POST /api/users/{user}/disconnect`, through the relay.
         let core = Arc::downgrade(&state.core);

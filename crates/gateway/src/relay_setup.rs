@@ -1,19 +1,20 @@
-//! Builds the Redis relay (over one Redis, or sharded over several) from the node's
-//! configuration and ties its lifetime to the node's: it stops when the drain reaches its
+//! Builds the Redis relay (over one Redis, sharded over several, or over a Redis Cluster)
+//! from the node's configuration and ties its lifetime to the node's: it stops when the drain reaches its
 //! last phase (`stop_all`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_broker::{BrokerMetrics, Relay};
-use herald_redis::{RedisRelay, RedisRelayConfig, ShardedRelay};
+use herald_redis::{ClusterRelay, RedisRelay, RedisRelayConfig, ShardedRelay};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
-/// Starts the Redis relay: over `redis.url`, or sharded over `redis.urls` when that lists
-/// two or more servers. It connects in the background: a node starts (not ready) while
+/// Starts the Redis relay: over `redis.url`, sharded over `redis.urls` when that lists
+/// two or more servers, or over the Redis Cluster `redis.urls` (or `redis.url`) belongs to
+/// with `relay.kind = "redis-cluster"`. It connects in the background: a node starts (not ready) while
 /// Redis is down and becomes ready when the relay is up.
 pub fn start_redis(
     config: &Config,
@@ -28,6 +29,22 @@ pub fn start_redis(
     } else {
         r.urls.iter().map(String::as_str).collect()
     };
+    if config.relay.kind == "redis-cluster" {
+        let seeds = urls.iter().map(|u| u.to_string()).collect();
+        let relay = ClusterRelay::start(
+            seeds,
+            relay_config(config, urls[0], node_id),
+            Duration::from_millis(r.cluster_refresh_ms),
+            metrics,
+            stop.child_token(),
+        )?;
+        let handle = relay.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            handle.shutdown().await;
+        });
+        return Ok(relay);
+    }
     if let [url] = urls[..] {
         let relay = RedisRelay::start(relay_config(config, url, node_id), metrics, stop.child_token())?;
         let handle = relay.clone();

@@ -67,6 +67,9 @@ pub struct AppState {
     pub origins: OriginPolicy,
     /// `/demo/config.js`: the `[demo]` topic names the pages import (made once).
     pub demo_config: crate::static_files::Asset,
+    /// The `shard` labels `herald_relay_shard_up` has now, so a Redis Cluster master that
+    /// left the slot map loses its series instead of reporting its last state forever.
+    pub shard_labels: std::sync::Mutex<Vec<Arc<str>>>,
 }
 
 impl AppState {

@@ -7,10 +7,12 @@
 //!
 //! [`RedisRelay::start`]: crate::RedisRelay::start
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_protocol::TopicRules;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 /// Everything the Redis relay needs to know. Every field has a documented default
 /// (see [`Default`]); `node_id` must be set by the caller.
@@ -104,6 +106,21 @@ pub struct RedisRelayConfig {
     /// [`ShardedRelay`](crate::ShardedRelay) does not: the gauge is the whole relay's, and
     /// the gateway derives it from the sharded relay's state.
     pub sets_relay_up_gauge: bool,
+    /// Redis Cluster sharded pub/sub (default `false`), set by
+    /// [`ClusterRelay`](crate::ClusterRelay) for the relay it runs on each master:
+    /// channels are hash-tagged like the history keys (`{channel_prefix}{<topic>}`, see
+    /// [`channel`](Self::channel)), so a topic's channel and stream share a slot; the
+    /// relay sends SSUBSCRIBE/SUNSUBSCRIBE/SPUBLISH, runs the append script only over
+    /// topics of one slot, and subscribes the control channel only when the sink asks for
+    /// it (it is a topic of the master owning its slot, `#control`).
+    pub sharded_pubsub: bool,
+    /// This node's canary channel when not the default one (a cluster picks, per master, a
+    /// name whose slot that master serves).
+    pub canary_channel_override: Option<String>,
+    /// Woken when the relay sees a sign that the cluster's slots moved: a `MOVED`, `ASK`
+    /// or `CLUSTERDOWN` reply, a `sunsubscribe` Redis sent on its own, a lost connection.
+    /// `None` outside a cluster.
+    pub topology_hint: Option<Arc<Notify>>,
 }
 
 impl Default for RedisRelayConfig {
@@ -134,6 +151,9 @@ impl Default for RedisRelayConfig {
             canary_interval: Duration::from_secs(5),
             canary_timeout: Duration::from_secs(3),
             sets_relay_up_gauge: true,
+            sharded_pubsub: false,
+            canary_channel_override: None,
+            topology_hint: None,
         }
     }
 }
@@ -159,12 +179,61 @@ impl RedisRelayConfig {
         }
     }
 
-    /// The Redis channel that carries `topic`.
+    /// The Redis channel that carries `topic`: `{channel_prefix}<topic>`, or with
+    /// `sharded_pubsub` `{channel_prefix}{<topic>}`, the topic in a hash tag exactly as in
+    /// [`stream_key`](Self::stream_key) (so the channel and the stream share a slot).
     pub fn channel(&self, topic: &str) -> String {
+        if self.sharded_pubsub {
+            return self.tagged(topic, "}");
+        }
         let mut c = String::with_capacity(self.channel_prefix.len() + topic.len());
         c.push_str(&self.channel_prefix);
         c.push_str(topic);
         c
+    }
+
+    /// The topic (or `#...` name) a channel from [`channel`](Self::channel) carries;
+    /// `None` for a channel of another prefix or shape.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let rest = channel.strip_prefix(self.channel_prefix.as_str())?;
+        if !self.sharded_pubsub {
+            return Some(rest);
+        }
+        let inner = rest.strip_prefix('{')?.strip_suffix('}')?;
+        match inner.strip_prefix('#') {
+            Some(t) if t.starts_with('}') => Some(t),
+            _ => Some(inner),
+        }
+    }
+
+    /// `{channel_prefix}{<topic>` then `end`, with the `#` escape of a topic starting with
+    /// `}` (see [`stream_key`](Self::stream_key)).
+    fn tagged(&self, topic: &str, end: &str) -> String {
+        let mut k = String::with_capacity(self.channel_prefix.len() + topic.len() + 2 + end.len());
+        k.push_str(&self.channel_prefix);
+        k.push('{');
+        if topic.starts_with('}') {
+            k.push('#');
+        }
+        k.push_str(topic);
+        k.push_str(end);
+        k
+    }
+
+    /// `SPUBLISH` with `sharded_pubsub`, else `PUBLISH`.
+    pub fn publish_verb(&self) -> &'static str {
+        if self.sharded_pubsub {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    /// Tells the cluster layer (if any) that the slots may have moved.
+    pub fn hint_topology(&self) {
+        if let Some(n) = &self.topology_hint {
+            n.notify_one();
+        }
     }
 
     /// The Redis channel that carries control messages between nodes:
@@ -177,6 +246,9 @@ impl RedisRelayConfig {
     /// This node's canary channel, `{channel_prefix}#canary:{node_id}`: only this node
     /// subscribes it.
     pub fn canary_channel(&self) -> String {
+        if let Some(c) = &self.canary_channel_override {
+            return c.clone();
+        }
         let mut c = self.channel(CANARY_SUFFIX);
         c.push_str(&self.node_id);
         c
@@ -205,16 +277,9 @@ impl RedisRelayConfig {
     }
 
     fn topic_key(&self, topic: &str, kind: char) -> String {
-        let mut k = String::with_capacity(self.channel_prefix.len() + topic.len() + 4);
-        k.push_str(&self.channel_prefix);
-        k.push('{');
-        if topic.starts_with('}') {
-            k.push('#');
-        }
-        k.push_str(topic);
-        k.push_str("}:");
-        k.push(kind);
-        k
+        let mut end = String::from("}:");
+        end.push(kind);
+        self.tagged(topic, &end)
     }
 
     /// The number of delivery workers actually started.

@@ -9,7 +9,8 @@
 //! history topics only from the relay, in offset order), refuse a payload larger than
 //! `max_payload_bytes` from the header alone ([`envelope::payload_len`]: before the copy,
 //! the decoding and the validation), map the channel to its topic, copy the payload once
-//! into `Bytes`, and hand it to the worker that owns the topic
+//! into `Bytes` (on a sharded pub/sub connection not even that: the payload is a slice of
+//! the connection's read buffer), and hand it to the worker that owns the topic
 //! (`fnv1a(topic) % workers`), so each topic is handled by exactly one worker and keeps its
 //! order. Workers decode and validate (JSON validation is the expensive part and runs on all
 //! cores), count and skip malformed envelopes, and call `RelaySink::deliver`, which never
@@ -28,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use herald_protocol::envelope::{self, EnvelopeError};
 use herald_protocol::ENVELOPE_VERSION_STREAM;
 use tokio::sync::mpsc;
@@ -90,7 +90,6 @@ pub(crate) async fn read_feeds(shared: Arc<Shared>, mut feeds: mpsc::Receiver<Fe
 async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
     let Feed { mut stream, failed } = feed;
     let node = shared.config.node_id.as_bytes();
-    let prefix = shared.config.channel_prefix.as_str();
     let max = shared.config.max_payload_bytes;
     let control = shared.config.control_channel();
     let canary = shared.config.canary_channel();
@@ -109,13 +108,13 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
         shared
             .reader_progress
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let payload = msg.get_payload_bytes();
-        if msg.get_channel_name() == control {
+        let payload = msg.payload();
+        if msg.channel() == control {
             // Rare (an operator's request): handled here, in arrival order.
             control_message(shared, payload, &mut log);
             continue;
         }
-        if msg.get_channel_name() == canary {
+        if msg.channel() == canary {
             // This node's own probe came back: the connection delivers.
             shared.canary_arrived(payload);
             continue;
@@ -139,15 +138,15 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
                 continue;
             }
         }
-        let Some(topic) = msg.get_channel_name().strip_prefix(prefix) else {
+        let Some(topic) = shared.config.topic_of_channel(msg.channel()) else {
             shared.metrics.relay_invalid.inc();
-            log.note(|| tracing::debug!(channel = msg.get_channel_name(), "message on a foreign channel"));
+            log.note(|| tracing::debug!(channel = msg.channel(), "message on a foreign channel"));
             continue;
         };
         let worker = &workers[(fnv1a(topic.as_bytes()) % workers.len() as u64) as usize];
         let item = Inbound {
             topic: topic.into(),
-            envelope: Bytes::copy_from_slice(payload),
+            envelope: msg.payload_bytes(),
         };
         let started = Instant::now();
         shared.reader_waiting.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -110,19 +110,25 @@
 //!   applications off those channels.
 
 mod backoff;
+mod cluster;
 mod config;
 mod history;
 mod inbound;
 mod link;
 mod publish_link;
 mod publisher;
+mod pubsub_conn;
 mod relay;
 mod scripts;
 mod sharded;
+mod sharded_pubsub;
 mod shared;
 mod subscriptions;
 mod supervisor;
+mod topology;
 
+pub use cluster::{ClusterRelay, MemberSink, CLUSTER_REFRESH_INTERVAL};
 pub use config::{RedisRelayConfig, RelayStartError, APPEND_BATCH_LIMIT};
 pub use relay::RedisRelay;
 pub use sharded::{shard_name, ShardRouter, ShardedRelay, MAX_SHARDS};
+pub use topology::{key_slot, Master, Topology, SLOTS};

@@ -24,6 +24,13 @@ pub(crate) enum LinkError {
     Timeout(&'static str),
     #[error("connection lost")]
     Lost,
+    /// An error reply that leaves the connection unusable for its purpose (sharded
+    /// pub/sub: an ACL refusal of SSUBSCRIBE, a non-TCP address).
+    #[error("redis: {0}")]
+    Server(String),
+    /// The server's replies could not be matched to our requests.
+    #[error("redis protocol: {0}")]
+    Protocol(&'static str),
     /// The pub/sub connection answers PING but did not deliver this node's canary.
     #[error("subscribed but silent: {0}")]
     Silent(&'static str),

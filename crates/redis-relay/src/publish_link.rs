@@ -80,7 +80,7 @@ async fn connect(shared: &Shared) -> Result<MultiplexedConnection, LinkError> {
         .client
         .get_multiplexed_async_connection_with_config(&conn_cfg)
         .await?;
-    for script in [&*scripts::APPEND, &*scripts::READ] {
+    for script in [scripts::append_for(cfg), &*scripts::READ] {
         match script.load(&mut conn).await {
             Ok(()) => {}
             Err(e) if is_connection_failure(&e) => return Err(e.into()),

@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use crate::link::is_connection_failure;
 use crate::scripts;
 use crate::shared::{Append, Command, Outgoing, PublishLink, Shared};
+use crate::topology::key_slot;
 
 /// Pipelines sent and not answered yet, at most.
 pub(crate) const PIPELINES_IN_FLIGHT: usize = 2;
@@ -141,6 +142,12 @@ async fn settle(shared: &Shared, flight: Flight) {
             if attempt == 0 && matches!(item.command, Command::Append(_)) && scripts::is_noscript_reply(&reply) {
                 retry.push(item);
             } else {
+                if let Value::ServerError(e) = &reply {
+                    // A cluster slot that moved: the next publication goes to its new master.
+                    if shared.config.sharded_pubsub && crate::sharded_pubsub::is_redirect(&e.to_string()) {
+                        shared.config.hint_topology();
+                    }
+                }
                 let result = outcome(&item.command, reply);
                 answer(shared, item, result);
             }
@@ -154,7 +161,7 @@ async fn settle(shared: &Shared, flight: Flight) {
         );
         batch = retry;
         let mut conn = link.conn.clone();
-        if let Err(e) = scripts::APPEND.load(&mut conn).await {
+        if let Err(e) = scripts::append_for(&shared.config).load(&mut conn).await {
             if is_connection_failure(&e) {
                 link.failed.cancel();
             }
@@ -175,17 +182,17 @@ async fn settle(shared: &Shared, flight: Flight) {
 async fn exec(shared: &Shared, link: &PublishLink, batch: &[Outgoing]) -> Result<Vec<Value>, RelayError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    let chunks = chunks(batch, shared.config.append_batch_max);
+    let chunks = chunks(batch, shared.config.append_batch_max, shared.config.sharded_pubsub);
     for chunk in &chunks {
         match chunk {
             Chunk::Publish(i) => {
                 let Command::Publish { channel, envelope } = &batch[*i].command else {
                     unreachable!("a publish chunk is a publish")
                 };
-                pipe.cmd("PUBLISH").arg(channel).arg(&envelope[..]);
+                pipe.cmd(shared.config.publish_verb()).arg(channel).arg(&envelope[..]);
             }
             Chunk::Appends(run) => {
-                run.add_to(&mut pipe);
+                run.add_to(&mut pipe, scripts::append_for(&shared.config));
             }
         }
     }
@@ -242,8 +249,12 @@ impl<'a> AppendRun<'a> {
     /// Takes `a` into the run, or says it cannot: the run is full, or `a`'s topic is in it
     /// with other settings (a policy changed between two messages), which one run cannot
     /// express.
-    fn push(&mut self, a: &'a Append, max: usize) -> bool {
+    fn push(&mut self, a: &'a Append, max: usize, one_slot: bool) -> bool {
         if self.messages.len() >= max {
+            return false;
+        }
+        // On a Redis Cluster one script's keys must share a slot.
+        if one_slot && key_slot(a.stream_key.as_bytes()) != key_slot(self.topics[0].stream_key.as_bytes()) {
             return false;
         }
         let j = match self.topics.iter().position(|t| t.stream_key == a.stream_key) {
@@ -263,9 +274,10 @@ impl<'a> AppendRun<'a> {
         true
     }
 
-    /// The `EVALSHA`, laid out as `scripts::APPEND` documents: the keys grouped per topic.
-    fn add_to(&self, pipe: &mut redis::Pipeline) {
-        let cmd = pipe.cmd("EVALSHA").arg(&scripts::APPEND.sha).arg(2 * self.topics.len());
+    /// The `EVALSHA` of `script`, laid out as `scripts::APPEND` documents: the keys
+    /// grouped per topic.
+    fn add_to(&self, pipe: &mut redis::Pipeline, script: &scripts::Script) {
+        let cmd = pipe.cmd("EVALSHA").arg(&script.sha).arg(2 * self.topics.len());
         for t in &self.topics {
             cmd.arg(&t.stream_key).arg(&t.meta_key);
         }
@@ -286,15 +298,16 @@ impl<'a> AppendRun<'a> {
 
 /// How `batch` goes out: each PUBLISH on its own, each run of consecutive appends in
 /// script runs of at most `max` messages. Nothing is reordered: a PUBLISH between two
-/// appends ends the run, so Redis executes the entries in queue order.
-fn chunks(batch: &[Outgoing], max: usize) -> Vec<Chunk<'_>> {
+/// appends ends the run, so Redis executes the entries in queue order. With `one_slot`
+/// (a Redis Cluster) a run also ends where the next append's slot differs.
+fn chunks(batch: &[Outgoing], max: usize, one_slot: bool) -> Vec<Chunk<'_>> {
     let mut out = Vec::new();
     for (i, item) in batch.iter().enumerate() {
         match &item.command {
             Command::Publish { .. } => out.push(Chunk::Publish(i)),
             Command::Append(a) => {
                 if let Some(Chunk::Appends(run)) = out.last_mut() {
-                    if run.push(a, max) {
+                    if run.push(a, max, one_slot) {
                         continue;
                     }
                 }
@@ -450,10 +463,31 @@ mod tests {
             publish(),
         ];
         assert_eq!(
-            shape(&chunks(&batch, 3)),
+            shape(&chunks(&batch, 3, false)),
             ["x,y|x0,y1,x0", "P", "x|x0,x0,x0", "x|x0", "x|x0", "P", "P"]
         );
-        assert_eq!(shape(&chunks(&batch[..3], 1)), ["x|x0", "y|y0", "x|x0"]);
+        assert_eq!(shape(&chunks(&batch[..3], 1, false)), ["x|x0", "y|y0", "x|x0"]);
+    }
+
+    #[test]
+    fn on_a_cluster_a_run_holds_one_slot() {
+        // `{g}a` and `{g}b` share the hash tag `g`; `x` and `y` are in other slots.
+        assert_ne!(key_slot(b"s:x"), key_slot(b"s:y"));
+        let batch = vec![
+            append("{g}a", 1),
+            append("{g}b", 1),
+            append("x", 1),
+            append("y", 1),
+            append("y", 1),
+        ];
+        assert_eq!(
+            shape(&chunks(&batch, 64, true)),
+            ["{g}a,{g}b|{g}a0,{g}b1", "x|x0", "y|y0,y0"]
+        );
+        assert_eq!(
+            shape(&chunks(&batch, 64, false)),
+            ["{g}a,{g}b,x,y|{g}a0,{g}b1,x2,y3,y3"]
+        );
     }
 
     #[test]
@@ -465,7 +499,7 @@ mod tests {
             append("y", 1),
             append("y", 1),
         ];
-        let c = chunks(&batch, 64);
+        let c = chunks(&batch, 64, false);
         let pos = |n| Value::Array(vec![Value::Int(n), Value::BulkString(b"e".to_vec())]);
         let noscript = || redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").unwrap();
         assert!(scripts::is_noscript_reply(&noscript()));

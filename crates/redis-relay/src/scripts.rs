@@ -30,13 +30,14 @@ use sha1::{Digest, Sha1};
 /// A Lua script and the SHA1 Redis knows it by.
 pub(crate) struct Script {
     pub(crate) name: &'static str,
-    pub(crate) source: &'static str,
+    pub(crate) source: String,
     /// Lower-case hex SHA1 of `source`, what `EVALSHA` takes.
     pub(crate) sha: String,
 }
 
 impl Script {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    fn new(name: &'static str, source: impl Into<String>) -> Self {
+        let source = source.into();
         let digest = Sha1::digest(source.as_bytes());
         let sha = digest.iter().map(|b| format!("{b:02x}")).collect();
         Self { name, source, sha }
@@ -47,7 +48,7 @@ impl Script {
     pub(crate) async fn load(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(self.source)
+            .arg(&self.source)
             .query_async(conn)
             .await?;
         if sha != self.sha {
@@ -105,10 +106,27 @@ pub(crate) fn is_noscript(e: &RedisError) -> bool {
 /// `ARGV`: 1 the number of topics `T`; then per topic 4: channel, epoch candidate, size
 /// (MAXLEN), TTL in ms; then per message 6: topic number `j`, publish time in µs, payload
 /// kind (0 JSON, 1 text, 2 binary), envelope head, origin connection, payload.
-pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new("append", APPEND_SOURCE));
+
+/// [`APPEND`] for Redis Cluster sharded pub/sub: the same script with `SPUBLISH`, so the
+/// message goes out on the shard channel (which shares the keys' hash tag, so their slot).
+pub(crate) static APPEND_SHARDED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "append",
-        r#"-- herald history append, batched (see docs/cluster.md)
+        "append-sharded",
+        APPEND_SOURCE.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',"),
+    )
+});
+
+/// The append script for `cfg`'s kind of pub/sub.
+pub(crate) fn append_for(cfg: &crate::config::RedisRelayConfig) -> &'static Script {
+    if cfg.sharded_pubsub {
+        &APPEND_SHARDED
+    } else {
+        &APPEND
+    }
+}
+
+const APPEND_SOURCE: &str = r#"-- herald history append, batched (see docs/cluster.md)
 local nt = tonumber(ARGV[1])
 local base = 1 + 4 * nt
 local epochs, stored, out = {}, {}, {}
@@ -163,9 +181,7 @@ for j = 1, nt do
   end
 end
 return out
-"#,
-    )
-});
+"#;
 
 /// Reads a topic's head and some of its messages. Step by step:
 /// 1. `HMGET` of the meta's `offset` and `epoch`; when there is no (valid) meta, the
@@ -236,7 +252,9 @@ mod tests {
 
     #[test]
     fn shas_are_lower_case_hex_sha1() {
-        for s in [&*APPEND, &*READ] {
+        assert!(APPEND_SHARDED.source.contains("redis.call('SPUBLISH',"));
+        assert!(!APPEND_SHARDED.source.contains("redis.call('PUBLISH',"));
+        for s in [&*APPEND, &*APPEND_SHARDED, &*READ] {
             assert_eq!(s.sha.len(), 40);
             assert!(s.sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisRelayConfig;
+use crate::sharded_pubsub::ShardMessage;
 use crate::subscriptions::Interest;
 
 /// One queued command for the publish pipeline, and who waits for Redis's answer: `None`
@@ -67,9 +68,57 @@ pub(crate) struct PublishLink {
     pub(crate) failed: CancellationToken,
 }
 
+/// A pub/sub connection's messages: redis-rs's stream (classic pub/sub) or the channel of
+/// our own sharded pub/sub connection (`sharded_pubsub`).
+pub(crate) enum FeedStream {
+    Classic(PubSubStream),
+    Sharded(mpsc::UnboundedReceiver<ShardMessage>),
+}
+
+/// One message from either kind of [`FeedStream`].
+pub(crate) enum FeedMessage {
+    Classic(redis::Msg),
+    Sharded(ShardMessage),
+}
+
+impl FeedStream {
+    /// The next message; `None` once the connection ended.
+    pub(crate) async fn next(&mut self) -> Option<FeedMessage> {
+        match self {
+            Self::Classic(s) => futures_util::StreamExt::next(s).await.map(FeedMessage::Classic),
+            Self::Sharded(rx) => rx.recv().await.map(FeedMessage::Sharded),
+        }
+    }
+}
+
+impl FeedMessage {
+    /// The channel's name (`?` when it is not UTF-8, which no channel of ours is).
+    pub(crate) fn channel(&self) -> &str {
+        match self {
+            Self::Classic(m) => m.get_channel_name(),
+            Self::Sharded(m) => std::str::from_utf8(&m.channel).unwrap_or("?"),
+        }
+    }
+
+    pub(crate) fn payload(&self) -> &[u8] {
+        match self {
+            Self::Classic(m) => m.get_payload_bytes(),
+            Self::Sharded(m) => &m.payload,
+        }
+    }
+
+    /// The payload as `Bytes`: a copy from redis-rs's message, a share of our read buffer.
+    pub(crate) fn payload_bytes(&self) -> Bytes {
+        match self {
+            Self::Classic(m) => Bytes::copy_from_slice(m.get_payload_bytes()),
+            Self::Sharded(m) => m.payload.clone(),
+        }
+    }
+}
+
 /// A new pub/sub connection's message stream, handed from the supervisor to the reader.
 pub(crate) struct Feed {
-    pub(crate) stream: PubSubStream,
+    pub(crate) stream: FeedStream,
     /// Cancelled by whoever first sees the pub/sub connection fail: the reader when the
     /// stream ends, the supervisor on a failed PING or (UN)SUBSCRIBE.
     pub(crate) failed: CancellationToken,

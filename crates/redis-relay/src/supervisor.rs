@@ -46,12 +46,14 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use herald_broker::RelayError;
-use redis::aio::{PubSub, PubSubSink};
+use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::link::{LinkError, Retry};
+use crate::pubsub_conn::{self, Opened, PubSubConn};
 use crate::shared::{Feed, Link, PublishLink, Shared};
 use crate::subscriptions::Reconciler;
 
@@ -63,16 +65,18 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let connected = tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => break,
-            c = timeout(cfg.connect_timeout, shared.client.get_async_pubsub()) => c,
+            c = timeout(cfg.connect_timeout, pubsub_conn::open(&shared)) => c,
         };
         let result = match connected {
-            Ok(Ok(pubsub)) => session(&shared, pubsub, &mut retry).await,
-            Ok(Err(e)) => e.into(),
+            Ok(Ok(opened)) => session(&shared, opened, &mut retry).await,
+            Ok(Err(e)) => e,
             Err(_) => LinkError::Timeout("pub/sub connect"),
         };
         if matches!(result, LinkError::Shutdown) {
             break;
         }
+        // In a cluster a lost master may have been failed over: the slot map says where.
+        cfg.hint_topology();
         if retry.failures() > 0 {
             // A reconnect attempt failed: whoever waits for a confirmation (a subscribe
             // acknowledgement) is told now rather than after the whole outage. A session
@@ -96,9 +100,13 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 
 /// One connected period: resubscribe, go up, serve until something fails, go down.
 /// Returns why it ended.
-async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> LinkError {
+async fn session(shared: &Arc<Shared>, opened: Opened, retry: &mut Retry) -> LinkError {
     let failed = shared.cancel.child_token();
-    let (mut sink, stream) = pubsub.split();
+    let Opened {
+        mut conn,
+        stream,
+        mut evicted,
+    } = opened;
     let feed = Feed {
         stream,
         failed: failed.clone(),
@@ -116,21 +124,29 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
         // Hints that arrived until now are covered by the full snapshot taken next; hints
         // that arrive from now on are handled by `serve`.
         drop(shared.interest.take());
-        let topics: Vec<Box<str>> = match shared.sink() {
+        let mut topics: Vec<Box<str>> = match shared.sink() {
             Some(s) => s.interested_topics().iter().map(|t| Box::from(&**t)).collect(),
             None => Vec::new(),
         };
-        // The control channel first, on every connection: it is no topic, so the
-        // reconciler never unsubscribes it.
-        let control = shared.config.control_channel();
-        timeout(shared.config.command_timeout, sink.subscribe(&control))
-            .await
-            .map_err(|_| LinkError::Timeout("SUBSCRIBE of the control channel"))??;
-        let canary = shared.config.canary_channel();
-        timeout(shared.config.command_timeout, sink.subscribe(&canary))
+        let cfg = &shared.config;
+        if !cfg.sharded_pubsub {
+            // The control channel first, on every connection: it is no topic, so the
+            // reconciler never unsubscribes it. (In a cluster it is the topic `#control`
+            // of the master owning its slot, subscribed with the topics.)
+            timeout(cfg.command_timeout, conn.subscribe_one(cfg.control_channel()))
+                .await
+                .map_err(|_| LinkError::Timeout("SUBSCRIBE of the control channel"))??;
+        }
+        // In a cluster the canary's channel is one of this master's slots; if the slot
+        // has just moved away, this connection goes without a canary.
+        let canary_live = timeout(cfg.command_timeout, conn.subscribe_one(cfg.canary_channel()))
             .await
             .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))??;
-        subscribe(shared, &mut sink, &topics, "SUBSCRIBE").await?;
+        let moved = subscribe(shared, &mut conn, &topics, "SUBSCRIBE").await?;
+        if !moved.is_empty() {
+            topics.retain(|t| !moved.contains(t));
+            shared.interest.abandon(&moved);
+        }
         shared.interest.connected(&topics);
         let count = topics.len();
         rec.reset(topics);
@@ -142,7 +158,7 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
         } else {
             tracing::info!(topics = count, "redis relay pub/sub connected");
         }
-        serve(shared, &mut sink, &mut rec, &failed, relink).await
+        serve(shared, &mut conn, &mut evicted, &mut rec, &failed, relink, canary_live).await
     }
     .await;
     // Refuse confirmations and go down before anything else.
@@ -162,12 +178,15 @@ async fn session(shared: &Arc<Shared>, pubsub: PubSub, retry: &mut Retry) -> Lin
 /// connection was away did not arrive, and the broker reads it from history. Those reads
 /// go over the publish connection, which may have broken too (a Redis restart breaks
 /// both) and come back later, so `RelaySink::relinked` waits for it.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    conn: &mut PubSubConn,
+    evicted: &mut Option<mpsc::UnboundedReceiver<Bytes>>,
     rec: &mut Reconciler,
     failed: &CancellationToken,
     mut relink: bool,
+    mut canary_live: bool,
 ) -> Result<std::convert::Infallible, LinkError> {
     let cfg = &shared.config;
     let mut publish_link = shared.publish_link.subscribe();
@@ -175,6 +194,7 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let has_interest = |t: &str| shared.has_interest(t);
     let canary_on = !cfg.canary_interval.is_zero();
+    let canary = cfg.canary_channel();
     let canary_every = if canary_on {
         cfg.canary_interval
     } else {
@@ -203,24 +223,46 @@ async fn serve(
                 }
             }
             _ = heartbeat.tick() => {
-                timeout(cfg.heartbeat_timeout, sink.ping::<redis::Value>())
+                timeout(cfg.heartbeat_timeout, conn.ping())
                     .await
                     .map_err(|_| LinkError::Timeout("pub/sub heartbeat"))??;
+            }
+            // Sharded pub/sub only: Redis dropped a channel because its slot left this
+            // master (a migration or a failover). The topic is no longer subscribed here
+            // (nor confirmed); the cluster layer reads the slot map and tells the new
+            // owner, and this relay again, so a topic still ours is subscribed again.
+            Some(channel) = async { evicted.as_mut()?.recv().await }, if evicted.is_some() => {
+                let channel = String::from_utf8_lossy(&channel).into_owned();
+                if channel == canary {
+                    canary_live = false;
+                    waiting = None;
+                } else if let Some(topic) = cfg.topic_of_channel(&channel) {
+                    let gone: [Box<str>; 1] = [topic.into()];
+                    shared.interest.withdraw(&gone);
+                    rec.unsubscribed(&gone);
+                    tracing::debug!(topic, "redis cluster moved a subscribed channel away");
+                }
+                cfg.hint_topology();
             }
             _ = shared.interest.changed() => {
                 batch_window(shared).await?;
                 let plan = rec.plan(shared.interest.take(), has_interest, Instant::now(), cfg.unsubscribe_delay);
                 shared.interest.abandon(&plan.abandoned);
-                subscribe(shared, sink, &plan.subscribe, "SUBSCRIBE").await?;
-                rec.subscribed(&plan.subscribe);
-                shared.interest.confirmed(&plan.subscribe);
+                let mut subscribed = plan.subscribe;
+                let moved = subscribe(shared, conn, &subscribed, "SUBSCRIBE").await?;
+                if !moved.is_empty() {
+                    subscribed.retain(|t| !moved.contains(t));
+                    shared.interest.abandon(&moved);
+                }
+                rec.subscribed(&subscribed);
+                shared.interest.confirmed(&subscribed);
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let gone = rec.due(Instant::now(), &shared.interest, has_interest);
-                subscribe(shared, sink, &gone, "UNSUBSCRIBE").await?;
+                subscribe(shared, conn, &gone, "UNSUBSCRIBE").await?;
                 rec.unsubscribed(&gone);
             }
-            _ = canary_tick.tick(), if canary_on && sending.is_none() && waiting.is_none() => {
+            _ = canary_tick.tick(), if canary_on && canary_live && sending.is_none() && waiting.is_none() => {
                 sending = start_canary(shared);
             }
             reply = async { (&mut sending.as_mut().expect("guarded").0).await }, if sending.is_some() => {
@@ -286,7 +328,7 @@ fn start_canary(shared: &Shared) -> Option<(tokio::task::JoinHandle<CanaryReply>
     shared.canary_expected.store(n, Ordering::Release);
     shared.metrics.relay_canaries.inc();
     let mut conn = link.conn.clone();
-    let cmd = redis::cmd("PUBLISH")
+    let cmd = redis::cmd(cfg.publish_verb())
         .arg(cfg.canary_channel())
         .arg(&n.to_be_bytes()[..])
         .to_owned();
@@ -313,30 +355,31 @@ async fn batch_window(shared: &Shared) -> Result<(), LinkError> {
     }
 }
 
-/// SUBSCRIBE or UNSUBSCRIBE `topics` in commands of at most `subscribe_batch_max`
-/// channels, each within `command_timeout`. Nothing is sent for an empty list. Redis runs
-/// a command whole before it answers, so the first reply means every channel of it is
-/// subscribed.
+/// SUBSCRIBE or UNSUBSCRIBE `topics` (see `pubsub_conn` for how they are cut into
+/// commands), within `command_timeout` per batch of `subscribe_batch_max`. Nothing is sent
+/// for an empty list. Redis runs a command whole before it answers, so the answer means
+/// every channel of it is subscribed. Returns the topics a cluster redirected elsewhere
+/// (not subscribed).
 async fn subscribe(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    conn: &mut PubSubConn,
     topics: &[Box<str>],
     verb: &'static str,
-) -> Result<(), LinkError> {
-    let cfg = &shared.config;
-    for chunk in topics.chunks(cfg.subscribe_batch_max) {
-        let channels: Vec<String> = chunk.iter().map(|t| cfg.channel(t)).collect();
-        let op = async {
-            if verb == "SUBSCRIBE" {
-                sink.subscribe(channels).await
-            } else {
-                sink.unsubscribe(channels).await
-            }
-        };
-        timeout(cfg.command_timeout, op)
-            .await
-            .map_err(|_| LinkError::Timeout(verb))??;
-        tracing::debug!(verb, channels = chunk.len(), "redis subscriptions updated");
+) -> Result<Vec<Box<str>>, LinkError> {
+    if topics.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let cfg = &shared.config;
+    let batches = topics.len().div_ceil(cfg.subscribe_batch_max) as u32;
+    let limit = cfg.command_timeout * batches.max(1);
+    let op = async {
+        if verb == "SUBSCRIBE" {
+            conn.subscribe(shared, topics).await
+        } else {
+            conn.unsubscribe(shared, topics).await.map(|()| Vec::new())
+        }
+    };
+    let moved = timeout(limit, op).await.map_err(|_| LinkError::Timeout(verb))??;
+    tracing::debug!(verb, channels = topics.len(), "redis subscriptions updated");
+    Ok(moved)
 }

@@ -7,6 +7,8 @@
 //! - [`wire`]: a hand-rolled WebSocket peer that can send what real clients must not
 //!   (unmasked frames, reserved bits, fragmented pings, bad UTF-8) and read frames exactly.
 //! - [`redis`]: `redis-server` processes on free ports that tests kill, pause and restart.
+//! - [`redis_cluster`]: a Redis Cluster (masters and replicas) of such processes, with
+//!   failover and slot migration.
 //! - [`tcp_proxy`]: a cuttable TCP proxy, to break one node's network path to Redis.
 //! - [`fleet`]: `herald` processes that tests stop with SIGTERM and start again on the same
 //!   ports, behind a real HAProxy rendered from `deploy/haproxy/haproxy.cfg`.
@@ -14,5 +16,6 @@
 pub mod fleet;
 pub mod node;
 pub mod redis;
+pub mod redis_cluster;
 pub mod tcp_proxy;
 pub mod wire;

@@ -334,3 +334,60 @@ impl ShardedCluster {
         }
     }
 }
+
+/// Nodes on a real Redis Cluster (`relay.kind = "redis-cluster"`, every cluster node a
+/// seed), which the test owns: it may kill masters, wait for failovers and move slots.
+/// Timings as in [`RedisCluster`], and the slot map is read every second.
+pub struct NodesOnRedisCluster {
+    pub redis: crate::redis_cluster::RedisCluster,
+    pub nodes: Vec<TestNode>,
+}
+
+impl NodesOnRedisCluster {
+    /// Starts a Redis Cluster of `masters` masters with `replicas` replicas each, then `n`
+    /// nodes on it, and waits until every node is ready with every master's relay up.
+    /// `adjust` edits each node's configuration.
+    pub async fn start_with(masters: usize, replicas: usize, n: usize, adjust: impl Fn(&mut Config)) -> Result<Self> {
+        let redis =
+            tokio::task::spawn_blocking(move || crate::redis_cluster::RedisCluster::start(masters, replicas)).await??;
+        let seeds = redis.seed_urls();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut c = redis_member_config(&format!("node-{i}"), &seeds[0]);
+            c.relay.kind = "redis-cluster".into();
+            c.redis.urls = seeds.clone();
+            c.redis.cluster_refresh_ms = 1000;
+            adjust(&mut c);
+            nodes.push(TestNode::start_config(c, None).await?);
+        }
+        let cluster = Self { redis, nodes };
+        cluster.wait_ready(Duration::from_secs(20)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node is wholly ready.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        wait_nodes_ready(&self.nodes, within).await
+    }
+
+    /// Waits until the master of `channel`'s slot reports `expected` sharded subscribers.
+    pub async fn wait_shard_numsub(&self, channel: &str, expected: i64, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.redis.shard_numsub(channel);
+            if matches!(n, Ok(k) if k == expected) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{channel}: {n:?} sharded subscribers, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

@@ -58,11 +58,19 @@ pub struct RedisServer {
     dir: PathBuf,
     /// The binary, resolved once so a restart runs the same one.
     bin: PathBuf,
+    /// Arguments after the harness's own (`--cluster-enabled yes`, ...), kept for restarts.
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free loopback port and waits until it answers `PING`.
     pub fn start() -> Result<Self> {
+        Self::start_with_args(Vec::new())
+    }
+
+    /// [`start`](Self::start) with more `redis-server` arguments after the harness's own
+    /// (they win where both name an option); a [`restart`](Self::restart) passes them again.
+    pub fn start_with_args(extra_args: Vec<String>) -> Result<Self> {
         let bin = std::env::var_os("REDIS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("redis-server"));
@@ -82,6 +90,7 @@ impl RedisServer {
             paused: false,
             dir,
             bin,
+            extra_args,
         };
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -109,6 +118,11 @@ impl RedisServer {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The server's private `--dir` (kept across restarts, removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The process id, or `None` after [`kill`](Self::kill).
@@ -252,6 +266,7 @@ impl RedisServer {
             .args(["--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -414,7 +429,7 @@ fn parse_int(s: &str) -> Result<i64> {
 }
 
 /// A port the kernel just considered free on 127.0.0.1; racy by nature, hence retries.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     loop {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .context("binding 127.0.0.1:0 to find a free port")?

@@ -1,0 +1,704 @@
+//! [`ClusterRelay`]: the relay over a Redis Cluster, with sharded pub/sub (Redis 7
+//! `SPUBLISH`/`SSUBSCRIBE`), so each message passes only through the master that owns its
+//! topic's slot and the cluster's pub/sub capacity grows with its masters.
+//!
+//! # Shape
+//! - A topic's channel is `{channel_prefix}{<topic>}`: the topic is the hash tag, as in its
+//!   history keys, so the channel, the stream and the meta key of a topic share one slot
+//!   and the append script (which `SPUBLISH`es) runs on one master.
+//! - One whole [`RedisRelay`] per master ("member"), in sharded mode: its own publish and
+//!   pub/sub connections, heartbeats, canary, reconnects, publish queue and history reads.
+//!   Each member sees, through a filtering sink ([`MemberSink`]), only the local interest in
+//!   topics whose slot its master serves, so it subscribes nothing else. What the broker
+//!   asks is routed by the topic's slot to its master's member; a slot no master serves (a
+//!   master down before its replica took over) answers `Unavailable`.
+//! - The control channel is the pseudo-topic `#control`, on the master of its slot; every
+//!   node subscribes it there. Each member's canary is a channel picked so that its slot is
+//!   one its master serves.
+//! - The slot map (`CLUSTER SLOTS`) is read at start, every `refresh_interval` (every
+//!   250 ms while a slot is uncovered or a member down), and at once when a member sees a
+//!   sign that it moved (`MOVED`/`ASK` replies, a `sunsubscribe` Redis sent on its own, a
+//!   lost connection: `RedisRelayConfig::topology_hint`). When the map changes, members
+//!   are started for new masters; every topic is re-announced to its new owner, which
+//!   subscribes it, *before* its old owner lets go of it (after its `unsubscribe_delay`,
+//!   if Redis has not dropped it already); masters that left are stopped after a grace
+//!   period. A topic whose owner changed may have missed messages meanwhile: once its new
+//!   owner has subscribed it, `RelaySink::relinked_topics` makes the broker fill the gap
+//!   from history (topics without history are at-most-once during a move, as during any
+//!   relay outage).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use herald_broker::history::{History, ReadTicket, StreamPolicy};
+use herald_broker::{
+    BrokerMetrics, ConnId, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, ShardStatus, Ticket,
+};
+use herald_protocol::{ControlMessage, Envelope, Payload};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{RedisRelayConfig, RelayStartError, CONTROL_SUFFIX};
+use crate::relay::RedisRelay;
+use crate::topology::{key_slot, Master, Topology};
+
+/// Default pause between two reads of the slot map while everything is up.
+pub const CLUSTER_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The pause while a slot is uncovered or a member is down: a failover is under way, and
+/// the sooner a node sees the promoted replica, the shorter its topics' gap.
+const DEGRADED_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Least time between two reads of the map (hints come in bursts).
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// How long a member whose master left the map keeps running, so the new owners subscribe
+/// before the old connections close.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the gap fill after a move waits for the new owners to confirm.
+const MOVE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pseudo-topic of the control channel.
+const CONTROL_TOPIC: &str = CONTROL_SUFFIX;
+
+/// One master's relay and the sink it delivers into.
+struct Member {
+    name: Arc<str>,
+    relay: Arc<RedisRelay>,
+    sink: Arc<MemberSink>,
+}
+
+/// The slot map and the member serving each of its masters (aligned with
+/// `topology.masters()`).
+struct View {
+    topology: Topology,
+    members: Vec<Arc<Member>>,
+}
+
+impl View {
+    fn member_of_slot(&self, slot: u16) -> Option<&Arc<Member>> {
+        self.members.get(self.topology.owner_index(slot)?)
+    }
+}
+
+/// What every member and the refresh task share.
+struct Core {
+    template: RedisRelayConfig,
+    seeds: Vec<String>,
+    /// `user:password@` of the first seed, reused for every master (a cluster has one set
+    /// of credentials).
+    userinfo: String,
+    metrics: Arc<BrokerMetrics>,
+    cancel: CancellationToken,
+    view: ArcSwap<View>,
+    sink: OnceLock<Weak<dyn RelaySink>>,
+    hint: Arc<Notify>,
+    refresh_interval: Duration,
+    tracker: TaskTracker,
+}
+
+impl Core {
+    fn slot_of(&self, topic: &str) -> u16 {
+        key_slot(self.template.channel(topic).as_bytes())
+    }
+
+    fn sink(&self) -> Option<Arc<dyn RelaySink>> {
+        self.sink.get().and_then(Weak::upgrade)
+    }
+
+    fn url_of(&self, m: &Master) -> String {
+        format!("redis://{}{}:{}/", self.userinfo, m.host, m.port)
+    }
+}
+
+/// The sink one member sees: the node's sink, filtered to the topics whose slot the
+/// member's master serves in the current map (plus `#control` where its slot is).
+pub struct MemberSink {
+    name: Arc<str>,
+    core: Weak<Core>,
+}
+
+impl MemberSink {
+    fn owns(&self, topic: &str) -> bool {
+        let Some(core) = self.core.upgrade() else { return false };
+        let view = core.view.load();
+        view.member_of_slot(core.slot_of(topic))
+            .is_some_and(|m| m.name == self.name)
+    }
+
+    fn inner(&self) -> Option<Arc<dyn RelaySink>> {
+        self.core.upgrade()?.sink()
+    }
+}
+
+impl RelaySink for MemberSink {
+    fn deliver(&self, envelope: Envelope) {
+        if let Some(s) = self.inner() {
+            s.deliver(envelope);
+        }
+    }
+
+    fn has_interest(&self, topic: &str) -> bool {
+        if topic == CONTROL_TOPIC {
+            return self.owns(topic);
+        }
+        self.owns(topic) && self.inner().is_some_and(|s| s.has_interest(topic))
+    }
+
+    fn interested_topics(&self) -> Vec<Arc<str>> {
+        let mut topics = match self.inner() {
+            Some(s) => s.interested_topics(),
+            None => Vec::new(),
+        };
+        topics.retain(|t| self.owns(t));
+        if self.owns(CONTROL_TOPIC) {
+            topics.push(CONTROL_TOPIC.into());
+        }
+        topics
+    }
+
+    fn control(&self, message: ControlMessage) {
+        if let Some(s) = self.inner() {
+            s.control(message);
+        }
+    }
+
+    fn relinked(&self) {
+        if let Some(s) = self.inner() {
+            s.relinked_topics(&|t| self.owns(t));
+        }
+    }
+
+    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
+        if let Some(s) = self.inner() {
+            s.relinked_topics(&|t| self.owns(t) && owns(t));
+        }
+    }
+}
+
+/// The relay over a Redis Cluster; see the module docs.
+pub struct ClusterRelay {
+    core: Arc<Core>,
+}
+
+impl ClusterRelay {
+    /// Starts the relay on the current Tokio runtime: `seeds` are `redis://` URLs of some
+    /// cluster nodes (any role; credentials, if any, from the first), `template` the
+    /// settings every member gets (its `url` is ignored). No node needs to be reachable
+    /// yet: the relay starts Down and reads the slot map in the background.
+    pub fn start(
+        seeds: Vec<String>,
+        template: RedisRelayConfig,
+        refresh_interval: Duration,
+        metrics: Arc<BrokerMetrics>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, RelayStartError> {
+        let mut problems = Vec::new();
+        if seeds.is_empty() {
+            problems.push("a Redis Cluster relay needs at least one seed URL".to_owned());
+        }
+        for s in &seeds {
+            match redis::IntoConnectionInfo::into_connection_info(s.as_str()) {
+                Ok(info) => {
+                    if !matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) {
+                        problems.push("Redis Cluster seeds must be redis://host:port URLs".to_owned());
+                    }
+                    if info.redis_settings().db() != 0 {
+                        problems.push("a Redis Cluster has only database 0".to_owned());
+                    }
+                }
+                Err(e) => problems.push(format!("a seed is not a Redis URL: {e}")),
+            }
+        }
+        if refresh_interval.is_zero() {
+            problems.push("the cluster refresh interval must be positive".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(RelayStartError::Config(problems));
+        }
+        let mut template = template;
+        template.url = seeds[0].clone();
+        template.sharded_pubsub = true;
+        template.validate()?;
+        let userinfo = userinfo(&seeds[0]);
+        let core = Arc::new(Core {
+            template,
+            seeds,
+            userinfo,
+            metrics: metrics.clone(),
+            cancel: cancel.child_token(),
+            view: ArcSwap::from_pointee(View {
+                topology: Topology::empty(),
+                members: Vec::new(),
+            }),
+            sink: OnceLock::new(),
+            hint: Arc::new(Notify::new()),
+            refresh_interval,
+            tracker: TaskTracker::new(),
+        });
+        metrics.relay_up.set(0);
+        core.tracker.spawn(refresh_loop(core.clone()));
+        Ok(Arc::new(Self { core }))
+    }
+
+    /// Stops every member and the refresh task. Idempotent.
+    pub async fn shutdown(&self) {
+        self.core.cancel.cancel();
+        self.core.tracker.close();
+        self.core.tracker.wait().await;
+        let members = self.core.view.load().members.clone();
+        for m in members {
+            m.relay.shutdown().await;
+        }
+    }
+
+    /// The slot map in use (empty until first read).
+    pub fn topology(&self) -> Topology {
+        self.core.view.load().topology.clone()
+    }
+
+    /// The name (`host:port`) of the master serving `topic`'s slot, in the map in use.
+    pub fn master_of(&self, topic: &str) -> Option<Arc<str>> {
+        let view = self.core.view.load();
+        view.member_of_slot(self.core.slot_of(topic)).map(|m| m.name.clone())
+    }
+
+    /// The hash slot of `topic`'s channel.
+    pub fn slot_of(&self, topic: &str) -> u16 {
+        self.core.slot_of(topic)
+    }
+
+    fn with_owner<T>(&self, topic: &str, f: impl FnOnce(&RedisRelay) -> T, none: impl FnOnce() -> T) -> T {
+        let view = self.core.view.load();
+        match view.member_of_slot(self.core.slot_of(topic)) {
+            Some(m) => f(&m.relay),
+            None => none(),
+        }
+    }
+}
+
+impl Drop for ClusterRelay {
+    fn drop(&mut self) {
+        self.core.cancel.cancel();
+    }
+}
+
+fn no_master() -> RelayError {
+    RelayError::Unavailable("no Redis Cluster master serves the topic's slot right now".into())
+}
+
+impl Relay for ClusterRelay {
+    fn attach(&self, sink: Weak<dyn RelaySink>) {
+        if self.core.sink.set(sink).is_err() {
+            tracing::warn!("redis cluster relay attached twice; keeping the first sink");
+            return;
+        }
+        for m in self.core.view.load().members.iter() {
+            attach_member(m);
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: &Payload, published_at_micros: u64) -> PublishTicket {
+        self.with_owner(
+            topic,
+            |r| r.publish(topic, payload, published_at_micros),
+            || PublishTicket::Done(Err(no_master())),
+        )
+    }
+
+    fn interest_changed(&self, topic: &str) {
+        self.with_owner(topic, |r| r.interest_changed(topic), || ());
+    }
+
+    fn confirm_interest(&self, topic: &str) -> InterestTicket {
+        self.with_owner(topic, |r| r.confirm_interest(topic), || Ticket::Done(Err(no_master())))
+    }
+
+    /// Up while every slot is served and every member is up; Down while no member is up.
+    fn state(&self) -> RelayState {
+        let view = self.core.view.load();
+        let up = view
+            .members
+            .iter()
+            .filter(|m| m.relay.state() == RelayState::Up)
+            .count();
+        if up == 0 {
+            RelayState::Down
+        } else if up == view.members.len() && view.topology.uncovered() == 0 {
+            RelayState::Up
+        } else {
+            RelayState::Degraded
+        }
+    }
+
+    fn shards(&self) -> Vec<ShardStatus> {
+        let view = self.core.view.load();
+        let mut out: Vec<ShardStatus> = view
+            .members
+            .iter()
+            .map(|m| ShardStatus {
+                name: m.name.clone(),
+                state: m.relay.state(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn shard_of(&self, topic: &str) -> Option<Arc<str>> {
+        self.master_of(topic)
+    }
+
+    fn send_control(&self, message: &ControlMessage) -> PublishTicket {
+        self.with_owner(
+            CONTROL_TOPIC,
+            |r| r.send_control(message),
+            || PublishTicket::Done(Err(no_master())),
+        )
+    }
+
+    fn history(&self) -> Option<&dyn History> {
+        Some(self)
+    }
+}
+
+/// A topic's history lives on the master of its slot, like its channel.
+impl History for ClusterRelay {
+    fn append(
+        &self,
+        topic: &str,
+        payload: &Payload,
+        published_at_micros: u64,
+        origin_conn: Option<ConnId>,
+        policy: &StreamPolicy,
+    ) -> PublishTicket {
+        self.with_owner(
+            topic,
+            |r| History::append(r, topic, payload, published_at_micros, origin_conn, policy),
+            || PublishTicket::Done(Err(no_master())),
+        )
+    }
+
+    fn read(&self, topic: &str, after: u64, limit: usize, policy: &StreamPolicy) -> ReadTicket {
+        self.with_owner(
+            topic,
+            |r| History::read(r, topic, after, limit, policy),
+            || Ticket::Done(Err(no_master())),
+        )
+    }
+
+    fn latest(&self, topic: &str, policy: &StreamPolicy) -> ReadTicket {
+        self.with_owner(
+            topic,
+            |r| History::latest(r, topic, policy),
+            || Ticket::Done(Err(no_master())),
+        )
+    }
+}
+
+fn attach_member(m: &Member) {
+    let sink: Arc<dyn RelaySink> = m.sink.clone();
+    m.relay.attach(Arc::downgrade(&sink));
+}
+
+/// `user:password@` (or `:password@`) of a URL, as written; empty without credentials.
+fn userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return String::new();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => authority[..=at].to_owned(),
+        None => String::new(),
+    }
+}
+
+/// Reads the slot map on start, on hints and periodically; applies changes.
+async fn refresh_loop(core: Arc<Core>) {
+    let mut conn: Option<(String, MultiplexedConnection)> = None;
+    let mut last = Instant::now() - MIN_REFRESH_GAP;
+    let mut failures = 0u32;
+    loop {
+        let since = last.elapsed();
+        if since < MIN_REFRESH_GAP {
+            tokio::select! {
+                _ = core.cancel.cancelled() => return,
+                _ = tokio::time::sleep(MIN_REFRESH_GAP - since) => {}
+            }
+        }
+        last = Instant::now();
+        match fetch(&core, &mut conn).await {
+            Ok(topology) => {
+                if failures > 0 {
+                    tracing::info!("redis cluster slot map read again");
+                }
+                failures = 0;
+                apply(&core, topology);
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cannot read the redis cluster slot map; retrying");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        let healthy = {
+            let view = core.view.load();
+            view.topology.uncovered() == 0
+                && !view.members.is_empty()
+                && view.members.iter().all(|m| m.relay.state() == RelayState::Up)
+        };
+        let pause = if healthy {
+            core.refresh_interval
+        } else {
+            core.refresh_interval.min(DEGRADED_REFRESH_INTERVAL)
+        };
+        tokio::select! {
+            _ = core.cancel.cancelled() => return,
+            _ = core.hint.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// `CLUSTER SLOTS` from the first node that answers: the masters of the current map first,
+/// then the seeds. A connection that answered is kept for the next time.
+async fn fetch(core: &Core, conn: &mut Option<(String, MultiplexedConnection)>) -> Result<Topology, String> {
+    let limit = core.template.command_timeout;
+    if let Some((host, c)) = conn.as_mut() {
+        match tokio::time::timeout(limit, redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(c)).await {
+            Ok(Ok(v)) => return Topology::from_cluster_slots(&v, host),
+            _ => *conn = None,
+        }
+    }
+    let mut candidates: Vec<String> = core
+        .view
+        .load()
+        .topology
+        .masters()
+        .iter()
+        .map(|m| core.url_of(m))
+        .collect();
+    candidates.extend(core.seeds.iter().cloned());
+    let mut last = String::from("no node to ask");
+    for url in candidates {
+        let attempt = async {
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let host = match client.get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(h, _) => h.clone(),
+                _ => String::new(),
+            };
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(core.template.connect_timeout))
+                .set_response_timeout(Some(limit));
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: redis::Value = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            let t = Topology::from_cluster_slots(&v, &host)?;
+            Ok::<_, String>((t, host, c))
+        };
+        match tokio::time::timeout(limit + core.template.connect_timeout, attempt).await {
+            Ok(Ok((t, host, c))) => {
+                if t.masters().is_empty() {
+                    last = "a node answered with no slots assigned".into();
+                    continue;
+                }
+                *conn = Some((host, c));
+                return Ok(t);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    Err(last)
+}
+
+/// Makes `topology` the map in use: members for new masters, topics re-announced to their
+/// owners (see the module docs), departed masters retired.
+fn apply(core: &Arc<Core>, topology: Topology) {
+    let old = core.view.load_full();
+    let changed = !old.topology.same_as(&topology) || old.topology.masters() != topology.masters();
+    let mut by_name: HashMap<Arc<str>, Arc<Member>> = old.members.iter().map(|m| (m.name.clone(), m.clone())).collect();
+    let mut members = Vec::with_capacity(topology.masters().len());
+    let mut started = Vec::new();
+    for master in topology.masters() {
+        let name: Arc<str> = master.name().into();
+        match by_name.remove(&name) {
+            Some(m) => members.push(m),
+            None => match start_member(core, &topology, master, name.clone()) {
+                Ok(m) => {
+                    started.push(m.clone());
+                    members.push(m);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, master = %name, "cannot start the relay for a redis cluster master");
+                    return;
+                }
+            },
+        }
+    }
+    let retired: Vec<Arc<Member>> = by_name.into_values().collect();
+    let new = Arc::new(View { topology, members });
+    core.view.store(new.clone());
+    for m in &started {
+        if core.sink.get().is_some() {
+            attach_member(m);
+        }
+    }
+    // Every topic to its owner in the new map, and to its old owner if that changed (which
+    // then lets it go). Also when nothing changed: a member told by Redis that a channel
+    // left (a hint) resubscribes it if the map says it is still its own.
+    let mut moved = HashSet::new();
+    if let Some(sink) = core.sink() {
+        let mut topics: Vec<Arc<str>> = sink.interested_topics();
+        topics.push(CONTROL_TOPIC.into());
+        for t in topics {
+            let slot = core.slot_of(&t);
+            let (was, now) = (old.member_of_slot(slot), new.member_of_slot(slot));
+            if let Some(n) = now {
+                n.relay.interest_changed(&t);
+            }
+            if let Some(w) = was {
+                if now.is_none_or(|n| n.name != w.name) {
+                    w.relay.interest_changed(&t);
+                    if now.is_some() && &*t != CONTROL_TOPIC {
+                        moved.insert(t.clone());
+                    }
+                }
+            }
+        }
+    }
+    if changed {
+        let names: Vec<&str> = new.members.iter().map(|m| &*m.name).collect();
+        tracing::info!(
+            masters = ?names,
+            uncovered = new.topology.uncovered(),
+            moved = moved.len(),
+            "redis cluster slot map changed"
+        );
+    }
+    if !moved.is_empty() {
+        core.tracker.spawn(fill_moved(core.clone(), moved));
+    }
+    for m in retired {
+        let cancel = core.cancel.clone();
+        core.tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(RETIRE_GRACE) => {}
+            }
+            tracing::info!(master = %m.name, "redis cluster master left the slot map; its relay stops");
+            m.relay.shutdown().await;
+        });
+    }
+}
+
+/// Starts the member for `master`: a sharded-mode [`RedisRelay`] whose canary channel
+/// hashes to a slot the master serves.
+fn start_member(
+    core: &Arc<Core>,
+    topology: &Topology,
+    master: &Master,
+    name: Arc<str>,
+) -> Result<Arc<Member>, RelayStartError> {
+    let mut config = core.template.clone();
+    config.url = core.url_of(master);
+    config.sharded_pubsub = true;
+    config.sets_relay_up_gauge = false;
+    config.topology_hint = Some(core.hint.clone());
+    config.canary_channel_override = canary_for(&config, topology, master);
+    if config.canary_channel_override.is_none() {
+        config.canary_interval = Duration::ZERO;
+    }
+    let relay = RedisRelay::start(config, core.metrics.clone(), core.cancel.child_token())?;
+    let sink = Arc::new(MemberSink {
+        name: name.clone(),
+        core: Arc::downgrade(core),
+    });
+    Ok(Arc::new(Member { name, relay, sink }))
+}
+
+/// This node's canary channel on `master`: `{prefix}{#canary:<node>:<k>}` with the first
+/// `k` whose slot the master serves (a few thousand tries at most for any share of slots
+/// a real master has).
+fn canary_for(config: &RedisRelayConfig, topology: &Topology, master: &Master) -> Option<String> {
+    (0..200_000u32).find_map(|k| {
+        let channel = config.channel(&format!("#canary:{}:{k}", config.node_id));
+        (topology.owner(key_slot(channel.as_bytes())) == Some(master)).then_some(channel)
+    })
+}
+
+/// After a move: once the new owners confirm the moved topics (or the wait times out),
+/// the broker fills their gap from history.
+async fn fill_moved(core: Arc<Core>, moved: HashSet<Arc<str>>) {
+    let waits: Vec<InterestTicket> = {
+        let view = core.view.load();
+        moved
+            .iter()
+            .filter_map(|t| {
+                view.member_of_slot(core.slot_of(t))
+                    .map(|m| m.relay.confirm_interest(t))
+            })
+            .collect()
+    };
+    let all = async {
+        for w in waits {
+            let _ = w.outcome().await;
+        }
+    };
+    tokio::select! {
+        _ = core.cancel.cancelled() => return,
+        _ = tokio::time::timeout(MOVE_CONFIRM_TIMEOUT, all) => {}
+    }
+    if let Some(sink) = core.sink() {
+        tracing::debug!(
+            topics = moved.len(),
+            "topics moved to another redis cluster master: filling their gap"
+        );
+        sink.relinked_topics(&|t| moved.contains(t));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_carry_over_to_every_master() {
+        assert_eq!(userinfo("redis://:pw@10.0.0.1:7000/"), ":pw@");
+        assert_eq!(userinfo("redis://app:p@ss@10.0.0.1:7000"), "app:p@ss@");
+        assert_eq!(userinfo("redis://10.0.0.1:7000/"), "");
+    }
+
+    #[test]
+    fn each_master_gets_a_canary_in_its_own_slots() {
+        let m = |p| Master {
+            host: "127.0.0.1".into(),
+            port: p,
+        };
+        let t = Topology::from_ranges(&[(0, 5460, m(1)), (5461, 10922, m(2)), (10923, 16383, m(3))]);
+        let mut cfg = RedisRelayConfig::new("redis://127.0.0.1:1/", "node-a");
+        cfg.sharded_pubsub = true;
+        let mut seen = HashSet::new();
+        for master in t.masters() {
+            let c = canary_for(&cfg, &t, master).expect("a canary");
+            assert!(c.starts_with("herald:{#canary:node-a:"), "{c}");
+            assert_eq!(t.owner(key_slot(c.as_bytes())), Some(master));
+            assert!(seen.insert(c));
+        }
+    }
+}
