@@ -109,7 +109,7 @@ cluster-down:
 
 .PHONY: bench-shards
 
-## bench-shards: Redis CPU per cross-node message, one Redis vs topics sharded over 3 (3 interleaved rounds, ~2 min)
+## bench-shards: Redis CPU per cross-node message: one Redis, topics sharded over 3, a 3-master Redis Cluster (3 interleaved rounds, ~3 min)
 bench-shards:
 	$(CARGO) build --release -p herald-gateway -p herald-loadtest
 	HERALD_BIN='$(TARGET_DIR)/release/herald' LOADTEST_BIN='$(TARGET_DIR)/release/herald-loadtest' scripts/bench-shards.sh

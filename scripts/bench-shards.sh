@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# `make bench-shards`: what cross-node traffic costs Redis with one Redis and with the
-# topics sharded over several (`redis.urls`), at the same offered load, in interleaved
-# rounds. Each run starts its own redis-server(s) on free loopback ports and two herald
+# `make bench-shards`: what cross-node traffic costs Redis with one Redis, with the
+# topics sharded over several (`redis.urls`), and on a Redis Cluster of as many masters
+# (`relay.kind = "redis-cluster"`, sharded pub/sub), at the same offered load, in
+# interleaved rounds. Each run starts its own redis-server(s) on free loopback ports and two herald
 # nodes (publishers on node 1, subscribers on node 2), drives them with herald-loadtest
 # cross-node over many topics, reads each Redis's CPU time (`INFO cpu`) before and after
 # (less its idle rate, measured over IDLE_S seconds with the nodes connected just before),
 # prints one line per run, and stops exactly what it started. Every run is bounded by
 # DURATION plus the loadtest's drain.
 #
-# Environment: IDLE_S (3), SHARD_COUNTS ("1 3"), ROUNDS (3), RATE (20000 msgs/s), TOPICS (300),
+# Environment: IDLE_S (3), SHARD_COUNTS ("1 3 c3": a number is that many independent
+# Redis, `cN` a Redis Cluster of N masters without replicas), ROUNDS (3), RATE (20000 msgs/s), TOPICS (300),
 # SUBSCRIBERS (300), PUBLISHERS (4), DURATION (10s), PAYLOAD (256), HERALD_BIN,
 # LOADTEST_BIN (default: $CARGO_TARGET_DIR/release/...).
 set -euo pipefail
@@ -18,7 +20,7 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 [[ "$TARGET" = /* ]] || TARGET="$ROOT/$TARGET"
 HERALD_BIN="${HERALD_BIN:-$TARGET/release/herald}"
 LOADTEST_BIN="${LOADTEST_BIN:-$TARGET/release/herald-loadtest}"
-SHARD_COUNTS="${SHARD_COUNTS:-1 3}"
+SHARD_COUNTS="${SHARD_COUNTS:-1 3 c3}"
 ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-20000}"
 TOPICS="${TOPICS:-300}"
@@ -65,12 +67,21 @@ wait_ready() {
 }
 
 run_one() {
-    local shards="$1" round="$2" ports=() urls="" i
-    for i in $(seq 1 "$shards"); do
+    local shards="$1" round="$2" ports=() urls="" i kind=redis count cluster_args=()
+    count="${shards#c}"
+    if [[ "$shards" == c* ]]; then
+        kind=redis-cluster
+    fi
+    for i in $(seq 1 "$count"); do
         local p
         p="$(free_port)"
+        if [[ "$kind" == redis-cluster ]]; then
+            mkdir -p "$WORK/cluster-$p"
+            cluster_args=(--cluster-enabled yes --cluster-config-file "$WORK/cluster-$p/nodes.conf"
+                --cluster-port "$(free_port)" --dir "$WORK/cluster-$p")
+        fi
         redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no \
-            --logfile "$WORK/redis-$p.log" >/dev/null &
+            --logfile "$WORK/redis-$p.log" "${cluster_args[@]}" >/dev/null &
         STARTED+=($!)
         ports+=("$p")
         urls="${urls:+$urls,}redis://127.0.0.1:$p/"
@@ -78,12 +89,30 @@ run_one() {
     for p in "${ports[@]}"; do
         for _ in $(seq 1 100); do redis-cli -p "$p" PING >/dev/null 2>&1 && break; sleep 0.05; done
     done
+    if [[ "$kind" == redis-cluster ]]; then
+        local hosts=()
+        for p in "${ports[@]}"; do hosts+=("127.0.0.1:$p"); done
+        if ! redis-cli --cluster create "${hosts[@]}" --cluster-yes >"$WORK/cluster-create.log" 2>&1; then
+            say "redis-cli --cluster create failed:"
+            cat "$WORK/cluster-create.log" >&2
+            return 1
+        fi
+        local formed=""
+        for _ in $(seq 1 200); do
+            if redis-cli -p "${ports[0]}" CLUSTER INFO | tr -d '\r' | grep -q '^cluster_state:ok'; then
+                formed=1
+                break
+            fi
+            sleep 0.05
+        done
+        [[ -n "$formed" ]] || { say "the Redis Cluster did not form"; return 1; }
+    fi
     local ws=() admin=() pids=()
     for i in 1 2; do
         local w a
         w="$(free_port)"
         a="$(free_port)"
-        HERALD_RELAY__KIND=redis HERALD_REDIS__URLS="$urls" HERALD_NODE_ID="bench-$i" \
+        HERALD_RELAY__KIND="$kind" HERALD_REDIS__URLS="$urls" HERALD_NODE_ID="bench-$i" \
             HERALD_LIMITS__PUBLISH_PER_SECOND=0 HERALD_LIMITS__PUBLISH_BYTES_PER_SECOND=0 \
             HERALD_LOG__LEVEL=warn \
             taskset -c 0 "$HERALD_BIN" --listen "127.0.0.1:$w" --admin-listen "127.0.0.1:$a" \

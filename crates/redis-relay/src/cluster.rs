@@ -10,24 +10,30 @@
 //!   pub/sub connections, heartbeats, canary, reconnects, publish queue and history reads.
 //!   Each member sees, through a filtering sink ([`MemberSink`]), only the local interest in
 //!   topics whose slot its master serves, so it subscribes nothing else. What the broker
-//!   asks is routed by the topic's slot to its master's member; a slot no master serves (a
-//!   master down before its replica took over) answers `Unavailable`.
+//!   asks is routed by the topic's slot to its master's member; a master that is down
+//!   (Redis keeps listing it until its replica takes over) or a slot no master serves
+//!   answers `Unavailable`. A subscribe confirmation that fails because its slot moved
+//!   meanwhile is asked again of the new owner.
 //! - The control channel is the pseudo-topic `#control`, on the master of its slot; every
-//!   node subscribes it there. Each member's canary is a channel picked so that its slot is
-//!   one its master serves.
+//!   node subscribes it there. Each member's canary is a channel its supervisor picks on
+//!   one of its master's slots (asked through `ClusterHooks::owns_slot`), again when that
+//!   slot moves away.
 //! - The slot map (`CLUSTER SLOTS`) is read at start, every `refresh_interval` (every
 //!   250 ms while a slot is uncovered or a member down), and at once when a member sees a
 //!   sign that it moved (`MOVED`/`ASK` replies, a `sunsubscribe` Redis sent on its own, a
-//!   lost connection: `RedisRelayConfig::topology_hint`). When the map changes, members
-//!   are started for new masters; every topic is re-announced to its new owner, which
-//!   subscribes it, *before* its old owner lets go of it (after its `unsubscribe_delay`,
-//!   if Redis has not dropped it already); masters that left are stopped after a grace
-//!   period. A topic whose owner changed may have missed messages meanwhile: once its new
+//!   lost connection: `ClusterHooks`). A hint that finds the map unchanged (the node asked
+//!   may lag behind the one that redirected) makes the next read ask another node, after a
+//!   pause that doubles up to `refresh_interval`. When the map changes, members are started
+//!   for new masters; every topic whose owner changed, and every topic Redis dropped on its
+//!   own, is announced to its owner, which subscribes it, *before* its old owner lets go of
+//!   it (after its `unsubscribe_delay`, if Redis has not dropped it already); masters that
+//!   left are stopped after a grace period. A topic whose owner changed may have missed messages meanwhile: once its new
 //!   owner has subscribed it, `RelaySink::relinked_topics` makes the broker fill the gap
 //!   from history (topics without history are at-most-once during a move, as during any
 //!   relay outage).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -39,11 +45,11 @@ use herald_broker::{
 use herald_protocol::{ControlMessage, Envelope, Payload};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster_hooks::{ClusterHooks, HintBoard};
 use crate::config::{RedisRelayConfig, RelayStartError, CONTROL_SUFFIX};
 use crate::relay::RedisRelay;
 use crate::topology::{key_slot, Master, Topology};
@@ -65,26 +71,35 @@ const RETIRE_GRACE: Duration = Duration::from_secs(2);
 /// How long the gap fill after a move waits for the new owners to confirm.
 const MOVE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a failed subscribe confirmation waits for its slot's new owner.
+const CONFIRM_RETRY_WINDOW: Duration = Duration::from_secs(2);
+
 /// The pseudo-topic of the control channel.
 const CONTROL_TOPIC: &str = CONTROL_SUFFIX;
 
-/// One master's relay and the sink it delivers into.
+/// One master's relay and the sink it delivers into. `id` tells two members of one name
+/// apart (a master that left the map and came back within the retirement grace).
 struct Member {
+    id: u64,
     name: Arc<str>,
     relay: Arc<RedisRelay>,
     sink: Arc<MemberSink>,
 }
 
 /// The slot map and the member serving each of its masters (aligned with
-/// `topology.masters()`).
+/// `topology.masters()`; `None` where the member could not be started).
 struct View {
     topology: Topology,
-    members: Vec<Arc<Member>>,
+    members: Vec<Option<Arc<Member>>>,
 }
 
 impl View {
     fn member_of_slot(&self, slot: u16) -> Option<&Arc<Member>> {
-        self.members.get(self.topology.owner_index(slot)?)
+        self.members.get(self.topology.owner_index(slot)?)?.as_ref()
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.members.iter().flatten()
     }
 }
 
@@ -99,9 +114,11 @@ struct Core {
     cancel: CancellationToken,
     view: ArcSwap<View>,
     sink: OnceLock<Weak<dyn RelaySink>>,
-    hint: Arc<Notify>,
+    board: Arc<HintBoard>,
     refresh_interval: Duration,
     tracker: TaskTracker,
+    runtime: tokio::runtime::Handle,
+    next_id: AtomicU64,
 }
 
 impl Core {
@@ -114,23 +131,26 @@ impl Core {
     }
 
     fn url_of(&self, m: &Master) -> String {
-        format!("redis://{}{}:{}/", self.userinfo, m.host, m.port)
+        format!("redis://{}{}/", self.userinfo, m.name())
+    }
+
+    /// Whether member `id` serves `slot` in the map in use.
+    fn serves(&self, id: u64, slot: u16) -> bool {
+        self.view.load().member_of_slot(slot).is_some_and(|m| m.id == id)
     }
 }
 
 /// The sink one member sees: the node's sink, filtered to the topics whose slot the
 /// member's master serves in the current map (plus `#control` where its slot is).
 pub struct MemberSink {
-    name: Arc<str>,
+    id: u64,
     core: Weak<Core>,
 }
 
 impl MemberSink {
     fn owns(&self, topic: &str) -> bool {
         let Some(core) = self.core.upgrade() else { return false };
-        let view = core.view.load();
-        view.member_of_slot(core.slot_of(topic))
-            .is_some_and(|m| m.name == self.name)
+        core.serves(self.id, core.slot_of(topic))
     }
 
     fn inner(&self) -> Option<Arc<dyn RelaySink>> {
@@ -239,9 +259,11 @@ impl ClusterRelay {
                 members: Vec::new(),
             }),
             sink: OnceLock::new(),
-            hint: Arc::new(Notify::new()),
+            board: Arc::new(HintBoard::default()),
             refresh_interval,
             tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+            next_id: AtomicU64::new(1),
         });
         metrics.relay_up.set(0);
         core.tracker.spawn(refresh_loop(core.clone()));
@@ -253,7 +275,7 @@ impl ClusterRelay {
         self.core.cancel.cancel();
         self.core.tracker.close();
         self.core.tracker.wait().await;
-        let members = self.core.view.load().members.clone();
+        let members: Vec<Arc<Member>> = self.core.view.load().live().cloned().collect();
         for m in members {
             m.relay.shutdown().await;
         }
@@ -300,7 +322,7 @@ impl Relay for ClusterRelay {
             tracing::warn!("redis cluster relay attached twice; keeping the first sink");
             return;
         }
-        for m in self.core.view.load().members.iter() {
+        for m in self.core.view.load().live() {
             attach_member(m);
         }
     }
@@ -317,18 +339,55 @@ impl Relay for ClusterRelay {
         self.with_owner(topic, |r| r.interest_changed(topic), || ());
     }
 
+    /// Asks the slot's master's member. A confirmation that fails while its member is up
+    /// (the slot moved: Redis redirected the SSUBSCRIBE, or the map moved the topic away
+    /// before it was subscribed) is asked again of the slot's new owner, for up to
+    /// `CONFIRM_RETRY_WINDOW`, so a subscribe during a move is not refused needlessly.
     fn confirm_interest(&self, topic: &str) -> InterestTicket {
-        self.with_owner(topic, |r| r.confirm_interest(topic), || Ticket::Done(Err(no_master())))
+        let slot = self.core.slot_of(topic);
+        let (first, mut ticket) = {
+            let view = self.core.view.load();
+            let Some(m) = view.member_of_slot(slot) else {
+                return Ticket::Done(Err(no_master()));
+            };
+            (m.clone(), m.relay.confirm_interest(topic))
+        };
+        if let Some(Ok(())) = ticket.try_outcome() {
+            return Ticket::ok();
+        }
+        let (tx, out) = Ticket::pending();
+        let core = self.core.clone();
+        let topic = topic.to_owned();
+        self.core.runtime.spawn(async move {
+            let mut result = ticket.outcome().await;
+            if result.is_err() && first.relay.state() == RelayState::Up {
+                let mut owner = first.id;
+                let deadline = Instant::now() + CONFIRM_RETRY_WINDOW;
+                while result.is_err() && Instant::now() < deadline && !core.cancel.is_cancelled() {
+                    let next = {
+                        let view = core.view.load();
+                        view.member_of_slot(slot)
+                            .filter(|m| m.id != owner)
+                            .map(|m| (m.id, m.relay.confirm_interest(&topic)))
+                    };
+                    match next {
+                        Some((id, t)) => {
+                            owner = id;
+                            result = t.outcome().await;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+            let _ = tx.send(result);
+        });
+        out
     }
 
     /// Up while every slot is served and every member is up; Down while no member is up.
     fn state(&self) -> RelayState {
         let view = self.core.view.load();
-        let up = view
-            .members
-            .iter()
-            .filter(|m| m.relay.state() == RelayState::Up)
-            .count();
+        let up = view.live().filter(|m| m.relay.state() == RelayState::Up).count();
         if up == 0 {
             RelayState::Down
         } else if up == view.members.len() && view.topology.uncovered() == 0 {
@@ -340,12 +399,21 @@ impl Relay for ClusterRelay {
 
     fn shards(&self) -> Vec<ShardStatus> {
         let view = self.core.view.load();
+        // A master whose relay could not be started is listed, down.
         let mut out: Vec<ShardStatus> = view
-            .members
+            .topology
+            .masters()
             .iter()
-            .map(|m| ShardStatus {
-                name: m.name.clone(),
-                state: m.relay.state(),
+            .zip(&view.members)
+            .map(|(master, m)| match m {
+                Some(m) => ShardStatus {
+                    name: m.name.clone(),
+                    state: m.relay.state(),
+                },
+                None => ShardStatus {
+                    name: master.name().into(),
+                    state: RelayState::Down,
+                },
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -426,56 +494,87 @@ async fn refresh_loop(core: Arc<Core>) {
     let mut conn: Option<(String, MultiplexedConnection)> = None;
     let mut last = Instant::now() - MIN_REFRESH_GAP;
     let mut failures = 0u32;
+    // Hints that found the map unchanged in a row: each doubles the pause before the next
+    // read and makes it ask another node.
+    let mut stale = 0u32;
+    let mut rotate = 0usize;
+    let mut hinted = false;
     loop {
+        let gap = if hinted {
+            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(core.refresh_interval.max(MIN_REFRESH_GAP))
+        } else {
+            MIN_REFRESH_GAP
+        };
         let since = last.elapsed();
-        if since < MIN_REFRESH_GAP {
+        if since < gap {
             tokio::select! {
                 _ = core.cancel.cancelled() => return,
-                _ = tokio::time::sleep(MIN_REFRESH_GAP - since) => {}
+                _ = tokio::time::sleep(gap - since) => {}
             }
         }
         last = Instant::now();
-        match fetch(&core, &mut conn).await {
+        match fetch(&core, &mut conn, rotate).await {
             Ok(topology) => {
                 if failures > 0 {
                     tracing::info!("redis cluster slot map read again");
                 }
                 failures = 0;
-                apply(&core, topology);
+                let changed = apply(&core, topology);
+                if changed || !hinted {
+                    stale = 0;
+                } else {
+                    // Told that the map moved, but this node says it did not: it may lag
+                    // behind the one that redirected. Ask another one next time.
+                    stale = stale.saturating_add(1);
+                    conn = None;
+                    rotate = rotate.wrapping_add(1);
+                }
             }
             Err(e) => {
                 if failures == 0 {
                     tracing::warn!(error = %e, "cannot read the redis cluster slot map; retrying");
                 }
                 failures = failures.saturating_add(1);
+                rotate = rotate.wrapping_add(1);
             }
         }
         let healthy = {
             let view = core.view.load();
             view.topology.uncovered() == 0
                 && !view.members.is_empty()
-                && view.members.iter().all(|m| m.relay.state() == RelayState::Up)
+                && view
+                    .members
+                    .iter()
+                    .all(|m| m.as_ref().is_some_and(|m| m.relay.state() == RelayState::Up))
         };
         let pause = if healthy {
             core.refresh_interval
         } else {
             core.refresh_interval.min(DEGRADED_REFRESH_INTERVAL)
         };
-        tokio::select! {
+        hinted = tokio::select! {
             _ = core.cancel.cancelled() => return,
-            _ = core.hint.notified() => {}
-            _ = tokio::time::sleep(pause) => {}
-        }
+            _ = core.board.wait() => true,
+            _ = tokio::time::sleep(pause) => false,
+        };
     }
 }
 
 /// `CLUSTER SLOTS` from the first node that answers: the masters of the current map first,
 /// then the seeds. A connection that answered is kept for the next time.
-async fn fetch(core: &Core, conn: &mut Option<(String, MultiplexedConnection)>) -> Result<Topology, String> {
+async fn fetch(
+    core: &Core,
+    conn: &mut Option<(String, MultiplexedConnection)>,
+    rotate: usize,
+) -> Result<Topology, String> {
     let limit = core.template.command_timeout;
     if let Some((host, c)) = conn.as_mut() {
-        match tokio::time::timeout(limit, redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(c)).await {
-            Ok(Ok(v)) => return Topology::from_cluster_slots(&v, host),
+        let answer =
+            tokio::time::timeout(limit, redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(c)).await;
+        match answer.map(|r| r.map(|v| Topology::from_cluster_slots(&v, host))) {
+            Ok(Ok(Ok(t))) if !t.masters().is_empty() => return Ok(t),
+            // Failed, unreadable, or a node that serves nothing any more (reset, removed):
+            // ask the others.
             _ => *conn = None,
         }
     }
@@ -488,6 +587,10 @@ async fn fetch(core: &Core, conn: &mut Option<(String, MultiplexedConnection)>) 
         .map(|m| core.url_of(m))
         .collect();
     candidates.extend(core.seeds.iter().cloned());
+    if !candidates.is_empty() {
+        let n = rotate % candidates.len();
+        candidates.rotate_left(n);
+    }
     let mut last = String::from("no node to ask");
     for url in candidates {
         let attempt = async {
@@ -528,62 +631,88 @@ async fn fetch(core: &Core, conn: &mut Option<(String, MultiplexedConnection)>) 
 }
 
 /// Makes `topology` the map in use: members for new masters, topics re-announced to their
-/// owners (see the module docs), departed masters retired.
-fn apply(core: &Arc<Core>, topology: Topology) {
+/// owners (see the module docs), departed masters retired. Returns whether the map changed.
+fn apply(core: &Arc<Core>, topology: Topology) -> bool {
     let old = core.view.load_full();
     let changed = !old.topology.same_as(&topology) || old.topology.masters() != topology.masters();
-    let mut by_name: HashMap<Arc<str>, Arc<Member>> = old.members.iter().map(|m| (m.name.clone(), m.clone())).collect();
-    let mut members = Vec::with_capacity(topology.masters().len());
-    let mut started = Vec::new();
-    for master in topology.masters() {
-        let name: Arc<str> = master.name().into();
-        match by_name.remove(&name) {
-            Some(m) => members.push(m),
-            None => match start_member(core, &topology, master, name.clone()) {
-                Ok(m) => {
-                    started.push(m.clone());
-                    members.push(m);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, master = %name, "cannot start the relay for a redis cluster master");
-                    return;
-                }
-            },
-        }
+    let evicted = core.board.take_evicted();
+    if !changed && evicted.as_ref().is_some_and(Vec::is_empty) {
+        return false;
     }
-    let retired: Vec<Arc<Member>> = by_name.into_values().collect();
-    let new = Arc::new(View { topology, members });
-    core.view.store(new.clone());
-    for m in &started {
+    let new = if changed {
+        let mut by_name: HashMap<Arc<str>, Arc<Member>> = old.live().map(|m| (m.name.clone(), m.clone())).collect();
+        let mut members = Vec::with_capacity(topology.masters().len());
+        let mut started = Vec::new();
+        for master in topology.masters() {
+            let name: Arc<str> = master.name().into();
+            members.push(match by_name.remove(&name) {
+                Some(m) => Some(m),
+                None => match start_member(core, master, name.clone()) {
+                    Ok(m) => {
+                        started.push(m.clone());
+                        Some(m)
+                    }
+                    Err(e) => {
+                        // Its slots answer Unavailable; the next change tries again.
+                        tracing::warn!(error = %e, master = %name, "cannot start the relay for a redis cluster master");
+                        None
+                    }
+                },
+            });
+        }
+        let retired: Vec<Arc<Member>> = by_name.into_values().collect();
+        let new = Arc::new(View { topology, members });
+        core.view.store(new.clone());
         if core.sink.get().is_some() {
-            attach_member(m);
+            for m in &started {
+                attach_member(m);
+            }
         }
-    }
-    // Every topic to its owner in the new map, and to its old owner if that changed (which
-    // then lets it go). Also when nothing changed: a member told by Redis that a channel
-    // left (a hint) resubscribes it if the map says it is still its own.
+        for m in retired {
+            let cancel = core.cancel.clone();
+            core.tracker.spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(RETIRE_GRACE) => {}
+                }
+                tracing::info!(master = %m.name, "redis cluster master left the slot map; its relay stops");
+                m.relay.shutdown().await;
+            });
+        }
+        new
+    } else {
+        old.clone()
+    };
+    // To its owner in the new map, and to its old owner if that changed (which then lets it
+    // go): every topic whose owner changed, every topic Redis dropped on its own (its owner
+    // subscribes it again if the map says it is still its own), and, when evictions were
+    // too many to remember, every topic.
     let mut moved = HashSet::new();
     if let Some(sink) = core.sink() {
+        let evicted: Option<HashSet<Box<str>>> = evicted.map(|v| v.into_iter().collect());
         let mut topics: Vec<Arc<str>> = sink.interested_topics();
         topics.push(CONTROL_TOPIC.into());
         for t in topics {
             let slot = core.slot_of(&t);
             let (was, now) = (old.member_of_slot(slot), new.member_of_slot(slot));
+            let owner_changed = was.map(|m| m.id) != now.map(|m| m.id);
+            let dropped = evicted.as_ref().is_none_or(|e| e.contains(&*t));
+            if !owner_changed && !dropped {
+                continue;
+            }
             if let Some(n) = now {
                 n.relay.interest_changed(&t);
             }
-            if let Some(w) = was {
-                if now.is_none_or(|n| n.name != w.name) {
-                    w.relay.interest_changed(&t);
-                    if now.is_some() && &*t != CONTROL_TOPIC {
-                        moved.insert(t.clone());
-                    }
-                }
+            if let (Some(w), true) = (was, owner_changed) {
+                w.relay.interest_changed(&t);
+            }
+            if now.is_some() && &*t != CONTROL_TOPIC && (owner_changed || dropped) {
+                moved.insert(t.clone());
             }
         }
     }
     if changed {
-        let names: Vec<&str> = new.members.iter().map(|m| &*m.name).collect();
+        let names: Vec<&str> = new.live().map(|m| &*m.name).collect();
         tracing::info!(
             masters = ?names,
             uncovered = new.topology.uncovered(),
@@ -594,79 +723,66 @@ fn apply(core: &Arc<Core>, topology: Topology) {
     if !moved.is_empty() {
         core.tracker.spawn(fill_moved(core.clone(), moved));
     }
-    for m in retired {
-        let cancel = core.cancel.clone();
-        core.tracker.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(RETIRE_GRACE) => {}
-            }
-            tracing::info!(master = %m.name, "redis cluster master left the slot map; its relay stops");
-            m.relay.shutdown().await;
-        });
-    }
+    changed
 }
 
-/// Starts the member for `master`: a sharded-mode [`RedisRelay`] whose canary channel
-/// hashes to a slot the master serves.
-fn start_member(
-    core: &Arc<Core>,
-    topology: &Topology,
-    master: &Master,
-    name: Arc<str>,
-) -> Result<Arc<Member>, RelayStartError> {
+/// Starts the member for `master`: a sharded-mode [`RedisRelay`] whose hooks answer, from
+/// the map in use, which slots are its master's.
+fn start_member(core: &Arc<Core>, master: &Master, name: Arc<str>) -> Result<Arc<Member>, RelayStartError> {
+    let id = core.next_id.fetch_add(1, Ordering::Relaxed);
+    let weak = Arc::downgrade(core);
+    let hooks = ClusterHooks::new(
+        core.board.clone(),
+        Box::new(move |slot| weak.upgrade().is_some_and(|c| c.serves(id, slot))),
+    );
     let mut config = core.template.clone();
     config.url = core.url_of(master);
     config.sharded_pubsub = true;
     config.sets_relay_up_gauge = false;
-    config.topology_hint = Some(core.hint.clone());
-    config.canary_channel_override = canary_for(&config, topology, master);
-    if config.canary_channel_override.is_none() {
-        config.canary_interval = Duration::ZERO;
-    }
+    config.cluster = Some(Arc::new(hooks));
     let relay = RedisRelay::start(config, core.metrics.clone(), core.cancel.child_token())?;
     let sink = Arc::new(MemberSink {
-        name: name.clone(),
+        id,
         core: Arc::downgrade(core),
     });
-    Ok(Arc::new(Member { name, relay, sink }))
+    Ok(Arc::new(Member { id, name, relay, sink }))
 }
 
-/// This node's canary channel on `master`: `{prefix}{#canary:<node>:<k>}` with the first
-/// `k` whose slot the master serves (a few thousand tries at most for any share of slots
-/// a real master has).
-fn canary_for(config: &RedisRelayConfig, topology: &Topology, master: &Master) -> Option<String> {
-    (0..200_000u32).find_map(|k| {
-        let channel = config.channel(&format!("#canary:{}:{k}", config.node_id));
-        (topology.owner(key_slot(channel.as_bytes())) == Some(master)).then_some(channel)
-    })
-}
-
-/// After a move: once the new owners confirm the moved topics (or the wait times out),
-/// the broker fills their gap from history.
+/// After a move: once the new owners confirm the moved topics (asked again while a new
+/// member's pub/sub connection is still coming up, for up to `MOVE_CONFIRM_TIMEOUT`), the
+/// broker fills their gap from history.
 async fn fill_moved(core: Arc<Core>, moved: HashSet<Arc<str>>) {
-    let waits: Vec<InterestTicket> = {
-        let view = core.view.load();
-        moved
-            .iter()
-            .filter_map(|t| {
-                view.member_of_slot(core.slot_of(t))
-                    .map(|m| m.relay.confirm_interest(t))
-            })
-            .collect()
-    };
-    let all = async {
-        for w in waits {
-            let _ = w.outcome().await;
+    let deadline = Instant::now() + MOVE_CONFIRM_TIMEOUT;
+    let mut pending: Vec<Arc<str>> = moved.iter().cloned().collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let tickets: Vec<(Arc<str>, InterestTicket)> = {
+            let view = core.view.load();
+            pending
+                .drain(..)
+                .filter_map(|t| {
+                    let m = view.member_of_slot(core.slot_of(&t))?;
+                    let ticket = m.relay.confirm_interest(&t);
+                    Some((t, ticket))
+                })
+                .collect()
+        };
+        for (t, ticket) in tickets {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !matches!(tokio::time::timeout(left, ticket.outcome()).await, Ok(Ok(()))) {
+                pending.push(t);
+            }
         }
-    };
-    tokio::select! {
-        _ = core.cancel.cancelled() => return,
-        _ = tokio::time::timeout(MOVE_CONFIRM_TIMEOUT, all) => {}
+        if !pending.is_empty() {
+            tokio::select! {
+                _ = core.cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
     }
     if let Some(sink) = core.sink() {
         tracing::debug!(
             topics = moved.len(),
+            unconfirmed = pending.len(),
             "topics moved to another redis cluster master: filling their gap"
         );
         sink.relinked_topics(&|t| moved.contains(t));
@@ -682,23 +798,5 @@ mod tests {
         assert_eq!(userinfo("redis://:pw@10.0.0.1:7000/"), ":pw@");
         assert_eq!(userinfo("redis://app:p@ss@10.0.0.1:7000"), "app:p@ss@");
         assert_eq!(userinfo("redis://10.0.0.1:7000/"), "");
-    }
-
-    #[test]
-    fn each_master_gets_a_canary_in_its_own_slots() {
-        let m = |p| Master {
-            host: "127.0.0.1".into(),
-            port: p,
-        };
-        let t = Topology::from_ranges(&[(0, 5460, m(1)), (5461, 10922, m(2)), (10923, 16383, m(3))]);
-        let mut cfg = RedisRelayConfig::new("redis://127.0.0.1:1/", "node-a");
-        cfg.sharded_pubsub = true;
-        let mut seen = HashSet::new();
-        for master in t.masters() {
-            let c = canary_for(&cfg, &t, master).expect("a canary");
-            assert!(c.starts_with("herald:{#canary:node-a:"), "{c}");
-            assert_eq!(t.owner(key_slot(c.as_bytes())), Some(master));
-            assert!(seen.insert(c));
-        }
     }
 }

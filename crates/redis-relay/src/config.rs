@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use herald_protocol::TopicRules;
 use thiserror::Error;
-use tokio::sync::Notify;
+
+use crate::cluster_hooks::ClusterHooks;
 
 /// Everything the Redis relay needs to know. Every field has a documented default
 /// (see [`Default`]); `node_id` must be set by the caller.
@@ -23,7 +24,8 @@ pub struct RedisRelayConfig {
     /// dedicated to pub/sub.
     pub url: String,
     /// Prefix of every channel: topic `t` travels on `{channel_prefix}t` (default
-    /// `herald:`), so several Herald clusters, or other applications, can share one Redis.
+    /// `herald:`; with `sharded_pubsub`, `{channel_prefix}{t}`), so several Herald clusters,
+    /// or other applications, can share one Redis.
     pub channel_prefix: String,
     /// This node's id, written into every envelope (1..=255 bytes). Envelopes carrying it
     /// are dropped on receipt, which is how a node never receives its own publication.
@@ -114,13 +116,11 @@ pub struct RedisRelayConfig {
     /// topics of one slot, and subscribes the control channel only when the sink asks for
     /// it (it is a topic of the master owning its slot, `#control`).
     pub sharded_pubsub: bool,
-    /// This node's canary channel when not the default one (a cluster picks, per master, a
-    /// name whose slot that master serves).
-    pub canary_channel_override: Option<String>,
-    /// Woken when the relay sees a sign that the cluster's slots moved: a `MOVED`, `ASK`
-    /// or `CLUSTERDOWN` reply, a `sunsubscribe` Redis sent on its own, a lost connection.
-    /// `None` outside a cluster.
-    pub topology_hint: Option<Arc<Notify>>,
+    /// How this relay talks to its `ClusterRelay` (set by it; `None` outside a cluster):
+    /// signs that the slot map moved (a `MOVED`, `ASK`, `TRYAGAIN` or `CLUSTERDOWN` answer,
+    /// a `sunsubscribe` Redis sent on its own, a lost connection), and which slots this
+    /// master serves (the canary is picked on one of them).
+    pub cluster: Option<Arc<ClusterHooks>>,
 }
 
 impl Default for RedisRelayConfig {
@@ -152,8 +152,7 @@ impl Default for RedisRelayConfig {
             canary_timeout: Duration::from_secs(3),
             sets_relay_up_gauge: true,
             sharded_pubsub: false,
-            canary_channel_override: None,
-            topology_hint: None,
+            cluster: None,
         }
     }
 }
@@ -231,9 +230,16 @@ impl RedisRelayConfig {
 
     /// Tells the cluster layer (if any) that the slots may have moved.
     pub fn hint_topology(&self) {
-        if let Some(n) = &self.topology_hint {
-            n.notify_one();
+        if let Some(c) = &self.cluster {
+            c.hint();
         }
+    }
+
+    /// With `sharded_pubsub`: candidate `k` for this node's canary channel on a master,
+    /// `{channel_prefix}{#canary:<node_id>:<k>}`; the supervisor takes the first whose slot
+    /// the master serves.
+    pub fn canary_candidate(&self, k: u32) -> String {
+        self.channel(&format!("{CANARY_SUFFIX}{}:{k}", self.node_id))
     }
 
     /// The Redis channel that carries control messages between nodes:
@@ -245,10 +251,8 @@ impl RedisRelayConfig {
 
     /// This node's canary channel, `{channel_prefix}#canary:{node_id}`: only this node
     /// subscribes it.
+    /// (With `sharded_pubsub` the canary is one of [`canary_candidate`](Self::canary_candidate).)
     pub fn canary_channel(&self) -> String {
-        if let Some(c) = &self.canary_channel_override {
-            return c.clone();
-        }
         let mut c = self.channel(CANARY_SUFFIX);
         c.push_str(&self.node_id);
         c
@@ -302,6 +306,20 @@ impl RedisRelayConfig {
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
         {
             p.push("channel_prefix must not contain spaces or control characters".into());
+        }
+        if self.sharded_pubsub {
+            if let Some(open) = self.channel_prefix.find('{') {
+                if self.channel_prefix[open..].contains('}') {
+                    p.push(
+                        "channel_prefix must not hold a hash tag `{...}` on a Redis Cluster: every topic would share one slot".into(),
+                    );
+                }
+            }
+            if self.node_id.contains(['{', '}']) {
+                p.push(
+                    "node_id must not contain braces on a Redis Cluster (they would change the canary's slot)".into(),
+                );
+            }
         }
         if let Some(open) = self.channel_prefix.find('{') {
             if self.channel_prefix[open + 1..].starts_with('}') {

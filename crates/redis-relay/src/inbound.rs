@@ -92,7 +92,6 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
     let node = shared.config.node_id.as_bytes();
     let max = shared.config.max_payload_bytes;
     let control = shared.config.control_channel();
-    let canary = shared.config.canary_channel();
     let mut log = Throttle::default();
     loop {
         let msg = tokio::select! {
@@ -114,7 +113,7 @@ async fn read(shared: &Shared, feed: Feed, workers: &Workers) {
             control_message(shared, payload, &mut log);
             continue;
         }
-        if msg.channel() == canary {
+        if shared.is_canary(msg.channel()) {
             // This node's own probe came back: the connection delivers.
             shared.canary_arrived(payload);
             continue;

@@ -111,6 +111,7 @@
 
 mod backoff;
 mod cluster;
+mod cluster_hooks;
 mod config;
 mod history;
 mod inbound;
@@ -128,6 +129,7 @@ mod supervisor;
 mod topology;
 
 pub use cluster::{ClusterRelay, MemberSink, CLUSTER_REFRESH_INTERVAL};
+pub use cluster_hooks::ClusterHooks;
 pub use config::{RedisRelayConfig, RelayStartError, APPEND_BATCH_LIMIT};
 pub use relay::RedisRelay;
 pub use sharded::{shard_name, ShardRouter, ShardedRelay, MAX_SHARDS};

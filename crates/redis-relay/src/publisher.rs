@@ -36,7 +36,7 @@ use std::task::Poll;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use herald_broker::RelayError;
 use herald_protocol::StreamPos;
-use redis::Value;
+use redis::{ServerErrorKind, Value};
 use tokio::sync::mpsc;
 
 use crate::link::is_connection_failure;
@@ -144,7 +144,17 @@ async fn settle(shared: &Shared, flight: Flight) {
             } else {
                 if let Value::ServerError(e) = &reply {
                     // A cluster slot that moved: the next publication goes to its new master.
-                    if shared.config.sharded_pubsub && crate::sharded_pubsub::is_redirect(&e.to_string()) {
+                    if shared.config.sharded_pubsub
+                        && matches!(
+                            e.kind(),
+                            Some(
+                                ServerErrorKind::Moved
+                                    | ServerErrorKind::Ask
+                                    | ServerErrorKind::TryAgain
+                                    | ServerErrorKind::ClusterDown
+                            )
+                        )
+                    {
                         shared.config.hint_topology();
                     }
                 }

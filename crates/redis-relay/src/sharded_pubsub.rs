@@ -12,7 +12,8 @@
 //!
 //! One task per connection owns the socket: it writes requests in arrival order (Redis
 //! answers them in that order, so requests queued together form a pipeline) and parses
-//! what comes back. Payloads are sliced out of the read buffer, never copied. The task ends
+//! what comes back. Each payload is copied once out of the read buffer (a slice would keep
+//! the whole buffer alive for as long as any message of it is queued somewhere). The task ends
 //! when the handle ([`ShardedPubSub`]) is dropped or the socket fails; the message channel
 //! then closes, which is how the reader learns the connection is gone.
 
@@ -77,6 +78,8 @@ struct InFlight {
     verb: Verb,
     /// Confirmations still due: the channels in the order sent (PING: empty, one reply).
     remaining: VecDeque<Bytes>,
+    /// An unsubscribe's error reply, kept until its fence's PONG ends the request.
+    error: Option<String>,
     done: oneshot::Sender<Result<(), PubSubError>>,
 }
 
@@ -100,6 +103,9 @@ const MAX_BULK: usize = 512 * 1024 * 1024;
 
 /// Most elements of one array; replies here have at most 3.
 const MAX_ARRAY: usize = 64;
+
+/// Longest line (a simple string, an error, a length header) looked for before a CRLF.
+const MAX_LINE: usize = 64 * 1024;
 
 /// Connects to `host:port`, authenticates when `password` is set (`AUTH [user] password`)
 /// and starts the connection's task. The caller bounds the whole call with its own timeout.
@@ -234,13 +240,18 @@ async fn drive(
                     Verb::Ping => b"PING",
                 });
                 args.extend(req.channels.iter().map(|c| &c[..]));
-                if let Err(e) = wr.write_all(&encode(&args)).await {
+                let mut out = encode(&args);
+                if req.verb == Verb::Unsubscribe {
+                    out.extend_from_slice(&encode(&[b"PING"]));
+                }
+                if let Err(e) = wr.write_all(&out).await {
                     let _ = req.done.send(Err(PubSubError::Lost(e.to_string())));
                     break PubSubError::Lost(e.to_string());
                 }
                 in_flight.push_back(InFlight {
                     verb: req.verb,
                     remaining: req.channels.into(),
+                    error: None,
                     done: req.done,
                 });
             }
@@ -292,6 +303,12 @@ fn handle(
         Frame::Array(items) => items,
         Frame::Simple(s) if s.eq_ignore_ascii_case("PONG") => return answer_ping(in_flight),
         Frame::Error(e) => {
+            if let Some(f) = in_flight.front_mut().filter(|f| f.verb == Verb::Unsubscribe) {
+                // Its fence ends it.
+                f.remaining.clear();
+                f.error = Some(e);
+                return Ok(());
+            }
             let f = in_flight
                 .pop_front()
                 .ok_or(PubSubError::Protocol("an error reply nobody asked for"))?;
@@ -310,7 +327,9 @@ fn handle(
             let (Some(Frame::Bulk(channel)), Some(Frame::Bulk(payload))) = (it.next(), it.next()) else {
                 return Err(PubSubError::Protocol("a malformed smessage"));
             };
-            // The reader is gone only while the relay shuts down.
+            // Copied out of the read buffer, which a slice would keep alive. (The reader is
+            // gone only while the relay shuts down.)
+            let payload = Bytes::copy_from_slice(&payload);
             let _ = messages.send(ShardMessage { channel, payload });
             Ok(())
         }
@@ -335,12 +354,10 @@ fn handle(
                 return Err(PubSubError::Protocol("a malformed sunsubscribe"));
             };
             match in_flight.front_mut() {
+                // Ours (or Redis dropping a channel we are dropping anyway): the request
+                // still ends at its fence.
                 Some(f) if f.verb == Verb::Unsubscribe && f.remaining.contains(&channel) => {
                     f.remaining.retain(|c| c != &channel);
-                    if f.remaining.is_empty() {
-                        let f = in_flight.pop_front().expect("front exists");
-                        let _ = f.done.send(Ok(()));
-                    }
                 }
                 // Not ours: Redis dropped the channel because its slot left this master.
                 _ => {
@@ -357,11 +374,29 @@ fn handle(
     }
 }
 
+/// A PONG: the answer to a PING, or the fence that ends an unsubscribe.
 fn answer_ping(in_flight: &mut VecDeque<InFlight>) -> Result<(), PubSubError> {
     match in_flight.front() {
         Some(f) if f.verb == Verb::Ping => {
             let f = in_flight.pop_front().expect("front exists");
             let _ = f.done.send(Ok(()));
+            Ok(())
+        }
+        Some(f) if f.verb == Verb::Unsubscribe => {
+            let f = in_flight.pop_front().expect("front exists");
+            let result = match f.error {
+                Some(e) => Err(PubSubError::Server(e)),
+                // Channels Redis did not confirm before the fence: its framing is off.
+                None if !f.remaining.is_empty() => {
+                    Err(PubSubError::Protocol("an unsubscribe fenced before its confirmations"))
+                }
+                None => Ok(()),
+            };
+            let failed = matches!(result, Err(PubSubError::Protocol(_)));
+            let _ = f.done.send(result);
+            if failed {
+                return Err(PubSubError::Protocol("an unsubscribe fenced before its confirmations"));
+            }
             Ok(())
         }
         _ => Err(PubSubError::Protocol("a PONG out of order")),
@@ -419,7 +454,12 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, PubSubError> {
 
 /// The length of the frame at the start of `b`, `None` if incomplete; checks the syntax.
 fn measure(b: &[u8], depth: usize) -> Result<Option<usize>, PubSubError> {
-    let Some(line_end) = find_crlf(b) else { return Ok(None) };
+    let Some(line_end) = find_crlf(&b[..b.len().min(MAX_LINE)]) else {
+        if b.len() >= MAX_LINE {
+            return Err(PubSubError::Protocol("a line without its CRLF"));
+        }
+        return Ok(None);
+    };
     let Some(&tag) = b.first() else { return Ok(None) };
     let line = &b[1..line_end];
     let after = line_end + 2;
@@ -544,18 +584,41 @@ mod tests {
         let (msg_tx, _msg_rx) = mpsc::unbounded_channel();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let (done, mut rx) = oneshot::channel();
-        let mut q = VecDeque::from([InFlight {
+        let unsub = |done| InFlight {
             verb: Verb::Unsubscribe,
             remaining: VecDeque::from([Bytes::from_static(b"a")]),
+            error: None,
             done,
-        }]);
+        };
+        let mut q = VecDeque::from([unsub(done)]);
         let push = |ch: &str| Frame::Array(vec![bulk("sunsubscribe"), bulk(ch), Frame::Int(0)]);
+        let pong = || Frame::Array(vec![bulk("pong"), bulk("")]);
         handle(push("b"), &mut q, &msg_tx, &ev_tx).unwrap();
         assert_eq!(ev_rx.try_recv().unwrap(), Bytes::from_static(b"b"));
         assert!(rx.try_recv().is_err(), "not answered by someone else's channel");
         handle(push("a"), &mut q, &msg_tx, &ev_tx).unwrap();
+        assert!(rx.try_recv().is_err(), "an unsubscribe ends at its fence");
+        handle(pong(), &mut q, &msg_tx, &ev_tx).unwrap();
         assert!(matches!(rx.try_recv(), Ok(Ok(()))));
         assert!(q.is_empty());
+        // Redis pushes `sunsubscribe a` (the slot left), then answers our SUNSUBSCRIBE a
+        // with MOVED: the error is this request's, not the PING's queued behind it.
+        let (done, mut rx) = oneshot::channel();
+        let (ping_done, mut ping_rx) = oneshot::channel();
+        q.push_back(unsub(done));
+        q.push_back(InFlight {
+            verb: Verb::Ping,
+            remaining: VecDeque::new(),
+            error: None,
+            done: ping_done,
+        });
+        handle(push("a"), &mut q, &msg_tx, &ev_tx).unwrap();
+        handle(Frame::Error("MOVED 1 h:2".into()), &mut q, &msg_tx, &ev_tx).unwrap();
+        handle(pong(), &mut q, &msg_tx, &ev_tx).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Err(e)) if e.is_redirect()));
+        assert!(ping_rx.try_recv().is_err());
+        handle(pong(), &mut q, &msg_tx, &ev_tx).unwrap();
+        assert!(matches!(ping_rx.try_recv(), Ok(Ok(()))));
         // With nothing in flight every sunsubscribe is an eviction.
         handle(push("c"), &mut q, &msg_tx, &ev_tx).unwrap();
         assert_eq!(ev_rx.try_recv().unwrap(), Bytes::from_static(b"c"));

@@ -193,6 +193,11 @@ pub(crate) struct Shared {
     pub(crate) canary_expected: AtomicU64,
     pub(crate) canary_seen: AtomicBool,
     pub(crate) canary_back: tokio::sync::Notify,
+    /// The canary channel: fixed (`{prefix}#canary:<node>`), or with sharded pub/sub the
+    /// candidate the supervisor picked on this master's slots (empty until then).
+    canary: Mutex<Arc<str>>,
+    /// What every canary channel of this relay starts with, to recognise one cheaply.
+    canary_stem: String,
     /// Messages the pub/sub reader has taken off its stream (any channel), and whether it
     /// is waiting for room in a delivery worker's queue now: a canary stuck behind a
     /// backlog is a busy reader, not a silent connection.
@@ -219,6 +224,14 @@ impl Shared {
             metrics.relay_up.set(0);
         }
         let reads = Semaphore::new(config.history_read_concurrency);
+        let (canary, canary_stem): (Arc<str>, String) = if config.sharded_pubsub {
+            let c = config.canary_candidate(0);
+            let stem = c[..c.len() - "0}".len()].to_owned();
+            ("".into(), stem)
+        } else {
+            let c = config.canary_channel();
+            (c.as_str().into(), c)
+        };
         let epoch_seed = {
             use rand::Rng;
             rand::rng()
@@ -248,6 +261,8 @@ impl Shared {
             canary_expected: AtomicU64::new(0),
             canary_seen: AtomicBool::new(false),
             canary_back: tokio::sync::Notify::new(),
+            canary: Mutex::new(canary),
+            canary_stem,
             reader_progress: AtomicU64::new(0),
             reader_waiting: AtomicBool::new(false),
             epoch_seed,
@@ -317,6 +332,21 @@ impl Shared {
         if self.config.sets_relay_up_gauge {
             self.metrics.relay_up.set(i64::from(both));
         }
+    }
+
+    /// Whether `channel` is this relay's canary channel now.
+    pub(crate) fn is_canary(&self, channel: &str) -> bool {
+        channel.starts_with(&self.canary_stem) && *self.canary_channel() == *channel
+    }
+
+    /// The canary channel now (empty while a sharded relay has none).
+    pub(crate) fn canary_channel(&self) -> Arc<str> {
+        self.canary.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sharded pub/sub: the canary channel the supervisor picked and subscribed.
+    pub(crate) fn set_canary_channel(&self, channel: &str) {
+        *self.canary.lock().unwrap_or_else(|p| p.into_inner()) = channel.into();
     }
 
     /// The reader saw `payload` on the canary channel: the awaited canary (8 bytes,

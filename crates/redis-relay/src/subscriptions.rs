@@ -295,9 +295,10 @@ impl Reconciler {
         let due: Vec<Box<str>> = self
             .leaving
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(t, at)| **at <= now && self.subscribed.contains(*t))
             .map(|(t, _)| t.clone())
             .collect();
+        self.leaving.retain(|t, _| self.subscribed.contains(t));
         if due.is_empty() {
             return due;
         }
@@ -322,11 +323,40 @@ impl Reconciler {
             self.subscribed.remove(t);
         }
     }
+
+    /// Redis dropped these topics' channels on its own (a Redis Cluster slot left the
+    /// master): they are not subscribed any more and no unsubscribe is due for them.
+    pub(crate) fn evicted(&mut self, topics: &[Box<str>]) {
+        for t in topics {
+            self.subscribed.remove(t);
+            self.leaving.remove(t);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_evicted_topic_is_neither_unsubscribed_nor_confirmed_later() {
+        let interest = Interest::default();
+        let mut rec = Reconciler::default();
+        let t: Box<str> = "t".into();
+        rec.reset([t.clone()]);
+        interest.connected(std::slice::from_ref(&t));
+        let now = Instant::now();
+        let plan = rec.plan(HashSet::from([t.clone()]), |_| false, now, Duration::from_millis(10));
+        assert!(plan.subscribe.is_empty());
+        assert!(rec.next_deadline().is_some());
+        interest.withdraw(std::slice::from_ref(&t));
+        rec.evicted(std::slice::from_ref(&t));
+        assert_eq!(rec.next_deadline(), None);
+        let gone = rec.due(now + Duration::from_secs(1), &interest, |_| true);
+        assert!(gone.is_empty());
+        assert!(!interest.is_confirmed("t"));
+        assert!(!rec.is_subscribed("t"));
+    }
 
     fn set(v: &[&str]) -> HashSet<Box<str>> {
         v.iter().map(|s| Box::<str>::from(*s)).collect()

@@ -56,6 +56,7 @@ use crate::link::{LinkError, Retry};
 use crate::pubsub_conn::{self, Opened, PubSubConn};
 use crate::shared::{Feed, Link, PublishLink, Shared};
 use crate::subscriptions::Reconciler;
+use crate::topology::key_slot;
 
 /// Runs until the relay is cancelled.
 pub(crate) async fn run(shared: Arc<Shared>) {
@@ -137,15 +138,12 @@ async fn session(shared: &Arc<Shared>, opened: Opened, retry: &mut Retry) -> Lin
                 .await
                 .map_err(|_| LinkError::Timeout("SUBSCRIBE of the control channel"))??;
         }
-        // In a cluster the canary's channel is one of this master's slots; if the slot
-        // has just moved away, this connection goes without a canary.
-        let canary_live = timeout(cfg.command_timeout, conn.subscribe_one(cfg.canary_channel()))
-            .await
-            .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))??;
+        // In a cluster the canary's channel is picked on one of this master's slots.
+        let canary_live = subscribe_canary(shared, &mut conn).await?;
         let moved = subscribe(shared, &mut conn, &topics, "SUBSCRIBE").await?;
         if !moved.is_empty() {
             topics.retain(|t| !moved.contains(t));
-            shared.interest.abandon(&moved);
+            redirected(shared, &moved);
         }
         shared.interest.connected(&topics);
         let count = topics.len();
@@ -194,7 +192,6 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let has_interest = |t: &str| shared.has_interest(t);
     let canary_on = !cfg.canary_interval.is_zero();
-    let canary = cfg.canary_channel();
     let canary_every = if canary_on {
         cfg.canary_interval
     } else {
@@ -233,16 +230,22 @@ async fn serve(
             // owner, and this relay again, so a topic still ours is subscribed again.
             Some(channel) = async { evicted.as_mut()?.recv().await }, if evicted.is_some() => {
                 let channel = String::from_utf8_lossy(&channel).into_owned();
-                if channel == canary {
+                if shared.is_canary(&channel) {
+                    // Picked again on the next canary tick.
                     canary_live = false;
                     waiting = None;
+                    cfg.hint_topology();
                 } else if let Some(topic) = cfg.topic_of_channel(&channel) {
                     let gone: [Box<str>; 1] = [topic.into()];
                     shared.interest.withdraw(&gone);
-                    rec.unsubscribed(&gone);
+                    rec.evicted(&gone);
                     tracing::debug!(topic, "redis cluster moved a subscribed channel away");
+                    match &cfg.cluster {
+                        Some(c) => c.evicted(topic),
+                        None => cfg.hint_topology(),
+                    }
                 }
-                cfg.hint_topology();
+
             }
             _ = shared.interest.changed() => {
                 batch_window(shared).await?;
@@ -252,7 +255,7 @@ async fn serve(
                 let moved = subscribe(shared, conn, &subscribed, "SUBSCRIBE").await?;
                 if !moved.is_empty() {
                     subscribed.retain(|t| !moved.contains(t));
-                    shared.interest.abandon(&moved);
+                    redirected(shared, &moved);
                 }
                 rec.subscribed(&subscribed);
                 shared.interest.confirmed(&subscribed);
@@ -262,8 +265,13 @@ async fn serve(
                 subscribe(shared, conn, &gone, "UNSUBSCRIBE").await?;
                 rec.unsubscribed(&gone);
             }
-            _ = canary_tick.tick(), if canary_on && canary_live && sending.is_none() && waiting.is_none() => {
-                sending = start_canary(shared);
+            _ = canary_tick.tick(), if canary_on && sending.is_none() && waiting.is_none() => {
+                if canary_live {
+                    sending = start_canary(shared);
+                } else if cfg.sharded_pubsub {
+                    // Its slot left this master: pick another one of its slots.
+                    canary_live = subscribe_canary(shared, conn).await?;
+                }
             }
             reply = async { (&mut sending.as_mut().expect("guarded").0).await }, if sending.is_some() => {
                 let (_, link) = sending.take().expect("guarded");
@@ -328,13 +336,70 @@ fn start_canary(shared: &Shared) -> Option<(tokio::task::JoinHandle<CanaryReply>
     shared.canary_expected.store(n, Ordering::Release);
     shared.metrics.relay_canaries.inc();
     let mut conn = link.conn.clone();
+    let channel = shared.canary_channel();
+    if channel.is_empty() {
+        return None;
+    }
     let cmd = redis::cmd(cfg.publish_verb())
-        .arg(cfg.canary_channel())
+        .arg(&*channel)
         .arg(&n.to_be_bytes()[..])
         .to_owned();
     let limit = cfg.command_timeout;
     let task = tokio::spawn(async move { timeout(limit, cmd.query_async::<i64>(&mut conn)).await });
     Some((task, link))
+}
+
+/// A cluster answered SSUBSCRIBE of `topics` with a redirect: their slot is not this
+/// master's any more. Their waiters are answered (the cluster relay asks the new owner
+/// again) and the cluster re-announces them once it has read the slot map.
+fn redirected(shared: &Shared, topics: &[Box<str>]) {
+    shared.interest.abandon(topics);
+    if let Some(c) = &shared.config.cluster {
+        for t in topics {
+            c.evicted(t);
+        }
+    }
+}
+
+/// Most candidates tried with SSUBSCRIBE per pick (the map may be stale: a candidate on a
+/// slot the master just gave away is redirected).
+const CANARY_TRIES: usize = 3;
+
+/// Most candidate names looked at per pick (a master serving 1/64 of the slots has one in
+/// about 64; this many leave no realistic master without one).
+const CANARY_CANDIDATES: u32 = 1 << 16;
+
+/// Subscribes this node's canary channel; whether it is live. Classic pub/sub: the fixed
+/// channel. Sharded: the first candidate whose slot this master serves (asked of the
+/// cluster), confirmed by Redis; none when the master serves no slot right now.
+async fn subscribe_canary(shared: &Shared, conn: &mut PubSubConn) -> Result<bool, LinkError> {
+    let cfg = &shared.config;
+    let limit = cfg.command_timeout;
+    let Some(hooks) = cfg.cluster.as_ref().filter(|_| cfg.sharded_pubsub) else {
+        return timeout(limit, conn.subscribe_one(cfg.canary_channel()))
+            .await
+            .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))?;
+    };
+    let mut tried = 0;
+    for k in 0..CANARY_CANDIDATES {
+        let channel = cfg.canary_candidate(k);
+        if !hooks.owns_slot(key_slot(channel.as_bytes())) {
+            continue;
+        }
+        let ok = timeout(limit, conn.subscribe_one(channel.clone()))
+            .await
+            .map_err(|_| LinkError::Timeout("SSUBSCRIBE of the canary channel"))??;
+        if ok {
+            shared.set_canary_channel(&channel);
+            return Ok(true);
+        }
+        tried += 1;
+        if tried >= CANARY_TRIES {
+            break;
+        }
+    }
+    shared.set_canary_channel("");
+    Ok(false)
 }
 
 /// Lets a burst of hints accumulate: `subscribe_batch_window`, or

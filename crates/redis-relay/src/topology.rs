@@ -37,8 +37,14 @@ pub struct Master {
 }
 
 impl Master {
+    /// `host:port` (`[v6]:port` for an IPv6 address): the `shard` label, and the authority
+    /// of its URL.
     pub fn name(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -132,9 +138,10 @@ impl Topology {
             else {
                 return Err("a CLUSTER SLOTS entry lacks its range or master".into());
             };
+            // Empty: the node does not know its own address; `?`: Redis 7's unknown endpoint.
             let host = match node.first() {
-                Some(Value::BulkString(h)) if !h.is_empty() => String::from_utf8_lossy(h).into_owned(),
-                Some(Value::SimpleString(h)) if !h.is_empty() => h.clone(),
+                Some(Value::BulkString(h)) if !h.is_empty() && h != b"?" => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) if !h.is_empty() && h != "?" => h.clone(),
                 _ => fallback_host.to_owned(),
             };
             let port = match node.get(1) {
@@ -198,5 +205,17 @@ mod tests {
         assert!(holed.owner(11).is_none());
         assert!(!holed.same_as(&t));
         assert!(Topology::from_cluster_slots(&Value::Int(1), "x").is_err());
+        let unknown = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![Value::BulkString(b"?".to_vec()), Value::Int(7001)]),
+        ])]);
+        let t = Topology::from_cluster_slots(&unknown, "10.0.0.9").unwrap();
+        assert_eq!(t.masters()[0].name(), "10.0.0.9:7001");
+        let v6 = Master {
+            host: "::1".into(),
+            port: 7000,
+        };
+        assert_eq!(v6.name(), "[::1]:7000");
     }
 }
