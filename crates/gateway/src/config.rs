@@ -1229,6 +1229,32 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_takes_its_seeds_from_the_urls_or_the_url() {
+        let load = |vars: &[(&str, &str)]| {
+            let mut all = vec![("HERALD_RELAY__KIND", "redis-cluster")];
+            all.extend_from_slice(vars);
+            Config::load(None, env(&all), &CliOverrides::default())
+        };
+        let (c, _) = load(&[("HERALD_REDIS__URLS", "redis://10.0.0.2:7000/,redis://10.0.0.3:7000/")]).unwrap();
+        assert_eq!(c.relay.kind, "redis-cluster");
+        assert_eq!(c.redis.urls.len(), 2);
+        assert_eq!(c.redis.cluster_refresh_ms, 5000);
+        assert!(load(&[("HERALD_REDIS__URL", "redis://10.0.0.2:7000/")]).is_ok());
+        let text = load(&[("HERALD_REDIS__URLS", "rediss://:hunter2@10.0.0.2:7000/")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("redis.urls[0]: a Redis Cluster seed must start with redis://"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let text = load(&[("HERALD_REDIS__CLUSTER_REFRESH_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("redis.cluster_refresh_ms: must be positive"), "{text}");
+    }
+
+    #[test]
     fn redis_passwords_are_masked_in_the_printed_configuration() {
         assert_eq!(mask_url_password("redis://:pw@h:1/"), "redis://:********@h:1/");
         assert_eq!(mask_url_password("redis://u:p@ss@h:1/2"), "redis://u:********@h:1/2");

@@ -6,6 +6,7 @@
 //! another master while messages flow. Readiness stays 200 (degraded) through an outage
 //! unless `readiness.require_relay`.
 
+mod auth_support;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use auth_support::{claims, hs, hs_node, ws};
 use common::Api;
 use herald_client::Client;
 use herald_gateway::config::HistoryEntry;
@@ -129,7 +131,11 @@ async fn topics_on_every_master_cross_nodes_exactly_once_and_in_order() {
             .to_string();
         let r = Api::new(&c.nodes[1]).get(&format!("/api/topics/{t}")).await;
         assert_eq!(r.json()["shard"], owner, "{}", r.text());
+        common::openapi::check("GET", &format!("/api/topics/{t}"), &r);
     }
+    let node = Api::new(&c.nodes[0]).get("/api/node").await;
+    common::openapi::check("GET", "/api/node", &node);
+    assert_eq!(node.json()["relay"]["kind"], "redis-cluster", "{}", node.text());
     let (status, body) = readyz(&c.nodes[0]).await;
     assert_eq!((status, body["reason"].clone()), (200, json!("ready")), "{body}");
     let shards: BTreeSet<String> = body["shards"]
@@ -409,5 +415,97 @@ async fn a_busy_topics_slot_moves_to_another_master_while_messages_flow() {
         "the plain topic did not resume after the move"
     );
     assert!(got_plain.windows(2).all(|w| w[0] < w[1]), "out of order: {got_plain:?}");
+    c.shutdown().await;
+}
+
+/// `PUBSUB SHARDCHANNELS <pattern>` on the node at `index`.
+fn shard_channels(c: &NodesOnRedisCluster, index: usize, pattern: &str) -> Vec<String> {
+    match c.redis.nodes()[index]
+        .query(&["PUBSUB", "SHARDCHANNELS", pattern])
+        .unwrap()
+    {
+        herald_testkit::redis::Resp::Array(Some(items)) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                herald_testkit::redis::Resp::Bulk(Some(b)) => Some(String::from_utf8(b).unwrap()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("PUBSUB SHARDCHANNELS answered {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_master_carries_a_canary_control_reaches_every_node_and_canaries_follow_a_move() {
+    let c = NodesOnRedisCluster::start_with(3, 0, 2, |c| {
+        hs_node(c);
+        c.auth.authenticated_subscribe = vec![">".into()];
+        c.redis.canary_interval_ms = 200;
+    })
+    .await
+    .unwrap();
+    // Each node has its own canary on every master, on that master's own slots.
+    let masters = c.redis.masters().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let canaries = loop {
+        let per: Vec<Vec<String>> = masters
+            .iter()
+            .map(|&m| shard_channels(&c, m, "herald:{#canary:node-0:*"))
+            .collect();
+        if per.iter().all(|v| v.len() == 1) {
+            break per;
+        }
+        assert!(Instant::now() < deadline, "canaries per master: {per:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (m, chans) in masters.iter().zip(&canaries) {
+        assert_eq!(c.redis.master_of_key(&chans[0]).unwrap(), *m, "{chans:?}");
+    }
+    let sent = c.nodes[0]
+        .metric_reaches("herald_relay_canaries_total", 6.0)
+        .await
+        .unwrap();
+    assert!(sent >= 6.0);
+    assert_eq!(
+        c.nodes[0].metric("herald_relay_canary_failures_total").await.unwrap(),
+        0.0
+    );
+    // The control channel lives on one master, where both nodes listen.
+    c.wait_shard_numsub("herald:{#control}", 2, WAIT).await.unwrap();
+    let alice = hs(&claims("alice", 300, json!({})));
+    let mut a1 = ws(c.nodes[1].ws_addr(), &format!("/ws?token={alice}"), &[]).await;
+    let r = Api::new(&c.nodes[0])
+        .post_json(
+            "/api/users/alice/disconnect",
+            &json!({"code": 4003, "reason": "banned"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["relayed"], true, "{}", r.text());
+    assert_eq!(a1.expect_close(WAIT).await.unwrap(), (4003, "banned".into()));
+    // Move the slot of node 0's canary on the first master away: the node picks another
+    // one of that master's slots, and no canary is reported lost.
+    let moved = &canaries[0][0];
+    let slot = c.redis.slot_of(moved).unwrap();
+    tokio::task::block_in_place(|| c.redis.migrate_slot(slot, masters[1])).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = shard_channels(&c, masters[0], "herald:{#canary:node-0:*");
+        if now.len() == 1 && &now[0] != moved {
+            assert_eq!(c.redis.master_of_key(&now[0]).unwrap(), masters[0]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "canary not picked again: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = c.nodes[0].metric("herald_relay_canaries_total").await.unwrap();
+    c.nodes[0]
+        .metric_reaches("herald_relay_canaries_total", before + 6.0)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.nodes[0].metric("herald_relay_canary_failures_total").await.unwrap(),
+        0.0
+    );
     c.shutdown().await;
 }

@@ -429,6 +429,60 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_a_topics_channel_shares_its_keys_slot_and_maps_back() {
+        let prefixes = ["herald:", "", "a{b:", "x}y:", "a{", "}{"];
+        let topics = [
+            "room",
+            "a}b",
+            "{x}",
+            "}",
+            "}x",
+            "{",
+            "a{b}c",
+            "{}",
+            "#control",
+            "t.1/2@=-_:",
+        ];
+        for prefix in prefixes {
+            let c = RedisRelayConfig {
+                channel_prefix: prefix.into(),
+                sharded_pubsub: true,
+                ..RedisRelayConfig::new("redis://127.0.0.1:1/", "n")
+            };
+            let mut channels = std::collections::HashSet::new();
+            for topic in topics {
+                let ch = c.channel(topic);
+                assert_eq!(
+                    crate::topology::key_slot(ch.as_bytes()),
+                    crate::topology::key_slot(c.stream_key(topic).as_bytes()),
+                    "{prefix:?} {topic:?}: {ch}"
+                );
+                assert_eq!(c.topic_of_channel(&ch), Some(topic), "{prefix:?} {ch}");
+                assert!(channels.insert(ch), "no two topics share a channel");
+            }
+            assert_eq!(c.topic_of_channel("other:room"), None);
+        }
+        let c = RedisRelayConfig {
+            sharded_pubsub: true,
+            ..RedisRelayConfig::new("redis://127.0.0.1:1/", "n")
+        };
+        assert_eq!(c.channel("room"), "herald:{room}");
+        assert_eq!(c.publish_verb(), "SPUBLISH");
+        assert_eq!(c.canary_candidate(7), "herald:{#canary:n:7}");
+        // A prefix holding a whole hash tag would put every topic in one slot.
+        let one_slot = RedisRelayConfig {
+            channel_prefix: "{app}:".into(),
+            ..c.clone()
+        };
+        assert!(one_slot.validate().is_err());
+        let braces = RedisRelayConfig {
+            node_id: "a}b".into(),
+            ..c
+        };
+        assert!(braces.validate().is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_once_a_node_id_is_set() {
         assert!(RedisRelayConfig::default().validate().is_err());
         let c = RedisRelayConfig::new("redis://127.0.0.1:1/", "n1");
