@@ -119,6 +119,8 @@ struct Core {
     tracker: TaskTracker,
     runtime: tokio::runtime::Handle,
     next_id: AtomicU64,
+    /// Topics a `fill_moved` is running for.
+    filling: std::sync::Mutex<HashSet<Arc<str>>>,
 }
 
 impl Core {
@@ -264,6 +266,7 @@ impl ClusterRelay {
             tracker: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
             next_id: AtomicU64::new(1),
+            filling: Default::default(),
         });
         metrics.relay_up.set(0);
         core.tracker.spawn(refresh_loop(core.clone()));
@@ -360,22 +363,20 @@ impl Relay for ClusterRelay {
         let topic = topic.to_owned();
         self.core.runtime.spawn(async move {
             let mut result = ticket.outcome().await;
-            if result.is_err() && first.relay.state() == RelayState::Up {
-                let mut owner = first.id;
+            // Worth asking again when the failure came from a move: the member was up (Redis
+            // redirected, or the map took the topic away before it was subscribed), or the
+            // slot has another owner by now (a retiring member failed its waiters). A member
+            // that is simply down answers at once, as without a cluster.
+            let moved_on = |core: &Core| core.view.load().member_of_slot(slot).is_some_and(|m| m.id != first.id);
+            if result.is_err() && (first.relay.state() == RelayState::Up || moved_on(&core)) {
                 let deadline = Instant::now() + CONFIRM_RETRY_WINDOW;
                 while result.is_err() && Instant::now() < deadline && !core.cancel.is_cancelled() {
-                    let next = {
-                        let view = core.view.load();
-                        view.member_of_slot(slot)
-                            .filter(|m| m.id != owner)
-                            .map(|m| (m.id, m.relay.confirm_interest(&topic)))
-                    };
-                    match next {
-                        Some((id, t)) => {
-                            owner = id;
-                            result = t.outcome().await;
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // The current owner, again and again: a new member's pub/sub connection
+                    // may still be coming up.
+                    let next = core.view.load().member_of_slot(slot).cloned();
+                    if let Some(m) = next {
+                        result = m.relay.confirm_interest(&topic).outcome().await;
                     }
                 }
             }
@@ -495,13 +496,15 @@ async fn refresh_loop(core: Arc<Core>) {
     let mut last = Instant::now() - MIN_REFRESH_GAP;
     let mut failures = 0u32;
     // Hints that found the map unchanged in a row: each doubles the pause before the next
-    // read and makes it ask another node.
+    // read (up to the regular pause: `refresh_interval`, or 250 ms while degraded) and makes
+    // it ask another node.
     let mut stale = 0u32;
     let mut rotate = 0usize;
     let mut hinted = false;
     loop {
+        let regular = regular_pause(&core);
         let gap = if hinted {
-            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(core.refresh_interval.max(MIN_REFRESH_GAP))
+            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(regular.max(MIN_REFRESH_GAP))
         } else {
             MIN_REFRESH_GAP
         };
@@ -513,7 +516,12 @@ async fn refresh_loop(core: Arc<Core>) {
             }
         }
         last = Instant::now();
-        match fetch(&core, &mut conn, rotate).await {
+        let fetched = tokio::select! {
+            _ = core.cancel.cancelled() => return,
+            f = fetch(&core, &mut conn, rotate) => f,
+        };
+        let mut follow_up = false;
+        match fetched {
             Ok(topology) => {
                 if failures > 0 {
                     tracing::info!("redis cluster slot map read again");
@@ -524,10 +532,11 @@ async fn refresh_loop(core: Arc<Core>) {
                     stale = 0;
                 } else {
                     // Told that the map moved, but this node says it did not: it may lag
-                    // behind the one that redirected. Ask another one next time.
+                    // behind the one that redirected. Ask another one, soon.
                     stale = stale.saturating_add(1);
                     conn = None;
                     rotate = rotate.wrapping_add(1);
+                    follow_up = true;
                 }
             }
             Err(e) => {
@@ -538,25 +547,35 @@ async fn refresh_loop(core: Arc<Core>) {
                 rotate = rotate.wrapping_add(1);
             }
         }
-        let healthy = {
-            let view = core.view.load();
-            view.topology.uncovered() == 0
-                && !view.members.is_empty()
-                && view
-                    .members
-                    .iter()
-                    .all(|m| m.as_ref().is_some_and(|m| m.relay.state() == RelayState::Up))
-        };
-        let pause = if healthy {
-            core.refresh_interval
+        let pause = if follow_up {
+            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(regular_pause(&core))
         } else {
-            core.refresh_interval.min(DEGRADED_REFRESH_INTERVAL)
+            regular_pause(&core)
         };
         hinted = tokio::select! {
             _ = core.cancel.cancelled() => return,
             _ = core.board.wait() => true,
-            _ = tokio::time::sleep(pause) => false,
+            _ = tokio::time::sleep(pause) => follow_up,
         };
+    }
+}
+
+/// The pause between two reads of the map without hints: `refresh_interval` while every
+/// slot is served and every member is up, else at most `DEGRADED_REFRESH_INTERVAL`.
+fn regular_pause(core: &Core) -> Duration {
+    let healthy = {
+        let view = core.view.load();
+        view.topology.uncovered() == 0
+            && !view.members.is_empty()
+            && view
+                .members
+                .iter()
+                .all(|m| m.as_ref().is_some_and(|m| m.relay.state() == RelayState::Up))
+    };
+    if healthy {
+        core.refresh_interval
+    } else {
+        core.refresh_interval.min(DEGRADED_REFRESH_INTERVAL)
     }
 }
 
@@ -720,6 +739,11 @@ fn apply(core: &Arc<Core>, topology: Topology) -> bool {
             "redis cluster slot map changed"
         );
     }
+    // One fill per topic at a time: a burst of hints (a stale map) must not stack them.
+    {
+        let mut filling = core.filling.lock().unwrap_or_else(|p| p.into_inner());
+        moved.retain(|t| filling.insert(t.clone()));
+    }
     if !moved.is_empty() {
         core.tracker.spawn(fill_moved(core.clone(), moved));
     }
@@ -748,44 +772,63 @@ fn start_member(core: &Arc<Core>, master: &Master, name: Arc<str>) -> Result<Arc
     Ok(Arc::new(Member { id, name, relay, sink }))
 }
 
-/// After a move: once the new owners confirm the moved topics (asked again while a new
-/// member's pub/sub connection is still coming up, for up to `MOVE_CONFIRM_TIMEOUT`), the
-/// broker fills their gap from history.
+/// After a move: once a moved topic's new owner has it subscribed and can read history
+/// (its pub/sub and publish connections up: asked again every 100 ms while a new member
+/// comes up, or while its slot has no master, for up to `MOVE_CONFIRM_TIMEOUT`), the broker
+/// fills its gap from history. A topic not confirmed by then is not filled from here (a
+/// read before the subscription exists could miss what follows it); its next message
+/// opens the gap in the broker's sequence, which reads it then.
 async fn fill_moved(core: Arc<Core>, moved: HashSet<Arc<str>>) {
     let deadline = Instant::now() + MOVE_CONFIRM_TIMEOUT;
     let mut pending: Vec<Arc<str>> = moved.iter().cloned().collect();
-    while !pending.is_empty() && Instant::now() < deadline {
-        let tickets: Vec<(Arc<str>, InterestTicket)> = {
+    let mut confirmed: HashSet<Arc<str>> = HashSet::new();
+    while !pending.is_empty() && Instant::now() < deadline && !core.cancel.is_cancelled() {
+        let mut asked: Vec<(Arc<str>, InterestTicket)> = Vec::new();
+        let mut waiting: Vec<Arc<str>> = Vec::new();
+        {
             let view = core.view.load();
-            pending
-                .drain(..)
-                .filter_map(|t| {
-                    let m = view.member_of_slot(core.slot_of(&t))?;
-                    let ticket = m.relay.confirm_interest(&t);
-                    Some((t, ticket))
-                })
-                .collect()
-        };
-        for (t, ticket) in tickets {
+            for t in pending.drain(..) {
+                match view.member_of_slot(core.slot_of(&t)) {
+                    Some(m) if m.relay.publish_link_up() => {
+                        let ticket = m.relay.confirm_interest(&t);
+                        asked.push((t, ticket));
+                    }
+                    _ => waiting.push(t),
+                }
+            }
+        }
+        pending = waiting;
+        for (t, ticket) in asked {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !matches!(tokio::time::timeout(left, ticket.outcome()).await, Ok(Ok(()))) {
+            if matches!(tokio::time::timeout(left, ticket.outcome()).await, Ok(Ok(()))) {
+                confirmed.insert(t);
+            } else {
                 pending.push(t);
             }
         }
         if !pending.is_empty() {
             tokio::select! {
-                _ = core.cancel.cancelled() => return,
+                _ = core.cancel.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }
+    {
+        let mut filling = core.filling.lock().unwrap_or_else(|p| p.into_inner());
+        for t in &moved {
+            filling.remove(t);
+        }
+    }
+    if confirmed.is_empty() || core.cancel.is_cancelled() {
+        return;
+    }
     if let Some(sink) = core.sink() {
         tracing::debug!(
-            topics = moved.len(),
+            topics = confirmed.len(),
             unconfirmed = pending.len(),
             "topics moved to another redis cluster master: filling their gap"
         );
-        sink.relinked_topics(&|t| moved.contains(t));
+        sink.relinked_topics(&|t| confirmed.contains(t));
     }
 }
 

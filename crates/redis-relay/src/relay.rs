@@ -51,6 +51,12 @@ impl RedisRelay {
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, RelayStartError> {
         config.validate()?;
+        if config.sharded_pubsub && config.cluster.is_none() {
+            // Its control channel, canary and evictions need the cluster layer.
+            return Err(RelayStartError::Config(vec![
+                "sharded pub/sub runs only as a member of a ClusterRelay".into(),
+            ]));
+        }
         // TCP_NODELAY: PUBLISH pipelines are small and latency-bound.
         let info = config.url.as_str().into_connection_info()?;
         let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));

@@ -304,9 +304,18 @@ fn handle(
         Frame::Simple(s) if s.eq_ignore_ascii_case("PONG") => return answer_ping(in_flight),
         Frame::Error(e) => {
             if let Some(f) = in_flight.front_mut().filter(|f| f.verb == Verb::Unsubscribe) {
-                // Its fence ends it.
-                f.remaining.clear();
-                f.error = Some(e);
+                // The SUNSUBSCRIBE's own answer (none of its channels confirmed yet, or a
+                // redirect, which a PING never gets: Redis pushed `sunsubscribe` for the
+                // slot it gave away, then refused our command); its fence's PONG ends it.
+                if f.error.is_none() && (!f.remaining.is_empty() || is_redirect(&e) || e.starts_with("CROSSSLOT")) {
+                    f.remaining.clear();
+                    f.error = Some(e);
+                    return Ok(());
+                }
+                // The SUNSUBSCRIBE is answered: this is its fence's answer (a PING refused,
+                // an ACL): the request ends here, with the SUNSUBSCRIBE's outcome.
+                let f = in_flight.pop_front().expect("front exists");
+                let _ = f.done.send(f.error.map_or(Ok(()), |e| Err(PubSubError::Server(e))));
                 return Ok(());
             }
             let f = in_flight
@@ -329,8 +338,10 @@ fn handle(
             };
             // Copied out of the read buffer, which a slice would keep alive. (The reader is
             // gone only while the relay shuts down.)
-            let payload = Bytes::copy_from_slice(&payload);
-            let _ = messages.send(ShardMessage { channel, payload });
+            let _ = messages.send(ShardMessage {
+                channel: Bytes::copy_from_slice(&channel),
+                payload: Bytes::copy_from_slice(&payload),
+            });
             Ok(())
         }
         b"ssubscribe" => {
@@ -619,6 +630,13 @@ mod tests {
         assert!(ping_rx.try_recv().is_err());
         handle(pong(), &mut q, &msg_tx, &ev_tx).unwrap();
         assert!(matches!(ping_rx.try_recv(), Ok(Ok(()))));
+        // A fence that is itself refused (an ACL without PING) still ends its request.
+        let (done, mut rx) = oneshot::channel();
+        q.push_back(unsub(done));
+        handle(push("a"), &mut q, &msg_tx, &ev_tx).unwrap();
+        handle(Frame::Error("NOPERM no PING".into()), &mut q, &msg_tx, &ev_tx).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        assert!(q.is_empty());
         // With nothing in flight every sunsubscribe is an eviction.
         handle(push("c"), &mut q, &msg_tx, &ev_tx).unwrap();
         assert_eq!(ev_rx.try_recv().unwrap(), Bytes::from_static(b"c"));

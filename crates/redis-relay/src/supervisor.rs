@@ -327,6 +327,10 @@ type CanaryReply = Result<Result<i64, redis::RedisError>, tokio::time::error::El
 /// registered as awaited first, so the reader cannot miss a quick answer.
 fn start_canary(shared: &Shared) -> Option<(tokio::task::JoinHandle<CanaryReply>, Arc<PublishLink>)> {
     let cfg = &shared.config;
+    let channel = shared.canary_channel();
+    if channel.is_empty() {
+        return None;
+    }
     let link = shared.publish_link.borrow().clone()?;
     let n = match shared.canary_expected.load(Ordering::Acquire).wrapping_add(1) {
         0 => 1,
@@ -336,10 +340,6 @@ fn start_canary(shared: &Shared) -> Option<(tokio::task::JoinHandle<CanaryReply>
     shared.canary_expected.store(n, Ordering::Release);
     shared.metrics.relay_canaries.inc();
     let mut conn = link.conn.clone();
-    let channel = shared.canary_channel();
-    if channel.is_empty() {
-        return None;
-    }
     let cmd = redis::cmd(cfg.publish_verb())
         .arg(&*channel)
         .arg(&n.to_be_bytes()[..])
@@ -380,6 +380,12 @@ async fn subscribe_canary(shared: &Shared, conn: &mut PubSubConn) -> Result<bool
             .await
             .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))?;
     };
+    // A master that serves no slot right now (leaving the map, or not yet in it) has no
+    // canary; it is picked again at the next tick.
+    if !(0..crate::topology::SLOTS as u16).any(|s| hooks.owns_slot(s)) {
+        shared.set_canary_channel("");
+        return Ok(false);
+    }
     let mut tried = 0;
     for k in 0..CANARY_CANDIDATES {
         let channel = cfg.canary_candidate(k);
@@ -393,6 +399,8 @@ async fn subscribe_canary(shared: &Shared, conn: &mut PubSubConn) -> Result<bool
             shared.set_canary_channel(&channel);
             return Ok(true);
         }
+        // Redirected: the map this master's view came from is stale.
+        cfg.hint_topology();
         tried += 1;
         if tried >= CANARY_TRIES {
             break;
