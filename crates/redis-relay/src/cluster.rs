@@ -370,14 +370,23 @@ impl Relay for ClusterRelay {
             let moved_on = |core: &Core| core.view.load().member_of_slot(slot).is_some_and(|m| m.id != first.id);
             if result.is_err() && (first.relay.state() == RelayState::Up || moved_on(&core)) {
                 let deadline = Instant::now() + CONFIRM_RETRY_WINDOW;
+                // Who was asked last, and whether its pub/sub connection was up then: the
+                // same owner is asked again only once that connection has come up (a new
+                // member), never in a loop that would SSUBSCRIBE into a redirect again.
+                let mut asked = (first.id, first.relay.pubsub_link_up());
                 while result.is_err() && Instant::now() < deadline && !core.cancel.is_cancelled() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    // The current owner, again and again: a new member's pub/sub connection
-                    // may still be coming up.
                     let next = core.view.load().member_of_slot(slot).cloned();
-                    if let Some(m) = next {
-                        result = m.relay.confirm_interest(&topic).outcome().await;
+                    let Some(m) = next else { continue };
+                    let up = m.relay.pubsub_link_up();
+                    if m.id == asked.0 && (asked.1 || !up) {
+                        continue;
                     }
+                    asked = (m.id, up);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    result = tokio::time::timeout(left, m.relay.confirm_interest(&topic).outcome())
+                        .await
+                        .unwrap_or_else(|_| Err(no_master()));
                 }
             }
             let _ = tx.send(result);
@@ -492,21 +501,31 @@ fn userinfo(url: &str) -> String {
 
 /// Reads the slot map on start, on hints and periodically; applies changes.
 async fn refresh_loop(core: Arc<Core>) {
+    /// Why this read happens.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Cause {
+        Start,
+        Timer,
+        Hint,
+        FollowUp,
+    }
     let mut conn: Option<(String, MultiplexedConnection)> = None;
     let mut last = Instant::now() - MIN_REFRESH_GAP;
     let mut failures = 0u32;
-    // Hints that found the map unchanged in a row: each doubles the pause before the next
-    // read (up to the regular pause: `refresh_interval`, or 250 ms while degraded) and makes
-    // it ask another node.
+    // Hints in a row whose read found the map unchanged: each doubles the least gap before
+    // the read a further hint causes (up to the regular pause). A read caused by the timer
+    // resets it. After such a hint, the other nodes are asked in turn (follow-ups), at most
+    // once each, in case the one asked lags behind the one that redirected.
     let mut stale = 0u32;
+    let mut follow_ups_left = 0usize;
     let mut rotate = 0usize;
-    let mut hinted = false;
+    let mut cause = Cause::Start;
     loop {
-        let regular = regular_pause(&core);
-        let gap = if hinted {
-            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(regular.max(MIN_REFRESH_GAP))
-        } else {
-            MIN_REFRESH_GAP
+        let gap = match cause {
+            Cause::Hint => {
+                (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(6))).min(regular_pause(&core).max(MIN_REFRESH_GAP))
+            }
+            _ => MIN_REFRESH_GAP,
         };
         let since = last.elapsed();
         if since < gap {
@@ -520,7 +539,6 @@ async fn refresh_loop(core: Arc<Core>) {
             _ = core.cancel.cancelled() => return,
             f = fetch(&core, &mut conn, rotate) => f,
         };
-        let mut follow_up = false;
         match fetched {
             Ok(topology) => {
                 if failures > 0 {
@@ -528,15 +546,22 @@ async fn refresh_loop(core: Arc<Core>) {
                 }
                 failures = 0;
                 let changed = apply(&core, topology);
-                if changed || !hinted {
-                    stale = 0;
-                } else {
-                    // Told that the map moved, but this node says it did not: it may lag
-                    // behind the one that redirected. Ask another one, soon.
-                    stale = stale.saturating_add(1);
+                match cause {
+                    _ if changed => {
+                        stale = 0;
+                        follow_ups_left = 0;
+                    }
+                    Cause::Timer | Cause::Start => stale = 0,
+                    Cause::Hint => {
+                        // Told that the map moved, but this node says it did not.
+                        stale = stale.saturating_add(1);
+                        follow_ups_left = core.seeds.len() + core.view.load().topology.masters().len();
+                    }
+                    Cause::FollowUp => {}
+                }
+                if !changed && matches!(cause, Cause::Hint | Cause::FollowUp) && follow_ups_left > 0 {
                     conn = None;
                     rotate = rotate.wrapping_add(1);
-                    follow_up = true;
                 }
             }
             Err(e) => {
@@ -547,16 +572,20 @@ async fn refresh_loop(core: Arc<Core>) {
                 rotate = rotate.wrapping_add(1);
             }
         }
+        let follow_up = follow_ups_left > 0;
         let pause = if follow_up {
-            (MIN_REFRESH_GAP * 2u32.saturating_pow(stale.min(8))).min(regular_pause(&core))
+            MIN_REFRESH_GAP
         } else {
             regular_pause(&core)
         };
-        hinted = tokio::select! {
+        cause = tokio::select! {
             _ = core.cancel.cancelled() => return,
-            _ = core.board.wait() => true,
-            _ = tokio::time::sleep(pause) => follow_up,
+            _ = core.board.wait() => Cause::Hint,
+            _ = tokio::time::sleep(pause) => if follow_up { Cause::FollowUp } else { Cause::Timer },
         };
+        if cause == Cause::FollowUp {
+            follow_ups_left -= 1;
+        }
     }
 }
 
@@ -782,6 +811,7 @@ async fn fill_moved(core: Arc<Core>, moved: HashSet<Arc<str>>) {
     let deadline = Instant::now() + MOVE_CONFIRM_TIMEOUT;
     let mut pending: Vec<Arc<str>> = moved.iter().cloned().collect();
     let mut confirmed: HashSet<Arc<str>> = HashSet::new();
+    let mut tried: HashMap<Arc<str>, u64> = HashMap::new();
     while !pending.is_empty() && Instant::now() < deadline && !core.cancel.is_cancelled() {
         let mut asked: Vec<(Arc<str>, InterestTicket)> = Vec::new();
         let mut waiting: Vec<Arc<str>> = Vec::new();
@@ -789,7 +819,11 @@ async fn fill_moved(core: Arc<Core>, moved: HashSet<Arc<str>>) {
             let view = core.view.load();
             for t in pending.drain(..) {
                 match view.member_of_slot(core.slot_of(&t)) {
-                    Some(m) if m.relay.publish_link_up() => {
+                    // Asked once per owner that is wholly up (so it can subscribe and read
+                    // history); a refusal there waits for the map to give the slot to
+                    // another owner rather than asking into the same redirect again.
+                    Some(m) if m.relay.state() == RelayState::Up && tried.get(&t) != Some(&m.id) => {
+                        tried.insert(t.clone(), m.id);
                         let ticket = m.relay.confirm_interest(&t);
                         asked.push((t, ticket));
                     }

@@ -304,18 +304,19 @@ fn handle(
         Frame::Simple(s) if s.eq_ignore_ascii_case("PONG") => return answer_ping(in_flight),
         Frame::Error(e) => {
             if let Some(f) = in_flight.front_mut().filter(|f| f.verb == Verb::Unsubscribe) {
-                // The SUNSUBSCRIBE's own answer (none of its channels confirmed yet, or a
-                // redirect, which a PING never gets: Redis pushed `sunsubscribe` for the
-                // slot it gave away, then refused our command); its fence's PONG ends it.
-                if f.error.is_none() && (!f.remaining.is_empty() || is_redirect(&e) || e.starts_with("CROSSSLOT")) {
+                if f.error.is_none() {
+                    // The first error is the SUNSUBSCRIBE's (a redirect after Redis pushed
+                    // `sunsubscribe` for the slot it gave away, an ACL refusal, LOADING...);
+                    // its fence's PONG ends the request.
                     f.remaining.clear();
                     f.error = Some(e);
                     return Ok(());
                 }
-                // The SUNSUBSCRIBE is answered: this is its fence's answer (a PING refused,
-                // an ACL): the request ends here, with the SUNSUBSCRIBE's outcome.
+                // A second one is the fence's own answer (a refused PING, which the
+                // heartbeat will notice too): the request ends here, with the first.
                 let f = in_flight.pop_front().expect("front exists");
-                let _ = f.done.send(f.error.map_or(Ok(()), |e| Err(PubSubError::Server(e))));
+                let first = f.error.unwrap_or_default();
+                let _ = f.done.send(Err(PubSubError::Server(first)));
                 return Ok(());
             }
             let f = in_flight
@@ -630,12 +631,15 @@ mod tests {
         assert!(ping_rx.try_recv().is_err());
         handle(pong(), &mut q, &msg_tx, &ev_tx).unwrap();
         assert!(matches!(ping_rx.try_recv(), Ok(Ok(()))));
-        // A fence that is itself refused (an ACL without PING) still ends its request.
+        // An error after a pushed sunsubscribe emptied the request is still the
+        // SUNSUBSCRIBE's, whatever it says; a second one (its fence refused) ends it.
         let (done, mut rx) = oneshot::channel();
         q.push_back(unsub(done));
         handle(push("a"), &mut q, &msg_tx, &ev_tx).unwrap();
+        handle(Frame::Error("LOADING".into()), &mut q, &msg_tx, &ev_tx).unwrap();
+        assert!(rx.try_recv().is_err());
         handle(Frame::Error("NOPERM no PING".into()), &mut q, &msg_tx, &ev_tx).unwrap();
-        assert!(matches!(rx.try_recv(), Ok(Ok(()))));
+        assert!(matches!(rx.try_recv(), Ok(Err(PubSubError::Server(e))) if e == "LOADING"));
         assert!(q.is_empty());
         // With nothing in flight every sunsubscribe is an eviction.
         handle(push("c"), &mut q, &msg_tx, &ev_tx).unwrap();

@@ -198,6 +198,9 @@ pub(crate) struct Shared {
     canary: Mutex<Arc<str>>,
     /// What every canary channel of this relay starts with, to recognise one cheaply.
     canary_stem: String,
+    /// Sharded pub/sub: the candidate number the next canary pick starts from (after the
+    /// last one picked, so a pick after an eviction does not try the evicted one first).
+    pub(crate) canary_next: AtomicU64,
     /// Messages the pub/sub reader has taken off its stream (any channel), and whether it
     /// is waiting for room in a delivery worker's queue now: a canary stuck behind a
     /// backlog is a busy reader, not a silent connection.
@@ -263,6 +266,7 @@ impl Shared {
             canary_back: tokio::sync::Notify::new(),
             canary: Mutex::new(canary),
             canary_stem,
+            canary_next: AtomicU64::new(0),
             reader_progress: AtomicU64::new(0),
             reader_waiting: AtomicBool::new(false),
             epoch_seed,
@@ -332,6 +336,11 @@ impl Shared {
         if self.config.sets_relay_up_gauge {
             self.metrics.relay_up.set(i64::from(both));
         }
+    }
+
+    /// Whether `channel` is one of this relay's canary channels, now or before.
+    pub(crate) fn is_canary_family(&self, channel: &str) -> bool {
+        channel.starts_with(&self.canary_stem)
     }
 
     /// Whether `channel` is this relay's canary channel now.

@@ -230,11 +230,14 @@ async fn serve(
             // owner, and this relay again, so a topic still ours is subscribed again.
             Some(channel) = async { evicted.as_mut()?.recv().await }, if evicted.is_some() => {
                 let channel = String::from_utf8_lossy(&channel).into_owned();
-                if shared.is_canary(&channel) {
-                    // Picked again on the next canary tick.
-                    canary_live = false;
-                    waiting = None;
-                    cfg.hint_topology();
+                if shared.is_canary_family(&channel) {
+                    // Ours now: picked again on the next canary tick. (An older one: gone
+                    // already, nothing to do.)
+                    if shared.is_canary(&channel) {
+                        canary_live = false;
+                        waiting = None;
+                        cfg.hint_topology();
+                    }
                 } else if let Some(topic) = cfg.topic_of_channel(&channel) {
                     let gone: [Box<str>; 1] = [topic.into()];
                     shared.interest.withdraw(&gone);
@@ -380,16 +383,20 @@ async fn subscribe_canary(shared: &Shared, conn: &mut PubSubConn) -> Result<bool
             .await
             .map_err(|_| LinkError::Timeout("SUBSCRIBE of the canary channel"))?;
     };
-    // A master that serves no slot right now (leaving the map, or not yet in it) has no
-    // canary; it is picked again at the next tick.
-    if !(0..crate::topology::SLOTS as u16).any(|s| hooks.owns_slot(s)) {
+    // The master's slots, asked once per pick. One that serves none right now (leaving
+    // the map, or not yet in it) has no canary; it is picked again at the next tick.
+    let owned: Vec<bool> = (0..crate::topology::SLOTS as u16).map(|s| hooks.owns_slot(s)).collect();
+    if !owned.contains(&true) {
         shared.set_canary_channel("");
         return Ok(false);
     }
+    let previous = shared.canary_channel();
+    let start = shared.canary_next.load(Ordering::Relaxed) as u32;
     let mut tried = 0;
-    for k in 0..CANARY_CANDIDATES {
+    for i in 0..CANARY_CANDIDATES {
+        let k = start.wrapping_add(i);
         let channel = cfg.canary_candidate(k);
-        if !hooks.owns_slot(key_slot(channel.as_bytes())) {
+        if !owned[usize::from(key_slot(channel.as_bytes()))] || *channel == *previous {
             continue;
         }
         let ok = timeout(limit, conn.subscribe_one(channel.clone()))
@@ -397,6 +404,9 @@ async fn subscribe_canary(shared: &Shared, conn: &mut PubSubConn) -> Result<bool
             .map_err(|_| LinkError::Timeout("SSUBSCRIBE of the canary channel"))??;
         if ok {
             shared.set_canary_channel(&channel);
+            shared
+                .canary_next
+                .store(u64::from(k.wrapping_add(1)), Ordering::Relaxed);
             return Ok(true);
         }
         // Redirected: the map this master's view came from is stale.
