@@ -234,6 +234,30 @@ fn publish_steadily(
     })
 }
 
+/// The `{"i": n}` numbers `sub` receives until 2 s pass without a message: those of
+/// `first`, and those of any other topic.
+async fn drain_numbers(sub: &mut Client, first: &str) -> (Vec<u64>, Vec<u64>) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while let Ok(m) = sub.next_message_timeout(Duration::from_secs(2)).await {
+        let i = m.json::<Value>().unwrap()["i"].as_u64().unwrap();
+        if m.topic == first {
+            a.push(i);
+        } else {
+            b.push(i);
+        }
+    }
+    (a, b)
+}
+
+/// Every acknowledged number is among `got`, once, in order (`got` may also hold numbers
+/// whose publish was refused though Redis ran it).
+fn every_acked_arrived(acked: &[(u64, Instant)], got: &[u64], what: &str) {
+    let acked: Vec<u64> = acked.iter().map(|(i, _)| *i).collect();
+    let set: BTreeSet<u64> = acked.iter().copied().collect();
+    let got_acked: Vec<u64> = got.iter().copied().filter(|i| set.contains(i)).collect();
+    assert_eq!(got_acked, acked, "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_fails_over_to_its_replica_and_delivery_resumes() {
     let mut c = NodesOnRedisCluster::start_with(3, 1, 2, |c| {
@@ -306,15 +330,7 @@ async fn a_master_killed_fails_over_to_its_replica_and_delivery_resumes() {
     ctl_kept.stop.store(true, Ordering::Relaxed);
     let (acked_plain, _) = steady_plain.await.unwrap();
     let (acked_kept, refused_kept) = steady_kept.await.unwrap();
-    let (mut got_plain, mut got_kept) = (Vec::new(), Vec::new());
-    while let Ok(m) = sub.next_message_timeout(Duration::from_secs(2)).await {
-        let i = m.json::<Value>().unwrap()["i"].as_u64().unwrap();
-        if m.topic == kept {
-            got_kept.push(i);
-        } else {
-            got_plain.push(i);
-        }
-    }
+    let (got_kept, got_plain) = drain_numbers(&mut sub, &kept).await;
     eprintln!(
         "failover: resubscribed on the promoted master {resumed:?} after the kill, {followed:?} after Redis promoted it; history topic: {} acknowledged, {refused_kept} refused, {} received; plain topic: {} acknowledged, {} received",
         acked_kept.len(),
@@ -326,13 +342,7 @@ async fn a_master_killed_fails_over_to_its_replica_and_delivery_resumes() {
     // kill; what was published during the outage was refused, not acknowledged, and what
     // the subscriber's node missed meanwhile was read back from the stream): every
     // acknowledged message arrives, once, in order.
-    let acked: Vec<u64> = acked_kept.iter().map(|(i, _)| *i).collect();
-    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
-    let got_acked: Vec<u64> = got_kept.iter().copied().filter(|i| acked_set.contains(i)).collect();
-    assert_eq!(
-        got_acked, acked,
-        "history topic across the failover (refused {refused_kept})"
-    );
+    every_acked_arrived(&acked_kept, &got_kept, "history topic across the failover");
     // Without history: every message acknowledged after the nodes settled arrives, in order.
     let late: Vec<u64> = acked_plain
         .iter()
@@ -442,16 +452,7 @@ async fn a_busy_topics_slot_moves_to_another_master_while_messages_flow() {
     ctl.stop.store(true, Ordering::Relaxed);
     let (acked_kept, refused_kept) = steady_kept.await.unwrap();
     let (acked_plain, _) = steady_plain.await.unwrap();
-    let mut got_kept = Vec::new();
-    let mut got_plain = Vec::new();
-    while let Ok(m) = sub.next_message_timeout(Duration::from_secs(2)).await {
-        let i = m.json::<Value>().unwrap()["i"].as_u64().unwrap();
-        if m.topic == kept {
-            got_kept.push(i);
-        } else {
-            got_plain.push(i);
-        }
-    }
+    let (got_kept, got_plain) = drain_numbers(&mut sub, &kept).await;
     eprintln!(
         "slot move: history topic {} acknowledged, {refused_kept} refused, {} received; plain topic {} acknowledged, {} received",
         acked_kept.len(),
@@ -461,13 +462,7 @@ async fn a_busy_topics_slot_moves_to_another_master_while_messages_flow() {
     );
     // The history topic: every acknowledged message, exactly once, in order (what the move
     // made the node miss was read back from the stream on the new master).
-    let acked: Vec<u64> = acked_kept.iter().map(|(i, _)| *i).collect();
-    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
-    let got_acked: Vec<u64> = got_kept.iter().copied().filter(|i| acked_set.contains(i)).collect();
-    assert_eq!(
-        got_acked, acked,
-        "history topic across the move (refused {refused_kept})"
-    );
+    every_acked_arrived(&acked_kept, &got_kept, "history topic across the move");
     // The plain topic keeps flowing after the move, in order.
     let last = acked_plain.last().unwrap().0;
     assert!(

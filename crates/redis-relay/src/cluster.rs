@@ -8,7 +8,7 @@
 //!   and the append script (which `SPUBLISH`es) runs on one master.
 //! - One whole [`RedisRelay`] per master ("member"), in sharded mode: its own publish and
 //!   pub/sub connections, heartbeats, canary, reconnects, publish queue and history reads.
-//!   Each member sees, through a filtering sink ([`MemberSink`]), only the local interest in
+//!   Each member sees, through a filtering sink (`MemberSink`, see `owned_sink`), only the local interest in
 //!   topics whose slot its master serves, so it subscribes nothing else. What the broker
 //!   asks is routed by the topic's slot to its master's member; a master that is down
 //!   (Redis keeps listing it until its replica takes over) or a slot no master serves
@@ -42,7 +42,7 @@ use herald_broker::history::{History, ReadTicket, StreamPolicy};
 use herald_broker::{
     BrokerMetrics, ConnId, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, ShardStatus, Ticket,
 };
-use herald_protocol::{ControlMessage, Envelope, Payload};
+use herald_protocol::{ControlMessage, Payload};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tokio::time::Instant;
@@ -51,6 +51,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster_hooks::{ClusterHooks, HintBoard};
 use crate::config::{RedisRelayConfig, RelayStartError, CONTROL_SUFFIX};
+use crate::owned_sink::{OwnedSink, Ownership};
 use crate::relay::RedisRelay;
 use crate::topology::{key_slot, Master, Topology};
 
@@ -142,14 +143,14 @@ impl Core {
     }
 }
 
-/// The sink one member sees: the node's sink, filtered to the topics whose slot the
-/// member's master serves in the current map (plus `#control` where its slot is).
-pub struct MemberSink {
+/// One member's ownership: the topics whose slot its master serves in the map in use,
+/// plus `#control` where its slot is (see `owned_sink`).
+struct MemberOwnership {
     id: u64,
     core: Weak<Core>,
 }
 
-impl MemberSink {
+impl Ownership for MemberOwnership {
     fn owns(&self, topic: &str) -> bool {
         let Some(core) = self.core.upgrade() else { return false };
         core.serves(self.id, core.slot_of(topic))
@@ -158,52 +159,14 @@ impl MemberSink {
     fn inner(&self) -> Option<Arc<dyn RelaySink>> {
         self.core.upgrade()?.sink()
     }
-}
 
-impl RelaySink for MemberSink {
-    fn deliver(&self, envelope: Envelope) {
-        if let Some(s) = self.inner() {
-            s.deliver(envelope);
-        }
-    }
-
-    fn has_interest(&self, topic: &str) -> bool {
-        if topic == CONTROL_TOPIC {
-            return self.owns(topic);
-        }
-        self.owns(topic) && self.inner().is_some_and(|s| s.has_interest(topic))
-    }
-
-    fn interested_topics(&self) -> Vec<Arc<str>> {
-        let mut topics = match self.inner() {
-            Some(s) => s.interested_topics(),
-            None => Vec::new(),
-        };
-        topics.retain(|t| self.owns(t));
-        if self.owns(CONTROL_TOPIC) {
-            topics.push(CONTROL_TOPIC.into());
-        }
-        topics
-    }
-
-    fn control(&self, message: ControlMessage) {
-        if let Some(s) = self.inner() {
-            s.control(message);
-        }
-    }
-
-    fn relinked(&self) {
-        if let Some(s) = self.inner() {
-            s.relinked_topics(&|t| self.owns(t));
-        }
-    }
-
-    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
-        if let Some(s) = self.inner() {
-            s.relinked_topics(&|t| self.owns(t) && owns(t));
-        }
+    fn extra_topic(&self) -> Option<&'static str> {
+        Some(CONTROL_TOPIC)
     }
 }
+
+/// What one member's relay delivers into.
+type MemberSink = OwnedSink<MemberOwnership>;
 
 /// The relay over a Redis Cluster; see the module docs.
 pub struct ClusterRelay {
@@ -794,10 +757,10 @@ fn start_member(core: &Arc<Core>, master: &Master, name: Arc<str>) -> Result<Arc
     config.sets_relay_up_gauge = false;
     config.cluster = Some(Arc::new(hooks));
     let relay = RedisRelay::start(config, core.metrics.clone(), core.cancel.child_token())?;
-    let sink = Arc::new(MemberSink {
+    let sink = Arc::new(OwnedSink(MemberOwnership {
         id,
         core: Arc::downgrade(core),
-    });
+    }));
     Ok(Arc::new(Member { id, name, relay, sink }))
 }
 

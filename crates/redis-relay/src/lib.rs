@@ -116,6 +116,7 @@ mod config;
 mod history;
 mod inbound;
 mod link;
+mod owned_sink;
 mod publish_link;
 mod publisher;
 mod pubsub_conn;
@@ -128,7 +129,7 @@ mod subscriptions;
 mod supervisor;
 mod topology;
 
-pub use cluster::{ClusterRelay, MemberSink, CLUSTER_REFRESH_INTERVAL};
+pub use cluster::{ClusterRelay, CLUSTER_REFRESH_INTERVAL};
 pub use cluster_hooks::ClusterHooks;
 pub use config::{RedisRelayConfig, RelayStartError, APPEND_BATCH_LIMIT};
 pub use relay::RedisRelay;

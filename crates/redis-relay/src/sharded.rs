@@ -7,7 +7,7 @@
 //! reconnects, publish queue and history reads), so a shard that fails affects only its
 //! topics. What the broker asks is routed by topic: publications, history appends and
 //! reads go to the topic's shard; interest hints and confirmations too, and each shard
-//! sees, through a filtering sink ([`ShardSink`]), only the local interest in the topics it
+//! sees, through a filtering sink (`ShardSink`, see `owned_sink`), only the local interest in the topics it
 //! owns, so it subscribes nothing else. Control messages (close a user's connections on
 //! every node) go out on the first shard that is up; every node subscribes the control
 //! channel on every shard, so whichever shard carries one, every node gets it.
@@ -23,11 +23,12 @@ use herald_broker::history::{History, ReadTicket, StreamPolicy};
 use herald_broker::{
     BrokerMetrics, ConnId, InterestTicket, PublishTicket, Relay, RelayError, RelaySink, RelayState, ShardStatus,
 };
-use herald_protocol::{ControlMessage, Envelope, Payload};
+use herald_protocol::{ControlMessage, Payload};
 use redis::IntoConnectionInfo;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisRelayConfig, RelayStartError};
+use crate::owned_sink::{OwnedSink, Ownership};
 use crate::relay::RedisRelay;
 
 /// The most shards one relay accepts.
@@ -107,16 +108,14 @@ pub fn shard_name(url: &str) -> Result<String, RelayStartError> {
     })
 }
 
-/// What one shard's relay delivers into: the broker's sink, seen through the shard's
-/// ownership. Interest in topics the shard does not own is hidden from it (so it never
-/// subscribes them); deliveries and control messages pass through.
-struct ShardSink {
+/// One shard's ownership: the topics the router gives its index (see `owned_sink`).
+struct ShardOwnership {
     index: usize,
     router: ShardRouter,
     inner: std::sync::OnceLock<Weak<dyn RelaySink>>,
 }
 
-impl ShardSink {
+impl Ownership for ShardOwnership {
     fn owns(&self, topic: &str) -> bool {
         self.router.owner(topic) == self.index
     }
@@ -126,42 +125,8 @@ impl ShardSink {
     }
 }
 
-impl RelaySink for ShardSink {
-    fn deliver(&self, envelope: Envelope) {
-        if let Some(s) = self.inner() {
-            s.deliver(envelope);
-        }
-    }
-
-    fn has_interest(&self, topic: &str) -> bool {
-        self.owns(topic) && self.inner().is_some_and(|s| s.has_interest(topic))
-    }
-
-    fn interested_topics(&self) -> Vec<Arc<str>> {
-        let Some(s) = self.inner() else { return Vec::new() };
-        let mut topics = s.interested_topics();
-        topics.retain(|t| self.owns(t));
-        topics
-    }
-
-    fn control(&self, message: ControlMessage) {
-        if let Some(s) = self.inner() {
-            s.control(message);
-        }
-    }
-
-    fn relinked(&self) {
-        if let Some(s) = self.inner() {
-            s.relinked_topics(&|t| self.owns(t));
-        }
-    }
-
-    fn relinked_topics(&self, owns: &dyn Fn(&str) -> bool) {
-        if let Some(s) = self.inner() {
-            s.relinked_topics(&|t| self.owns(t) && owns(t));
-        }
-    }
-}
+/// What one shard's relay delivers into.
+type ShardSink = OwnedSink<ShardOwnership>;
 
 /// One shard: its name, its relay and the sink that relay delivers into.
 struct Shard {
@@ -213,11 +178,11 @@ impl ShardedRelay {
             shards.push(Shard {
                 name: name.into(),
                 relay,
-                sink: Arc::new(ShardSink {
+                sink: Arc::new(OwnedSink(ShardOwnership {
                     index,
                     router: router.clone(),
                     inner: std::sync::OnceLock::new(),
-                }),
+                })),
             });
         }
         metrics.relay_up.set(0);
@@ -244,7 +209,7 @@ impl ShardedRelay {
 impl Relay for ShardedRelay {
     fn attach(&self, sink: Weak<dyn RelaySink>) {
         for s in &self.shards {
-            if s.sink.inner.set(sink.clone()).is_err() {
+            if s.sink.0.inner.set(sink.clone()).is_err() {
                 tracing::warn!("sharded redis relay attached twice; keeping the first sink");
                 return;
             }
