@@ -446,6 +446,8 @@ export class Herald {
   _onMessage(f) {
     const ts = this._topics.get(f.topic);
     if (!ts) return;
+    // Recovering (see _onSubscribeError): the retried replay brings these again, in order.
+    if (ts.recovering && f.offset !== undefined) return;
     const meta = { topic: f.topic };
     if (f.offset !== undefined) {
       meta.offset = f.offset;
@@ -477,6 +479,8 @@ export class Herald {
       ts.status = "active";
       ts.reqId = null;
       ts.relayError = null;
+      ts.recovering = false;
+      ts.recoveryAttempt = 0;
       const pos = f.positions && f.positions[p.topic];
       const notRecovered = !!(f.recovered && f.recovered[p.topic] === false);
       // The saved position only ever moves to a message delivered to the handlers, or to the
@@ -513,7 +517,7 @@ export class Herald {
       this._pending.delete(f.id);
       if (p.timer) this._clock.clearTimeout(p.timer);
       if (p.kind === "publish") return p.reject(err);
-      if (p.kind === "subscribe") return this._onSubscribeError(p.topic, f.id, err);
+      if (p.kind === "subscribe") return this._onSubscribeError(p.topic, f.id, err, p.since);
       if (p.kind === "auth" || p.kind === "refresh") {
         if (p.kind === "refresh" && p.seq === this._refreshSeq) this._refreshing = false;
         if (f.code === "unauthorized" || f.code === "token_expired") this._authFailed = true;
@@ -552,11 +556,24 @@ export class Herald {
     }
   }
 
-  _onSubscribeError(topic, id, err) {
+  _onSubscribeError(topic, id, err, withSince) {
     const ts = this._topics.get(topic);
     if (!ts || ts.reqId !== id) return;
     ts.reqId = null;
     err.topic = topic;
+    if (err.code === "relay_unavailable" && withSince) {
+      // A resubscribe with since whose replay could not be read (the node's relay is down,
+      // or still connecting after the node started): nothing was recovered. Ask again after
+      // a jittered, growing delay; meanwhile this topic's live messages are dropped (the
+      // replay sends them again, in order), so the saved position never jumps the gap.
+      ts.status = "active";
+      ts.recovering = true;
+      ts.relayError = err;
+      for (const sub of ts.subs) settle(sub, err);
+      this._retryRecovery(ts);
+      this._emit("error", err);
+      return;
+    }
     if (err.code === "relay_unavailable") {
       // The subscription holds on this node; other nodes' messages follow when the relay is back.
       // Handles added before the next clean ack get the same answer.
@@ -567,6 +584,20 @@ export class Herald {
       this._endTopic(ts, err);
     }
     this._emit("error", err);
+  }
+
+  /** Sends a recovering topic's subscribe with since again, after a delay in [d/2, d) where
+   * d doubles from initialDelayMs up to maxDelayMs with each failed attempt on this connection. */
+  _retryRecovery(ts) {
+    const r = this._reconnect || DEFAULT_RECONNECT;
+    ts.recoveryAttempt = (ts.recoveryAttempt || 0) + 1;
+    const ceiling = Math.min(r.maxDelayMs, r.initialDelayMs * Math.pow(r.factor, ts.recoveryAttempt - 1));
+    const delayMs = Math.floor(ceiling / 2 + this._random() * (ceiling / 2));
+    const ws = this._ws;
+    this._clock.setTimeout(() => {
+      if (ws !== this._ws || !this._isOpen() || this._topics.get(ts.topic) !== ts || !ts.recovering || ts.reqId !== null) return;
+      this._sendSubscribe(ts);
+    }, delayMs);
   }
 
   /** A subscription the node refused or dropped: every handle on it ends. */

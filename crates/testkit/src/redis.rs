@@ -60,6 +60,10 @@ pub struct RedisServer {
     bin: PathBuf,
     /// Arguments after the harness's own (`--cluster-enabled yes`, ...), kept for restarts.
     extra_args: Vec<String>,
+    /// A Redis Cluster node's bus port (`--cluster-port`), picked with the port on each
+    /// start attempt and kept across restarts; 0 for a plain server.
+    bus_port: u16,
+    cluster_node: bool,
 }
 
 impl RedisServer {
@@ -71,6 +75,17 @@ impl RedisServer {
     /// [`start`](Self::start) with more `redis-server` arguments after the harness's own
     /// (they win where both name an option); a [`restart`](Self::restart) passes them again.
     pub fn start_with_args(extra_args: Vec<String>) -> Result<Self> {
+        Self::start_inner(extra_args, false)
+    }
+
+    /// [`start_with_args`](Self::start_with_args) for a Redis Cluster node: a free bus port
+    /// (`--cluster-port`) is picked with the port on every attempt, so a port another
+    /// process took meanwhile costs a retry, not the test.
+    pub fn start_cluster_node(extra_args: Vec<String>) -> Result<Self> {
+        Self::start_inner(extra_args, true)
+    }
+
+    fn start_inner(extra_args: Vec<String>, cluster_node: bool) -> Result<Self> {
         let bin = std::env::var_os("REDIS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("redis-server"));
@@ -91,10 +106,20 @@ impl RedisServer {
             dir,
             bin,
             extra_args,
+            bus_port: 0,
+            cluster_node,
         };
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port()?;
+            if server.cluster_node {
+                server.bus_port = loop {
+                    let p = free_port()?;
+                    if p != server.port {
+                        break p;
+                    }
+                };
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
                 // Only a lost port race is worth another port; anything else is final.
@@ -267,6 +292,11 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra_args)
+            .args(if self.cluster_node {
+                vec!["--cluster-port".to_string(), self.bus_port.to_string()]
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

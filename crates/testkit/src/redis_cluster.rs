@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::redis::{free_port, RedisServer, Resp};
+use crate::redis::{RedisServer, Resp};
 
 /// `cluster-node-timeout` of every node, in milliseconds.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
@@ -59,16 +59,13 @@ impl RedisCluster {
         let total = masters * (1 + replicas);
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
-            let bus = free_port()?;
-            nodes.push(RedisServer::start_with_args(vec![
+            nodes.push(RedisServer::start_cluster_node(vec![
                 "--cluster-enabled".into(),
                 "yes".into(),
                 "--cluster-config-file".into(),
                 "nodes.conf".into(),
                 "--cluster-node-timeout".into(),
                 NODE_TIMEOUT_MS.to_string(),
-                "--cluster-port".into(),
-                bus.to_string(),
                 "--cluster-require-full-coverage".into(),
                 "no".into(),
                 "--cluster-replica-validity-factor".into(),

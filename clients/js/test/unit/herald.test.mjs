@@ -842,6 +842,55 @@ test("relay_unavailable: a second subscribe on the topic gets the same answer un
   await client.subscribe("a", () => {}).ready;
 });
 
+test("a resubscribe whose replay the node cannot read yet (relay_unavailable) is asked again; nothing is skipped", async () => {
+  const { client, WS, clock, of } = make();
+  const got = [];
+  const sub = client.subscribe("h", (d, m) => got.push([d, m.offset]));
+  let ws = WS.last();
+  up(ws);
+  ws.recv({ type: "ack", id: ws.ops("subscribe")[0].id, positions: { h: { offset: 1, epoch: "E" } } });
+  await sub.ready;
+  ws.drop();
+  clock.advance(1000);
+  ws = WS.last();
+  up(ws);
+  const s2 = ws.ops("subscribe")[0];
+  assert.deepEqual(s2.since, { h: { offset: 1, epoch: "E" } });
+  // The restarted node's relay is not up yet: its replay fails.
+  ws.recv({ type: "error", id: s2.id, code: "relay_unavailable", message: "redis relay is down" });
+  assert.equal(of("error").at(-1).code, "relay_unavailable");
+  // A live message arrives once the relay is up: it is not delivered ahead of the gap.
+  ws.recv({ type: "message", topic: "h", offset: 6, epoch: "E", data: "d6" });
+  assert.deepEqual(got, []);
+  // The retry goes out within [initialDelayMs/2, initialDelayMs) (375 ms with random 0.5)
+  // and asks for the same range.
+  clock.advance(374);
+  assert.equal(ws.ops("subscribe").length, 1);
+  clock.advance(1);
+  const s3 = ws.ops("subscribe")[1];
+  assert.deepEqual(s3.since, { h: { offset: 1, epoch: "E" } });
+  // Still down: the next retry waits longer (in [500, 1000) ms: 750).
+  ws.recv({ type: "error", id: s3.id, code: "relay_unavailable", message: "x" });
+  clock.advance(749);
+  assert.equal(ws.ops("subscribe").length, 2);
+  clock.advance(1);
+  const s4 = ws.ops("subscribe")[2];
+  assert.deepEqual(s4.since, { h: { offset: 1, epoch: "E" } });
+  ws.recv({ type: "ack", id: s4.id, recovered: { h: true }, positions: { h: { offset: 6, epoch: "E" } } });
+  for (let i = 2; i <= 6; i++) ws.recv({ type: "message", topic: "h", offset: i, epoch: "E", data: `d${i}` });
+  ws.recv({ type: "message", topic: "h", offset: 6, epoch: "E", data: "dup" });
+  assert.deepEqual(got, [["d2", 2], ["d3", 3], ["d4", 4], ["d5", 5], ["d6", 6]]);
+  // A topic without history keeps the old behaviour: no retry, live messages flow.
+  const plain = [];
+  client.subscribe("p", (d) => plain.push(d));
+  const sp = ws.ops("subscribe").at(-1);
+  ws.recv({ type: "error", id: sp.id, code: "relay_unavailable", message: "x" });
+  clock.advance(2_000);
+  assert.equal(ws.ops("subscribe").filter((f) => f.topics[0] === "p").length, 1);
+  ws.recv({ type: "message", topic: "p", data: "live" });
+  assert.deepEqual(plain, ["live"]);
+});
+
 test("an answered liveness probe leaves no pending entry", () => {
   const { client, WS, clock, doc } = make({ liveness: { slackMs: 100000 } });
   const ws = WS.last();
