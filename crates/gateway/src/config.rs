@@ -418,7 +418,7 @@ impl Default for RedisConfig {
             history_read_queue: 4096,
             canary_interval_ms: 5000,
             canary_timeout_ms: 3000,
-            cluster_refresh_ms: 5000,
+            cluster_refresh_ms: herald_redis::CLUSTER_REFRESH_INTERVAL.as_millis() as u64,
         }
     }
 }

@@ -125,6 +125,26 @@ async fn topics_on_every_master_cross_nodes_exactly_once_and_in_order() {
             "exactly once"
         );
     }
+    // Someone else SPUBLISHes garbage and an oversized message on a topic's shard channel:
+    // every node counts and skips both, delivers nothing, and goes on.
+    let owner = &c.redis.nodes()[c.redis.master_of_key(&channel(&topics[0])).unwrap()];
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    for payload in [&b"\x01garbage"[..], &big[..]] {
+        let r = owner
+            .query(&[b"SPUBLISH".as_slice(), channel(&topics[0]).as_bytes(), payload])
+            .unwrap();
+        assert_eq!(r, herald_testkit::redis::Resp::Integer(2), "both nodes subscribe");
+    }
+    for n in &c.nodes {
+        n.metric_reaches("herald_relay_invalid_messages_total", 2.0)
+            .await
+            .unwrap();
+    }
+    p1.publish(&topics[0], &json!({"from": 1, "i": 30})).await.unwrap();
+    for s in subs.iter_mut() {
+        let m = s.next_message_timeout(WAIT).await.unwrap();
+        assert_eq!(m.json::<Value>().unwrap()["i"], 30, "the garbage was not delivered");
+    }
     // The API names each topic's master; readiness and metrics list every master.
     let masters: BTreeSet<String> = c
         .redis

@@ -247,20 +247,10 @@ impl ClusterRelay {
         }
     }
 
-    /// The slot map in use (empty until first read).
-    pub fn topology(&self) -> Topology {
-        self.core.view.load().topology.clone()
-    }
-
     /// The name (`host:port`) of the master serving `topic`'s slot, in the map in use.
     pub fn master_of(&self, topic: &str) -> Option<Arc<str>> {
         let view = self.core.view.load();
         view.member_of_slot(self.core.slot_of(topic)).map(|m| m.name.clone())
-    }
-
-    /// The hash slot of `topic`'s channel.
-    pub fn slot_of(&self, topic: &str) -> u16 {
-        self.core.slot_of(topic)
     }
 
     fn with_owner<T>(&self, topic: &str, f: impl FnOnce(&RedisRelay) -> T, none: impl FnOnce() -> T) -> T {

@@ -116,12 +116,6 @@ impl Topology {
         (0..SLOTS as u16).all(|s| self.owner(s) == other.owner(s))
     }
 
-    /// Some slot `master` serves, the lowest; `None` when it serves none.
-    pub fn first_slot_of(&self, master: &Master) -> Option<u16> {
-        let i = self.masters.iter().position(|m| m == master)? as u16;
-        self.owner.iter().position(|&o| o == i).map(|s| s as u16)
-    }
-
     /// Parses a `CLUSTER SLOTS` reply: `[[first, last, [host, port, id, ...], replicas...], ...]`.
     /// An empty host (a node that does not know its own address) is `fallback_host`.
     pub fn from_cluster_slots(reply: &Value, fallback_host: &str) -> Result<Self, String> {
@@ -192,7 +186,6 @@ mod tests {
         assert_eq!(t.owner(0).unwrap().port, 7001);
         assert_eq!(t.owner(8192).unwrap().name(), "127.0.0.1:7002");
         assert_eq!(t.uncovered(), 0);
-        assert_eq!(t.first_slot_of(&t.masters()[1].clone()), Some(8192));
         let holed = Topology::from_ranges(&[(
             0,
             10,

@@ -459,7 +459,7 @@ fn parse_int(s: &str) -> Result<i64> {
 }
 
 /// A port the kernel just considered free on 127.0.0.1; racy by nature, hence retries.
-pub(crate) fn free_port() -> Result<u16> {
+fn free_port() -> Result<u16> {
     loop {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .context("binding 127.0.0.1:0 to find a free port")?
